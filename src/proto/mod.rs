@@ -1,10 +1,15 @@
 //! The sans-IO WireGuard protocol core: a pure state machine. It never reads the clock,
 //! touches a socket or draws randomness itself: `Now` and an RNG are arguments.
 
+pub mod cookie;
 pub mod crypto;
+pub mod error;
 pub mod keys;
+pub mod messages;
 pub mod noise;
+pub mod tai64n;
 pub mod time;
 
+pub use error::{DropCounters, DropReason};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use time::Now;
