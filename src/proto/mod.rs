@@ -4,10 +4,15 @@
 pub mod cookie;
 pub mod crypto;
 pub mod error;
+pub mod index;
+pub mod ip;
 pub mod keys;
 pub mod messages;
 pub mod noise;
+pub mod peer;
 pub mod tai64n;
+pub mod timers;
+pub mod transport;
 pub mod time;
 
 pub use error::{DropCounters, DropReason};
