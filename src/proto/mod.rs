@@ -1,6 +1,7 @@
 //! The sans-IO WireGuard protocol core: a pure state machine. It never reads the clock,
 //! touches a socket or draws randomness itself: `Now` and an RNG are arguments.
 
+pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
 pub mod error;
@@ -10,10 +11,12 @@ pub mod keys;
 pub mod messages;
 pub mod noise;
 pub mod peer;
+pub mod ratelimiter;
+pub mod replay;
 pub mod tai64n;
+pub mod time;
 pub mod timers;
 pub mod transport;
-pub mod time;
 
 pub use error::{DropCounters, DropReason};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
