@@ -4,7 +4,9 @@
 pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
+pub mod device;
 pub mod error;
+pub mod handshake;
 pub mod index;
 pub mod ip;
 pub mod keys;
@@ -18,6 +20,10 @@ pub mod time;
 pub mod timers;
 pub mod transport;
 
+pub use device::{
+    ConfigureError, Decapsulated, Device, Encapsulated, HEADROOM, PeerInfo, TAILROOM, Transmit,
+};
 pub use error::{DropCounters, DropReason};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+pub use peer::{PeerConfig, PeerId, PeerStats};
 pub use time::Now;

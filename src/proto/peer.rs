@@ -102,7 +102,11 @@ impl Peer {
             cookie: CookieState::new(config.public_key.as_bytes()),
             timers: PeerTimers::default(),
             staged: VecDeque::new(),
-            stats: PeerStats { rx_bytes: 0, tx_bytes: 0, last_handshake: None },
+            stats: PeerStats {
+                rx_bytes: 0,
+                tx_bytes: 0,
+                last_handshake: None,
+            },
         };
         peer.set_own_private_key(own_private);
         peer
@@ -113,7 +117,8 @@ impl Peer {
     pub fn set_own_private_key(&mut self, own_private: Option<&PrivateKey>) {
         self.static_static.zeroize();
         if let Some(key) = own_private {
-            self.static_static = crypto::dh(key.as_bytes(), self.public_key.as_bytes()).unwrap_or([0; 32]);
+            self.static_static =
+                crypto::dh(key.as_bytes(), self.public_key.as_bytes()).unwrap_or([0; 32]);
         }
     }
 
@@ -132,7 +137,12 @@ impl Peer {
             .as_ref()
             .map(|h| h.local_index)
             .into_iter()
-            .chain([&self.previous, &self.current, &self.next].into_iter().flatten().map(|k| k.local_index))
+            .chain(
+                [&self.previous, &self.current, &self.next]
+                    .into_iter()
+                    .flatten()
+                    .map(|k| k.local_index),
+            )
     }
 
     /// The session to send with, when it is still usable.

@@ -16,7 +16,8 @@ pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REKEY_TIMEOUT_JITTER_MAX: Duration = Duration::from_millis(333);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Retries before giving up: REKEY_ATTEMPT_TIME / REKEY_TIMEOUT.
-pub const MAX_TIMER_HANDSHAKES: u32 = (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;
+pub const MAX_TIMER_HANDSHAKES: u32 =
+    (REKEY_ATTEMPT_TIME.as_secs() / REKEY_TIMEOUT.as_secs()) as u32;
 /// Session keys are erased this long after the last handshake if nothing renews them.
 pub const ZERO_KEY_MATERIAL_AFTER: Duration = Duration::from_secs(3 * 180);
 /// An initiator whose session is this old rekeys when it receives (so the session never
@@ -128,10 +129,16 @@ impl PeerTimers {
     pub fn take_due(&mut self, now: Duration) -> Option<TimerEvent> {
         let slots: [(&mut Option<Duration>, TimerEvent); 5] = [
             (&mut self.zero_key_material, TimerEvent::ZeroKeyMaterial),
-            (&mut self.retransmit_handshake, TimerEvent::RetransmitHandshake),
+            (
+                &mut self.retransmit_handshake,
+                TimerEvent::RetransmitHandshake,
+            ),
             (&mut self.new_handshake, TimerEvent::NewHandshake),
             (&mut self.send_keepalive, TimerEvent::SendKeepalive),
-            (&mut self.persistent_keepalive, TimerEvent::PersistentKeepalive),
+            (
+                &mut self.persistent_keepalive,
+                TimerEvent::PersistentKeepalive,
+            ),
         ];
         for (slot, event) in slots {
             if slot.is_some_and(|d| d <= now) {
@@ -163,7 +170,10 @@ mod tests {
         assert_eq!(t.send_keepalive, Some(Duration::from_secs(11)));
         assert!(t.need_another_keepalive);
         assert_eq!(t.take_due(Duration::from_secs(10)), None);
-        assert_eq!(t.take_due(Duration::from_secs(11)), Some(TimerEvent::SendKeepalive));
+        assert_eq!(
+            t.take_due(Duration::from_secs(11)),
+            Some(TimerEvent::SendKeepalive)
+        );
         assert_eq!(t.next_deadline(), None);
     }
 }

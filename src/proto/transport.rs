@@ -41,7 +41,10 @@ impl TransportKey {
     /// Opens ciphertext||tag in place; returns the plaintext length.
     pub fn open(&self, counter: u64, buf: &mut [u8]) -> Option<usize> {
         let nonce = Nonce::assume_unique_for_key(nonce_bytes(counter));
-        self.0.open_in_place(nonce, Aad::empty(), buf).ok().map(|p| p.len())
+        self.0
+            .open_in_place(nonce, Aad::empty(), buf)
+            .ok()
+            .map(|p| p.len())
     }
 }
 
@@ -72,7 +75,13 @@ pub struct Keypair {
 }
 
 impl Keypair {
-    pub fn new(keys: &SessionKeys, local_index: u32, remote_index: u32, i_am_initiator: bool, birth: Duration) -> Self {
+    pub fn new(
+        keys: &SessionKeys,
+        local_index: u32,
+        remote_index: u32,
+        i_am_initiator: bool,
+        birth: Duration,
+    ) -> Self {
         Keypair {
             local_index,
             remote_index,
@@ -87,7 +96,8 @@ impl Keypair {
 
     /// Can we still send under this session? (age < REJECT_AFTER_TIME, counter below the limit)
     pub fn can_send(&self, now: Duration) -> bool {
-        now.saturating_sub(self.birth) < REJECT_AFTER_TIME && self.sending_counter < REJECT_AFTER_MESSAGES
+        now.saturating_sub(self.birth) < REJECT_AFTER_TIME
+            && self.sending_counter < REJECT_AFTER_MESSAGES
     }
 
     /// Can we still accept packets under this session?
@@ -133,7 +143,10 @@ impl Keypair {
             return Err(OpenError::Replayed);
         }
         let body = message.get_mut(HEADROOM..).ok_or(OpenError::Decrypt)?;
-        let len = self.receiving.open(counter, body).ok_or(OpenError::Decrypt)?;
+        let len = self
+            .receiving
+            .open(counter, body)
+            .ok_or(OpenError::Decrypt)?;
         // Marked only after authentication: a forged packet cannot move the window.
         if !self.replay.mark(counter) {
             return Err(OpenError::Replayed);
@@ -153,9 +166,20 @@ mod tests {
     use super::*;
 
     fn pair() -> (Keypair, Keypair) {
-        let a = SessionKeys { sending: [1; 32], receiving: [2; 32], handshake_hash: [0; 32] };
-        let b = SessionKeys { sending: [2; 32], receiving: [1; 32], handshake_hash: [0; 32] };
-        (Keypair::new(&a, 10, 20, true, Duration::ZERO), Keypair::new(&b, 20, 10, false, Duration::ZERO))
+        let a = SessionKeys {
+            sending: [1; 32],
+            receiving: [2; 32],
+            handshake_hash: [0; 32],
+        };
+        let b = SessionKeys {
+            sending: [2; 32],
+            receiving: [1; 32],
+            handshake_hash: [0; 32],
+        };
+        (
+            Keypair::new(&a, 10, 20, true, Duration::ZERO),
+            Keypair::new(&b, 20, 10, false, Duration::ZERO),
+        )
     }
 
     #[test]
