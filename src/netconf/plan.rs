@@ -155,6 +155,15 @@ mod tests {
         }
     }
 
+    /// The daemon runs setup on a multi-threaded runtime, so these futures must be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(nc: &NetConf, plan: &InterfacePlan, applied: &Applied) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(apply(nc, plan));
+        is_send(teardown(nc, applied));
+        is_send(NetConf::new());
+    }
+
     #[test]
     fn a_good_plan_passes() {
         assert!(plan().check().is_ok());
