@@ -1,1 +1,3 @@
+pub mod driver;
+pub mod netconf;
 pub mod proto;

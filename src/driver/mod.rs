@@ -1,0 +1,2 @@
+pub mod sys;
+pub mod tun;

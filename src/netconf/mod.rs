@@ -1,0 +1,14 @@
+//! Interface setup over netlink (rtnetlink), never by running `ip`: MTU, link state,
+//! addresses and routes, applied from an [`InterfacePlan`] and undone by [`teardown`].
+//!
+//! Every request goes to the network namespace of the thread that created the [`NetConf`].
+//! Policy routing (fwmark rules for full tunnels) is not here yet.
+
+mod error;
+mod netlink;
+mod plan;
+pub mod prefix;
+
+pub use error::NetconfError;
+pub use netlink::{MAIN_TABLE, NetConf};
+pub use plan::{Applied, InterfacePlan, apply, teardown};

@@ -1,0 +1,330 @@
+//! `NetConf`: single interface-setup requests (link, address, route) over an rtnetlink socket.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use tokio::task::JoinHandle;
+
+use super::NetconfError;
+use super::prefix::{check_ifname, check_interface_address, check_prefix, network};
+
+/// The main routing table's id (RT_TABLE_MAIN).
+pub const MAIN_TABLE: u32 = 254;
+
+/// A netlink route socket in the network namespace of the thread that created it.
+///
+/// Must be created inside a tokio runtime: the socket's connection runs as a task of that
+/// runtime, and is stopped when the `NetConf` is dropped.
+pub struct NetConf {
+    handle: rtnetlink::Handle,
+    connection: JoinHandle<()>,
+}
+
+impl fmt::Debug for NetConf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetConf").finish_non_exhaustive()
+    }
+}
+
+impl Drop for NetConf {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// "main" or the table number, for messages.
+fn table_name(table: Option<u32>) -> String {
+    match table {
+        None | Some(MAIN_TABLE) => "main".to_owned(),
+        Some(t) => t.to_string(),
+    }
+}
+
+/// The route message for `dest/prefix_len dev #index`, used both to add and to delete, so a
+/// delete matches exactly what tandem added: protocol `static` (a kernel-made or foreign
+/// route to the same prefix is left alone), link scope for IPv4 as `ip route add ... dev`
+/// gives it, and host bits cleared.
+pub(crate) fn route_message(
+    index: u32,
+    dest: IpAddr,
+    prefix_len: u8,
+    table: Option<u32>,
+) -> Result<RouteMessage, NetconfError> {
+    let dest = network(dest, prefix_len)?;
+    // IPv4 routes without a gateway are link-scoped; the kernel keeps IPv6 routes universal.
+    let scope = match dest {
+        IpAddr::V4(_) => RouteScope::Link,
+        IpAddr::V6(_) => RouteScope::Universe,
+    };
+    let builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(dest, prefix_len)
+        .map_err(|_| NetconfError::InvalidPrefix {
+            addr: dest,
+            prefix_len,
+        })?
+        .output_interface(index)
+        .protocol(RouteProtocol::Static)
+        .scope(scope);
+    let builder = match table {
+        Some(t) => builder.table_id(t),
+        None => builder,
+    };
+    Ok(builder.build())
+}
+
+/// The address message for `addr/prefix_len` on link #index.
+pub(crate) fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> AddressMessage {
+    match addr {
+        IpAddr::V4(a) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+            .index(index)
+            .address(a, prefix_len)
+            .build(),
+        IpAddr::V6(a) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+            .index(index)
+            .address(a, prefix_len)
+            .build(),
+    }
+}
+
+impl NetConf {
+    /// Opens a route netlink socket in the calling thread's network namespace and spawns its
+    /// connection on the current tokio runtime.
+    pub async fn new() -> Result<Self, NetconfError> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(NetconfError::Socket)?;
+        let connection = tokio::spawn(connection);
+        Ok(NetConf { handle, connection })
+    }
+
+    /// The index of the interface named `ifname`.
+    pub async fn link_index(&self, ifname: &str) -> Result<u32, NetconfError> {
+        check_ifname(ifname)?;
+        let mut links = self.handle.link().get().match_name(ifname).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) => Err(NetconfError::LinkNotFound(ifname.to_owned())),
+            Err(rtnetlink::Error::NetlinkError(msg)) if msg.raw_code() == -libc::ENODEV => {
+                Err(NetconfError::LinkNotFound(ifname.to_owned()))
+            }
+            Err(e) => Err(NetconfError::netlink(format!("look up link {ifname:?}"), e)),
+        }
+    }
+
+    /// Whether an interface named `ifname` exists.
+    pub async fn link_exists(&self, ifname: &str) -> Result<bool, NetconfError> {
+        match self.link_index(ifname).await {
+            Ok(_) => Ok(true),
+            Err(NetconfError::LinkNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the MTU of link #index.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetconfError> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetconfError::netlink(format!("set mtu {mtu} on link #{index}"), e))
+    }
+
+    /// Brings link #index up.
+    pub async fn set_up(&self, index: u32) -> Result<(), NetconfError> {
+        let message = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetconfError::netlink(format!("set link #{index} up"), e))
+    }
+
+    /// Adds `addr/prefix_len` to link #index. An address that is already there is an error
+    /// (EEXIST, see [`NetconfError::is_exists`]).
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetconfError> {
+        check_interface_address(addr, prefix_len)?;
+        self.handle
+            .address()
+            .add(index, addr, prefix_len)
+            .execute()
+            .await
+            .map_err(|e| {
+                NetconfError::netlink(
+                    format!("add address {addr}/{prefix_len} on link #{index}"),
+                    e,
+                )
+            })
+    }
+
+    /// Removes `addr/prefix_len` from link #index.
+    pub async fn del_address(
+        &self,
+        index: u32,
+        addr: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetconfError> {
+        check_prefix(addr, prefix_len)?;
+        self.handle
+            .address()
+            .del(address_message(index, addr, prefix_len))
+            .execute()
+            .await
+            .map_err(|e| {
+                NetconfError::netlink(
+                    format!("delete address {addr}/{prefix_len} from link #{index}"),
+                    e,
+                )
+            })
+    }
+
+    /// Adds a route to `dest/prefix_len` through link #index in `table` (None: main). Host
+    /// bits of `dest` are cleared. A route that is already there is an error (EEXIST, see
+    /// [`NetconfError::is_exists`]).
+    pub async fn add_route(
+        &self,
+        index: u32,
+        dest: IpAddr,
+        prefix_len: u8,
+        table: Option<u32>,
+    ) -> Result<(), NetconfError> {
+        let message = route_message(index, dest, prefix_len, table)?;
+        self.handle
+            .route()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                NetconfError::netlink(
+                    format!(
+                        "add route {dest}/{prefix_len} dev #{index} table {}",
+                        table_name(table)
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Deletes the route [`NetConf::add_route`] adds for the same arguments. Routes of another
+    /// protocol (the kernel's on-link prefix routes, routes added with `ip route`) are not
+    /// matched.
+    pub async fn del_route(
+        &self,
+        index: u32,
+        dest: IpAddr,
+        prefix_len: u8,
+        table: Option<u32>,
+    ) -> Result<(), NetconfError> {
+        let message = route_message(index, dest, prefix_len, table)?;
+        self.handle
+            .route()
+            .del(message)
+            .execute()
+            .await
+            .map_err(|e| {
+                NetconfError::netlink(
+                    format!(
+                        "delete route {dest}/{prefix_len} dev #{index} table {}",
+                        table_name(table)
+                    ),
+                    e,
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::AddressFamily;
+    use netlink_packet_route::address::AddressAttribute;
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn destination(msg: &RouteMessage) -> Option<&RouteAddress> {
+        msg.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(d) => Some(d),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn v4_route_is_link_scoped_static_and_masked() {
+        let msg = route_message(7, ip("10.9.0.1"), 24, None).expect("valid route");
+        assert_eq!(msg.header.address_family, AddressFamily::Inet);
+        assert_eq!(msg.header.destination_prefix_length, 24);
+        assert_eq!(msg.header.scope, RouteScope::Link);
+        assert_eq!(msg.header.protocol, RouteProtocol::Static);
+        assert_eq!(msg.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert_eq!(
+            destination(&msg),
+            Some(&RouteAddress::Inet("10.9.0.0".parse().expect("addr")))
+        );
+        assert!(msg.attributes.contains(&RouteAttribute::Oif(7)));
+    }
+
+    #[test]
+    fn v6_route_is_universe_scoped() {
+        let msg = route_message(3, ip("fd00:9::5"), 64, Some(MAIN_TABLE)).expect("valid route");
+        assert_eq!(msg.header.address_family, AddressFamily::Inet6);
+        assert_eq!(msg.header.scope, RouteScope::Universe);
+        assert_eq!(msg.header.table, RouteHeader::RT_TABLE_MAIN);
+        assert_eq!(
+            destination(&msg),
+            Some(&RouteAddress::Inet6("fd00:9::".parse().expect("addr")))
+        );
+    }
+
+    #[test]
+    fn large_table_ids_go_in_an_attribute() {
+        // The header's table field is one byte; wg-quick's 51820 needs RTA_TABLE.
+        let msg = route_message(3, ip("0.0.0.0"), 0, Some(51820)).expect("valid route");
+        assert!(msg.attributes.contains(&RouteAttribute::Table(51820)));
+        let small = route_message(3, ip("0.0.0.0"), 0, Some(100)).expect("valid route");
+        assert_eq!(small.header.table, 100);
+    }
+
+    #[test]
+    fn invalid_route_prefix_is_rejected_before_the_kernel() {
+        assert!(matches!(
+            route_message(1, ip("10.0.0.0"), 33, None),
+            Err(NetconfError::InvalidPrefix { prefix_len: 33, .. })
+        ));
+    }
+
+    #[test]
+    fn address_message_carries_local_and_index() {
+        let msg = address_message(9, ip("10.9.0.1"), 24);
+        assert_eq!(msg.header.index, 9);
+        assert_eq!(msg.header.prefix_len, 24);
+        assert!(
+            msg.attributes
+                .contains(&AddressAttribute::Local(ip("10.9.0.1")))
+        );
+        let msg6 = address_message(9, ip("fd00::1"), 64);
+        assert_eq!(msg6.header.family, AddressFamily::Inet6);
+        assert!(
+            msg6.attributes
+                .contains(&AddressAttribute::Address(ip("fd00::1")))
+        );
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(table_name(None), "main");
+        assert_eq!(table_name(Some(MAIN_TABLE)), "main");
+        assert_eq!(table_name(Some(51820)), "51820");
+    }
+}

@@ -1,0 +1,199 @@
+//! `InterfacePlan`: everything one interface needs, applied in order and undone on teardown.
+
+use std::net::IpAddr;
+
+use super::prefix::{check_ifname, check_interface_address, network};
+use super::{NetConf, NetconfError};
+
+/// Everything one interface needs: its MTU, addresses, and routes to the peers' AllowedIPs
+/// through it, all in one routing table (None: main).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfacePlan {
+    pub ifname: String,
+    pub mtu: u32,
+    pub addresses: Vec<(IpAddr, u8)>,
+    pub routes: Vec<(IpAddr, u8)>,
+    pub table: Option<u32>,
+}
+
+/// What [`apply`] changed, which is exactly what [`teardown`] undoes. Routes that already
+/// existed (EEXIST, e.g. the kernel's on-link route for an address's own prefix) are not
+/// listed, so teardown leaves them alone. The MTU and the link's up state are not undone: the
+/// link belongs to the TUN device and goes away with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub ifname: String,
+    pub index: u32,
+    pub table: Option<u32>,
+    /// Addresses added, in the order they were added.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// Routes added (host bits cleared), in the order they were added.
+    pub routes: Vec<(IpAddr, u8)>,
+}
+
+impl InterfacePlan {
+    /// Checks the whole plan without touching the kernel: interface name, every address and
+    /// every route prefix, and no address listed twice.
+    pub fn check(&self) -> Result<(), NetconfError> {
+        check_ifname(&self.ifname)?;
+        for (i, &(addr, prefix_len)) in self.addresses.iter().enumerate() {
+            check_interface_address(addr, prefix_len)?;
+            if self.addresses.iter().take(i).any(|&(a, _)| a == addr) {
+                return Err(NetconfError::DuplicateAddress { addr, prefix_len });
+            }
+        }
+        for &(dest, prefix_len) in &self.routes {
+            network(dest, prefix_len)?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies `plan` in order: MTU, addresses, link up, routes. A route that already exists is
+/// skipped (and so kept on teardown). On any other error, what was added so far is removed
+/// again before the error is returned.
+pub async fn apply(nc: &NetConf, plan: &InterfacePlan) -> Result<Applied, NetconfError> {
+    plan.check()?;
+    let index = nc.link_index(&plan.ifname).await?;
+    let mut applied = Applied {
+        ifname: plan.ifname.clone(),
+        index,
+        table: plan.table,
+        addresses: Vec::with_capacity(plan.addresses.len()),
+        routes: Vec::with_capacity(plan.routes.len()),
+    };
+    match apply_steps(nc, plan, &mut applied).await {
+        Ok(()) => Ok(applied),
+        Err(e) => {
+            if let Err(undo) = teardown(nc, &applied).await {
+                tracing::warn!(
+                    ifname = %plan.ifname,
+                    error = %undo,
+                    "could not fully undo a failed interface setup"
+                );
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn apply_steps(
+    nc: &NetConf,
+    plan: &InterfacePlan,
+    applied: &mut Applied,
+) -> Result<(), NetconfError> {
+    let index = applied.index;
+    nc.set_mtu(index, plan.mtu).await?;
+    for &(addr, prefix_len) in &plan.addresses {
+        nc.add_address(index, addr, prefix_len).await?;
+        applied.addresses.push((addr, prefix_len));
+    }
+    // Up before routes: the kernel refuses an IPv4 route through a link that is down, and
+    // only then adds the on-link routes of the addresses, which a route may duplicate.
+    nc.set_up(index).await?;
+    for &(dest, prefix_len) in &plan.routes {
+        let dest = network(dest, prefix_len)?;
+        match nc.add_route(index, dest, prefix_len, plan.table).await {
+            Ok(()) => applied.routes.push((dest, prefix_len)),
+            Err(e) if e.is_exists() => {
+                tracing::debug!(
+                    ifname = %plan.ifname,
+                    route = %format_args!("{dest}/{prefix_len}"),
+                    "route already present, keeping it as it is"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Removes what [`apply`] added: routes, then addresses, each in reverse order. Best effort:
+/// every step is tried; anything already gone (the link closed, a route removed by hand)
+/// counts as done; the first real error is returned.
+pub async fn teardown(nc: &NetConf, applied: &Applied) -> Result<(), NetconfError> {
+    let mut first_error = None;
+    let mut note = |result: Result<(), NetconfError>| {
+        if let Err(e) = result {
+            if e.is_already_gone() {
+                return;
+            }
+            tracing::warn!(ifname = %applied.ifname, error = %e, "teardown step failed");
+            first_error.get_or_insert(e);
+        }
+    };
+    for &(dest, prefix_len) in applied.routes.iter().rev() {
+        note(
+            nc.del_route(applied.index, dest, prefix_len, applied.table)
+                .await,
+        );
+    }
+    for &(addr, prefix_len) in applied.addresses.iter().rev() {
+        note(nc.del_address(applied.index, addr, prefix_len).await);
+    }
+    match first_error {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn plan() -> InterfacePlan {
+        InterfacePlan {
+            ifname: "tandem0".into(),
+            mtu: 1420,
+            addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
+            routes: vec![(ip("10.9.0.0"), 24), (ip("10.10.0.0"), 16)],
+            table: None,
+        }
+    }
+
+    /// The daemon runs setup on a multi-threaded runtime, so these futures must be `Send`.
+    #[allow(dead_code)]
+    fn futures_are_send(nc: &NetConf, plan: &InterfacePlan, applied: &Applied) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(apply(nc, plan));
+        is_send(teardown(nc, applied));
+        is_send(NetConf::new());
+    }
+
+    #[test]
+    fn a_good_plan_passes() {
+        assert!(plan().check().is_ok());
+    }
+
+    #[test]
+    fn plan_check_reports_each_kind_of_mistake() {
+        let mut p = plan();
+        p.ifname = "this-name-is-too-long".into();
+        assert!(matches!(p.check(), Err(NetconfError::InvalidIfname(_))));
+
+        let mut p = plan();
+        p.addresses.push((ip("224.0.0.1"), 24));
+        assert!(matches!(p.check(), Err(NetconfError::InvalidAddress(_))));
+
+        let mut p = plan();
+        p.addresses.push((ip("10.9.0.1"), 16));
+        assert!(matches!(
+            p.check(),
+            Err(NetconfError::DuplicateAddress { prefix_len: 16, .. })
+        ));
+
+        let mut p = plan();
+        p.routes.push((ip("fd00::"), 129));
+        assert!(matches!(
+            p.check(),
+            Err(NetconfError::InvalidPrefix {
+                prefix_len: 129,
+                ..
+            })
+        ));
+    }
+}
