@@ -5,7 +5,6 @@ mod common {
 }
 use common::pair::*;
 
-use std::time::Duration;
 use tandem::proto::{Decapsulated, DropReason, Encapsulated, PresharedKey};
 
 #[test]

@@ -817,13 +817,14 @@ impl Device {
             return;
         }
         let mut bytes = [0u8; MAX_HANDSHAKE_LEN];
-        let Some(n) = peer
-            .current
-            .as_deref_mut()
-            .and_then(|k| k.seal(&mut bytes, 0, mtu))
-        else {
+        let Some(keypair) = peer.current.as_deref_mut() else {
             return;
         };
+        let Some(n) = keypair.seal(&mut bytes, 0, mtu) else {
+            return;
+        };
+        // Like the kernel, a keepalive also keeps the key fresh (REKEY_AFTER_TIME/MESSAGES).
+        let rekey = keypair.wants_rekey_on_send(now.monotonic);
         peer.stats.tx_bytes += n as u64;
         let ka = peer.persistent_keepalive;
         peer.timers.on_authenticated_traversal(now.monotonic, ka);
@@ -834,6 +835,9 @@ impl Device {
             len: n,
             bytes,
         });
+        if rekey {
+            self.send_initiation(id, false, now);
+        }
     }
 
     fn push_control(&mut self, to: SocketAddr, peer: Option<PeerId>, msg: &[u8]) {
