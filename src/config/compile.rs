@@ -112,13 +112,20 @@ pub(crate) struct Draft {
 
 fn key_message(e: &KeyError) -> String {
     match e {
-        KeyError::Base64 => "not valid base64 (a key is 44 characters, as `wg genkey` prints)".into(),
+        KeyError::Base64 => {
+            "not valid base64 (a key is 44 characters, as `wg genkey` prints)".into()
+        }
         other => other.to_string(),
     }
 }
 
 /// How a peer is named in messages about another peer: `peer[1] "site-b" (line 12)`.
-fn describe_peer(dialect: Dialect, index: usize, name: Option<&str>, line: Option<usize>) -> String {
+fn describe_peer(
+    dialect: Dialect,
+    index: usize,
+    name: Option<&str>,
+    line: Option<usize>,
+) -> String {
     let mut s = dialect.peer_section(index);
     if let Some(name) = name {
         s.push_str(&format!(" \"{name}\""));
@@ -230,7 +237,9 @@ pub(crate) fn parse_table(text: &str) -> Result<Table, String> {
     }
     match t.parse::<u32>() {
         // Table 0 is RT_TABLE_UNSPEC: the kernel would silently use main instead.
-        Ok(0) => Err("table 0 is not a routing table (use \"auto\", \"off\" or 1..=4294967295)".into()),
+        Ok(0) => {
+            Err("table 0 is not a routing table (use \"auto\", \"off\" or 1..=4294967295)".into())
+        }
         Ok(id) => Ok(Table::Id(id)),
         Err(_) => Err(format!(
             "\"{t}\" is not \"auto\", \"off\" or a table number (1..=4294967295)"
@@ -254,7 +263,9 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
             None
         }
     };
-    let own_public = interface.as_ref().and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
+    let own_public = interface
+        .as_ref()
+        .and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
 
     let mut peers = Vec::with_capacity(draft.peers.len());
     // Public key -> (index, name, line) of the peer that first used it.
@@ -434,8 +445,14 @@ fn compile_interface(
     }
 
     let mtu = match &d.mtu {
-        Some(at) => ranged(diag, at, i128::from(MIN_MTU), i128::from(MAX_MTU), "the MTU")
-            .and_then(|m| u16::try_from(m).ok()),
+        Some(at) => ranged(
+            diag,
+            at,
+            i128::from(MIN_MTU),
+            i128::from(MAX_MTU),
+            "the MTU",
+        )
+        .and_then(|m| u16::try_from(m).ok()),
         None => Some(DEFAULT_MTU),
     };
     let fwmark = match &d.fwmark {
@@ -672,4 +689,376 @@ fn compile_peer(
         allowed_ips,
         persistent_keepalive,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_util::{TempFile, assert_error, error_for, file, private, public};
+    use crate::config::{ConfigErrors, parse_toml};
+    use crate::proto::keys::PresharedKey;
+
+    fn doc(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    fn iface(extra: &[&str]) -> Vec<String> {
+        let mut v = vec![
+            "[interface]".to_owned(),
+            format!("private_key = \"{}\"", private(1)),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
+
+    fn errors(lines: &[String]) -> ConfigErrors {
+        let text = lines.join("\n");
+        match parse_toml(file("/etc/tandem/tnd0.toml"), &text) {
+            Ok(c) => panic!("expected errors, got a config: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn malformed_and_wrong_length_keys() {
+        let lines = iface(&[
+            "[[peer]]",                                                                  // 3
+            "public_key = \"AAAA\"",                                                     // 4
+            "preshared_key = \"not base64!\"",                                           // 5
+            "allowed_ips = [\"10.0.0.2/32\"]",                                           // 6
+            "[[peer]]",                                                                  // 7
+            "public_key = \"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"", // 8
+        ]);
+        let e = errors(&lines);
+        assert_error(
+            &e,
+            "peer[1].public_key",
+            4,
+            "decodes to 3 bytes, a key is 32",
+        );
+        assert_error(&e, "peer[1].preshared_key", 5, "not valid base64");
+        assert_error(
+            &e,
+            "peer[2].public_key",
+            8,
+            "decodes to 42 bytes, a key is 32",
+        );
+
+        let bad_private = doc(&["[interface]", "private_key = \"AAAA\""]);
+        let e = parse_toml(file("x.toml"), &bad_private).unwrap_err();
+        assert_error(
+            &e,
+            "interface.private_key",
+            2,
+            "decodes to 3 bytes, a key is 32",
+        );
+        // The secret itself never appears in a message.
+        let secret = private(9);
+        let e = parse_toml(
+            file("x.toml"),
+            &format!("[interface]\nprivate_key = \"{}x\"", secret),
+        )
+        .unwrap_err();
+        assert!(!e.to_string().contains(&secret), "{e}");
+    }
+
+    #[test]
+    fn private_key_both_or_neither() {
+        let both = iface(&["private_key_file = \"/nonexistent/k\""]);
+        let e = errors(&both);
+        assert_error(&e, "interface.private_key_file", 3, "not both");
+        assert_eq!(e.len(), 1, "{e}");
+
+        let neither = vec!["[interface]".to_owned(), "mtu = 1420".to_owned()];
+        let e = errors(&neither);
+        assert_error(&e, "interface.private_key", 1, "missing private_key");
+
+        let nothing = errors(&[String::new()]);
+        assert_eq!(error_for(&nothing, "interface").line, None);
+        assert!(nothing.0[0].message.contains("missing [interface]"));
+    }
+
+    #[test]
+    fn key_files_are_read_and_checked() {
+        let key = TempFile::new("priv.key", &format!("{}\n", private(3)), 0o600);
+        let psk_text = PresharedKey::from_bytes([5; 32]).to_base64();
+        let psk = TempFile::new("peer.psk", &psk_text, 0o600);
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key_file = \"{}\"", key.path.display()),
+            "[[peer]]",
+            &format!("public_key = \"{}\"", public(2)),
+            &format!("preshared_key_file = \"{}\"", psk.path.display()),
+            "allowed_ips = [\"10.0.0.2/32\"]",
+        ]);
+        let c = parse_toml(file("k.toml"), &text).unwrap();
+        assert_eq!(c.interface.private_key.to_base64(), private(3));
+        assert_eq!(
+            c.interface.private_key_file.as_deref(),
+            Some(key.path.as_path())
+        );
+        assert_eq!(
+            c.peers[0].preshared_key,
+            Some(PresharedKey::from_bytes([5; 32]))
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn key_file_relative_to_config_dir() {
+        let key = TempFile::new("rel.key", &private(4), 0o600);
+        let name = key.path.file_name().unwrap().to_string_lossy().into_owned();
+        let config_path = std::env::temp_dir().join("tnd-rel.toml");
+        let text = format!("[interface]\nprivate_key_file = \"{name}\"\n");
+        let c = parse_toml(&config_path, &text).unwrap();
+        assert_eq!(c.interface.private_key.to_base64(), private(4));
+    }
+
+    #[test]
+    fn readable_key_file_is_a_warning() {
+        let key = TempFile::new("open.key", &private(3), 0o644);
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key_file = \"{}\"", key.path.display()),
+        ]);
+        let c = parse_toml(file("w.toml"), &text).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        let w = &c.warnings[0];
+        assert_eq!(
+            (w.line, w.key.as_str()),
+            (Some(2), "interface.private_key_file")
+        );
+        assert!(w.message.contains("mode 644"), "{w}");
+        assert!(w.message.contains(&key.path.display().to_string()), "{w}");
+        assert!(
+            w.to_string()
+                .starts_with("warning: w.toml:2: interface.private_key_file: ")
+        );
+    }
+
+    #[test]
+    fn unreadable_or_bad_key_file_is_an_error() {
+        let missing = std::env::temp_dir().join(format!(
+            "tandem-config-test-{}-does-not-exist.key",
+            std::process::id()
+        ));
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key_file = \"{}\"", missing.display()),
+        ]);
+        let e = parse_toml(file("r.toml"), &text).unwrap_err();
+        let err = error_for(&e, "interface.private_key_file");
+        assert_eq!(err.line, Some(2));
+        assert!(
+            err.message.contains(&missing.display().to_string()),
+            "{err}"
+        );
+        assert!(err.message.contains("No such file"), "{err}");
+
+        let short = TempFile::new("short.key", "AAAA\n", 0o600);
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key_file = \"{}\"", short.path.display()),
+        ]);
+        let e = parse_toml(file("r.toml"), &text).unwrap_err();
+        assert_error(
+            &e,
+            "interface.private_key_file",
+            2,
+            "decodes to 3 bytes, a key is 32",
+        );
+    }
+
+    #[test]
+    fn duplicate_peer_and_own_key() {
+        let lines = iface(&[
+            "[[peer]]",                                 // 3
+            "name = \"b\"",                             // 4
+            &format!("public_key = \"{}\"", public(2)), // 5
+            "allowed_ips = [\"10.0.0.2/32\"]",          // 6
+            "[[peer]]",                                 // 7
+            &format!("public_key = \"{}\"", public(2)), // 8
+            "allowed_ips = [\"10.0.0.3/32\"]",          // 9
+            "[[peer]]",                                 // 10
+            &format!("public_key = \"{}\"", public(1)), // 11: our own
+            "allowed_ips = [\"10.0.0.4/32\"]",          // 12
+        ]);
+        let e = errors(&lines);
+        assert_error(
+            &e,
+            "peer[2].public_key",
+            8,
+            "duplicate peer: peer[1] \"b\" (line 5)",
+        );
+        assert_error(&e, "peer[3].public_key", 11, "own public key");
+        assert_eq!(e.len(), 2, "{e}");
+    }
+
+    #[test]
+    fn prefixes_host_bits_range_and_sharing() {
+        let lines = iface(&[
+            "[[peer]]",                                                                          // 3
+            "name = \"first\"",                               // 4
+            &format!("public_key = \"{}\"", public(2)),       // 5
+            "allowed_ips = [\"10.1.0.0/16\", \"fd00::/64\"]", // 6
+            "[[peer]]",                                       // 7
+            "name = \"second\"",                              // 8
+            &format!("public_key = \"{}\"", public(3)),       // 9
+            "allowed_ips = [\"10.1.0.0/16\", \"10.2.0.1/16\", \"fd00::/129\", \"10.3.0.0/8x\"]", // 10
+        ]);
+        let e = errors(&lines);
+        let shared = e
+            .iter()
+            .find(|e| e.key == "peer[2].allowed_ips" && e.message.contains("10.1.0.0/16"))
+            .unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(shared.line, Some(10));
+        // Both peers are named.
+        assert!(
+            shared.message.contains("peer[1] \"first\" (line 6)"),
+            "{shared}"
+        );
+        assert!(shared.message.contains("peer[2] \"second\""), "{shared}");
+        assert_error(
+            &e,
+            "peer[2].allowed_ips",
+            10,
+            "10.2.0.1/16 has host bits set",
+        );
+        assert_error(
+            &e,
+            "peer[2].allowed_ips",
+            10,
+            "prefix length 129 is out of range for IPv6 (0..=128)",
+        );
+        assert_error(
+            &e,
+            "peer[2].allowed_ips",
+            10,
+            "\"8x\" is not a prefix length",
+        );
+        assert_eq!(e.len(), 4, "{e}");
+    }
+
+    #[test]
+    fn same_prefix_twice_in_one_peer_is_a_warning() {
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key = \"{}\"", private(1)),
+            "[[peer]]",
+            &format!("public_key = \"{}\"", public(2)),
+            "allowed_ips = [\"10.0.0.0/24\", \"10.0.0.0/24\"]",
+        ]);
+        let c = parse_toml(file("d.toml"), &text).unwrap();
+        assert_eq!(c.peers[0].allowed_ips.len(), 1);
+        assert_eq!(c.warnings.len(), 1);
+        assert!(c.warnings[0].message.contains("listed twice"));
+    }
+
+    #[test]
+    fn endpoints_ports_and_ranges() {
+        let lines = iface(&[
+            "listen_port = 70000",                      // 3
+            "mtu = 1279",                               // 4
+            "fwmark = -1",                              // 5
+            "[[peer]]",                                 // 6
+            &format!("public_key = \"{}\"", public(2)), // 7
+            "endpoint = \"198.51.100.7:0\"",            // 8
+            "allowed_ips = []",                         // 9
+            "persistent_keepalive = 65536",             // 10
+            "[[peer]]",                                 // 11
+            &format!("public_key = \"{}\"", public(3)), // 12
+            "endpoint = \"2001:db8::1:51820\"",         // 13
+            "[[peer]]",                                 // 14
+            &format!("public_key = \"{}\"", public(4)), // 15
+            "endpoint = \"198.51.100.7\"",              // 16
+        ]);
+        let e = errors(&lines);
+        assert_error(&e, "interface.listen_port", 3, "70000 is out of range");
+        assert_error(
+            &e,
+            "interface.mtu",
+            4,
+            "1279 is out of range for the MTU (1280..=65535)",
+        );
+        assert_error(&e, "interface.fwmark", 5, "out of range");
+        assert_error(&e, "peer[1].endpoint", 8, "port 0");
+        assert_error(&e, "peer[1].persistent_keepalive", 10, "out of range");
+        assert_error(&e, "peer[2].endpoint", 13, "needs brackets");
+        assert_error(&e, "peer[3].endpoint", 16, "has no port");
+        assert_eq!(e.len(), 7, "{e}");
+    }
+
+    #[test]
+    fn zero_port_and_keepalive_mean_off() {
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key = \"{}\"", private(1)),
+            "listen_port = 0",
+            "[[peer]]",
+            &format!("public_key = \"{}\"", public(2)),
+            "allowed_ips = [\"10.0.0.2/32\"]",
+            "persistent_keepalive = 0",
+        ]);
+        let c = parse_toml(file("z.toml"), &text).unwrap();
+        assert_eq!(c.interface.listen_port, None);
+        assert_eq!(c.peers[0].persistent_keepalive, None);
+    }
+
+    #[test]
+    fn interface_names() {
+        let e = errors(&iface(&["name = \"this-name-is-too-long\""]));
+        assert_error(&e, "interface.name", 3, "not a valid interface name");
+        let e = errors(&iface(&["name = \"wg 0\""]));
+        assert_error(&e, "interface.name", 3, "not a valid interface name");
+        // No name, and the file stem cannot be one.
+        let text = format!("[interface]\nprivate_key = \"{}\"\n", private(1));
+        let e = parse_toml(file("/etc/tandem/my tunnel.toml"), &text).unwrap_err();
+        let err = error_for(&e, "interface.name");
+        assert!(err.message.contains("file name stem"), "{err}");
+        assert!(err.message.contains("my tunnel"), "{err}");
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let lines = vec![
+            "[interface]".to_owned(),                       // 1
+            "name = \"way-too-long-interface\"".to_owned(), // 2
+            "private_key = \"AAAA\"".to_owned(),            // 3
+            "mtu = 100".to_owned(),                         // 4
+            "address = [\"10.0.0.1/40\"]".to_owned(),       // 5
+            "tabel = \"off\"".to_owned(),                   // 6
+            "[[peer]]".to_owned(),                          // 7
+            "public_key = \"short\"".to_owned(),            // 8
+            "endpoint = \"host:0\"".to_owned(),             // 9
+            "allowed_ips = [\"10.0.0.1/8\"]".to_owned(),    // 10
+            "[[peer]]".to_owned(),                          // 11
+            "allowed_ips = [\"10.1.0.0/16\"]".to_owned(),   // 12
+        ];
+        let e = errors(&lines);
+        let got: Vec<(Option<usize>, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (Some(2), "interface.name"),
+                (Some(3), "interface.private_key"),
+                (Some(4), "interface.mtu"),
+                (Some(5), "interface.address"),
+                (Some(6), "interface.tabel"),
+                (Some(8), "peer[1].public_key"),
+                (Some(9), "peer[1].endpoint"),
+                (Some(10), "peer[1].allowed_ips"),
+                (Some(11), "peer[2].public_key"),
+            ],
+            "{e}"
+        );
+        // One line per error, each "FILE:LINE: KEY: MESSAGE".
+        let shown = e.to_string();
+        assert_eq!(shown.lines().count(), 9);
+        assert!(
+            shown
+                .lines()
+                .all(|l| l.starts_with("/etc/tandem/tnd0.toml:")),
+            "{shown}"
+        );
+        assert!(shown.contains("/etc/tandem/tnd0.toml:11: peer[2].public_key: missing public key"));
+    }
 }

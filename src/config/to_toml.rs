@@ -109,3 +109,61 @@ mod tests {
         assert_eq!(quote("plain"), "\"plain\"");
     }
 }
+
+#[cfg(test)]
+mod round_trip {
+    use crate::config::test_util::{TempFile, file, private, public};
+    use crate::config::{parse_toml, parse_wg_quick, to_toml};
+    use crate::proto::keys::PresharedKey;
+
+    #[test]
+    fn wg_quick_import_round_trips() {
+        let text = format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.0.0.1/24, fd00::1/64\nListenPort = 51820\n\
+             MTU = 1400\nFwMark = 0x10\nTable = 1234\nDNS = 10.0.0.53\n\
+             [Peer]\nPublicKey = {}\nPresharedKey = {}\nAllowedIPs = 0.0.0.0/0, ::/0\n\
+             Endpoint = [2001:db8::1]:51820\nPersistentKeepalive = 25\n\
+             [Peer]\nPublicKey = {}\nAllowedIPs = 10.0.0.3/32\nEndpoint = vpn.example.com:443\n",
+            private(1),
+            public(2),
+            PresharedKey::from_bytes([3; 32]).to_base64(),
+            public(4)
+        );
+        let imported = parse_wg_quick(file("/etc/wireguard/wg9.conf"), &text).unwrap();
+        assert_eq!(imported.warnings.len(), 1); // DNS
+        let written = to_toml(&imported);
+        let again = parse_toml(file("/etc/tandem/wg9.toml"), &written)
+            .unwrap_or_else(|e| panic!("{e}\n---\n{written}"));
+        assert_eq!(again.interface, imported.interface);
+        assert_eq!(again.peers, imported.peers);
+        assert!(again.warnings.is_empty());
+        // The name is written out, so renaming the file does not rename the interface.
+        let renamed = parse_toml(file("other.toml"), &written).unwrap();
+        assert_eq!(renamed.interface.name, "wg9");
+    }
+
+    #[test]
+    fn toml_round_trips_with_defaults_off_and_key_files() {
+        let key = TempFile::new("rt.key", &private(5), 0o600);
+        let text = format!(
+            "[interface]\nname = \"odd\\\"name\"\nprivate_key_file = \"{}\"\noffload = false\n\
+             table = \"off\"\n[[peer]]\nname = \"weird \\\\ \\\"label\\\"\"\npublic_key = \"{}\"\n\
+             allowed_ips = []\n",
+            key.path.display(),
+            public(6)
+        );
+        // The odd interface name is refused; fix it and compare the rest.
+        assert!(parse_toml(file("a.toml"), &text).is_err());
+        let text = text.replace("odd\\\"name", "odd");
+        let c = parse_toml(file("a.toml"), &text).unwrap();
+        let written = to_toml(&c);
+        assert!(written.contains("private_key_file"), "{written}");
+        assert!(
+            !written.contains(&private(5)),
+            "the secret stays in its file:\n{written}"
+        );
+        let again = parse_toml(file("b.toml"), &written).unwrap();
+        assert_eq!((&again.interface, &again.peers), (&c.interface, &c.peers));
+        assert_eq!(again.peers[0].name.as_deref(), Some("weird \\ \"label\""));
+    }
+}

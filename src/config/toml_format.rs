@@ -100,7 +100,13 @@ impl Walker<'_> {
         Some(self.lines.line_of(spanned.span().start))
     }
 
-    fn wrong_type(&mut self, key: &str, at: &Spanned<DeValue<'_>>, expected: &str, found: &DeValue<'_>) {
+    fn wrong_type(
+        &mut self,
+        key: &str,
+        at: &Spanned<DeValue<'_>>,
+        expected: &str,
+        found: &DeValue<'_>,
+    ) {
         let line = self.line(at);
         self.diag.error(
             line,
@@ -109,7 +115,12 @@ impl Walker<'_> {
         );
     }
 
-    fn unknown_key(&mut self, prefix: &str, key: &Spanned<std::borrow::Cow<'_, str>>, known: &[&str]) {
+    fn unknown_key(
+        &mut self,
+        prefix: &str,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        known: &[&str],
+    ) {
         let name = key.get_ref().as_ref();
         let path = if prefix.is_empty() {
             name.to_owned()
@@ -292,11 +303,211 @@ fn edit_distance(a: &str, b: &str) -> usize {
                 .copied()
                 .unwrap_or(usize::MAX)
                 .saturating_add(usize::from(ca != *cb));
-            let delete = prev.get(j + 1).copied().unwrap_or(usize::MAX).saturating_add(1);
+            let delete = prev
+                .get(j + 1)
+                .copied()
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
             let insert = cur.get(j).copied().unwrap_or(usize::MAX).saturating_add(1);
             cur.push(substitute.min(delete).min(insert));
         }
         prev = cur;
     }
     prev.last().copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_util::{assert_error, error_for, file, private, public};
+    use crate::config::{Table, parse_toml};
+
+    fn doc(lines: &[&str]) -> String {
+        lines.join("\n")
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let text = doc(&["[interface]", &format!("private_key = \"{}\"", private(1))]);
+        let c = parse_toml(file("/etc/tandem/tnd7.toml"), &text).unwrap();
+        assert_eq!(c.interface.name, "tnd7");
+        assert_eq!(c.interface.listen_port, None);
+        assert_eq!(c.interface.mtu, 1420);
+        assert_eq!(c.interface.fwmark, 0);
+        assert_eq!(c.interface.table, Table::Auto);
+        assert!(c.interface.offload);
+        assert!(c.interface.addresses.is_empty());
+        assert!(c.peers.is_empty());
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn integers_in_any_toml_radix_and_duplicate_names() {
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key = \"{}\"", private(1)),
+            "fwmark = 0xca6c",
+            "mtu = 1_400",
+            "[[peer]]",
+            "name = \"twin\"",
+            &format!("public_key = \"{}\"", public(2)),
+            "allowed_ips = [\"10.0.0.2/32\"]",
+            "[[peer]]",
+            "name = \"twin\"",
+            &format!("public_key = \"{}\"", public(3)),
+            "allowed_ips = [\"10.0.0.3/32\"]",
+        ]);
+        let c = parse_toml(file("r.toml"), &text).unwrap();
+        assert_eq!((c.interface.fwmark, c.interface.mtu), (0xca6c, 1400));
+        // Names are labels: a repeat is allowed but worth a warning.
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].key, "peer[2].name");
+        assert_eq!(c.warnings[0].line, Some(10));
+        assert!(c.warnings[0].message.contains("peer[1] (line 6)"));
+    }
+
+    #[test]
+    fn table_forms() {
+        for (value, want) in [
+            ("\"auto\"", Table::Auto),
+            ("\"off\"", Table::Off),
+            ("1234", Table::Id(1234)),
+            ("\"51820\"", Table::Id(51820)),
+        ] {
+            let text = doc(&[
+                "[interface]",
+                &format!("private_key = \"{}\"", private(1)),
+                &format!("table = {value}"),
+            ]);
+            let c = parse_toml(file("t.toml"), &text).unwrap();
+            assert_eq!(c.interface.table, want, "{value}");
+        }
+        for bad in ["0", "-3", "\"main\"", "true"] {
+            let text = doc(&[
+                "[interface]",
+                &format!("private_key = \"{}\"", private(1)),
+                &format!("table = {bad}"),
+            ]);
+            let e = parse_toml(file("t.toml"), &text).unwrap_err();
+            assert_eq!(error_for(&e, "interface.table").line, Some(3), "{bad}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_reports_tomls_line_and_other_errors_too() {
+        let text = doc(&[
+            "[interface]",                                // 1
+            &format!("private_key = \"{}\"", private(1)), // 2
+            "mtu = ",                                     // 3: no value
+            "colour = \"blue\"",                          // 4: unknown key
+            "[[peer]]",                                   // 5
+            &format!("public_key = \"{}\"", public(2)),   // 6
+            "allowed_ips = [\"10.0.0.1/24\"]",            // 7: host bits
+        ]);
+        let e = parse_toml(file("s.toml"), &text).unwrap_err();
+        assert_error(&e, "syntax", 3, "");
+        assert_error(&e, "interface.colour", 4, "unknown key");
+        assert_error(&e, "peer[1].allowed_ips", 7, "host bits");
+        // The broken line gets one error (the syntax one), not a second about its value.
+        assert_eq!(e.iter().filter(|e| e.line == Some(3)).count(), 1, "{e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with("s.toml:3: syntax: "), "{shown}");
+    }
+
+    #[test]
+    fn syntax_error_suppresses_missing_key_complaints() {
+        // The private key line is broken; "missing private_key" would be noise.
+        let text = doc(&["[interface]", "private_key = \"unterminated"]);
+        let e = parse_toml(file("s.toml"), &text).unwrap_err();
+        assert_eq!(e.len(), 1, "{e}");
+        assert_eq!(e.0[0].key, "syntax");
+        assert_eq!(e.0[0].line, Some(2));
+    }
+
+    #[test]
+    fn unknown_keys_at_every_level() {
+        let text = doc(&[
+            "verbose = true",                             // 1
+            "[interface]",                                // 2
+            &format!("private_key = \"{}\"", private(1)), // 3
+            "listen_prot = 51820",                        // 4
+            "dns = [\"10.0.0.53\"]",                      // 5
+            "[interface.extra]",                          // 6
+            "x = 1",                                      // 7
+            "[[peer]]",                                   // 8
+            &format!("public_key = \"{}\"", public(2)),   // 9
+            "AllowedIPs = [\"10.0.0.2/32\"]",             // 10
+        ]);
+        let e = parse_toml(file("u.toml"), &text).unwrap_err();
+        assert_error(&e, "verbose", 1, "unknown key");
+        assert_error(&e, "interface.listen_prot", 4, "did you mean listen_port?");
+        assert_error(&e, "interface.dns", 5, "unknown key");
+        assert_error(&e, "interface.extra", 6, "unknown key");
+        assert_error(&e, "peer[1].AllowedIPs", 10, "did you mean allowed_ips?");
+        assert_eq!(e.len(), 5, "{e}");
+    }
+
+    #[test]
+    fn wrong_types() {
+        let text = doc(&[
+            "[interface]",                                // 1
+            &format!("private_key = \"{}\"", private(1)), // 2
+            "mtu = \"1420\"",                             // 3
+            "address = \"10.0.0.1/24\"",                  // 4
+            "offload = \"yes\"",                          // 5
+            "listen_port = 1.5",                          // 6
+            "name = 7",                                   // 7
+            "[[peer]]",                                   // 8
+            &format!("public_key = \"{}\"", public(2)),   // 9
+            "allowed_ips = [\"10.0.0.2/32\", 5]",         // 10
+            "persistent_keepalive = true",                // 11
+        ]);
+        let e = parse_toml(file("t.toml"), &text).unwrap_err();
+        assert_error(&e, "interface.mtu", 3, "expected an integer, found string");
+        assert_error(&e, "interface.address", 4, "array of strings");
+        assert_error(&e, "interface.offload", 5, "expected a boolean");
+        assert_error(&e, "interface.listen_port", 6, "found float");
+        assert_error(&e, "interface.name", 7, "expected a string, found integer");
+        assert_error(&e, "peer[1].allowed_ips", 10, "found integer");
+        assert_error(&e, "peer[1].persistent_keepalive", 11, "found boolean");
+        assert_eq!(e.len(), 7, "{e}");
+    }
+
+    #[test]
+    fn peer_must_be_an_array_of_tables() {
+        let text = doc(&[
+            "[interface]",
+            &format!("private_key = \"{}\"", private(1)),
+            "[peer]",
+            &format!("public_key = \"{}\"", public(2)),
+        ]);
+        let e = parse_toml(file("p.toml"), &text).unwrap_err();
+        assert_error(&e, "peer", 3, "[[peer]]");
+        let text = "interface = 3\n";
+        let e = parse_toml(file("p.toml"), text).unwrap_err();
+        assert_error(&e, "interface", 1, "expected a table");
+    }
+
+    #[test]
+    fn values_in_multiline_arrays_get_their_own_lines() {
+        let text = doc(&[
+            "[interface]",                                // 1
+            &format!("private_key = \"{}\"", private(1)), // 2
+            "[[peer]]",                                   // 3
+            &format!("public_key = \"{}\"", public(2)),   // 4
+            "allowed_ips = [",                            // 5
+            "  \"10.0.0.2/32\",",                         // 6
+            "  \"10.0.1.0/33\",",                         // 7
+            "  \"10.0.2.1/24\",",                         // 8
+            "]",                                          // 9
+        ]);
+        let e = parse_toml(file("m.toml"), &text).unwrap_err();
+        assert_error(
+            &e,
+            "peer[1].allowed_ips",
+            7,
+            "prefix length 33 is out of range for IPv4",
+        );
+        assert_error(&e, "peer[1].allowed_ips", 8, "did you mean 10.0.2.0/24?");
+        assert_eq!(e.len(), 2, "{e}");
+    }
 }

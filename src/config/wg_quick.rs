@@ -30,8 +30,14 @@ const PEER_KEYS: &[&str] = &[
     "PersistentKeepalive",
 ];
 /// wg-quick interface settings tandem accepts but does not act on.
-const IGNORED_INTERFACE_KEYS: &[&str] =
-    &["DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"];
+const IGNORED_INTERFACE_KEYS: &[&str] = &[
+    "DNS",
+    "PreUp",
+    "PostUp",
+    "PreDown",
+    "PostDown",
+    "SaveConfig",
+];
 
 enum Section {
     /// Before the first section header.
@@ -61,7 +67,10 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
 
         if let Some(rest) = content.strip_prefix('[') {
             let Some(name) = rest.strip_suffix(']') else {
-                diag.syntax(line, format!("\"{content}\" is not a section header ([Name])"));
+                diag.syntax(
+                    line,
+                    format!("\"{content}\" is not a section header ([Name])"),
+                );
                 section = Section::Unknown;
                 continue;
             };
@@ -137,7 +146,10 @@ fn at<T>(value: T, line: Option<usize>, key: String) -> At<T> {
 /// Sets a single-valued key; a repeat replaces the earlier value, as in `wg`.
 fn set_once<T>(diag: &mut Diagnostics, slot: &mut Option<At<T>>, new: At<T>) {
     if let Some(old) = slot.as_ref() {
-        let was = old.line.map(|l| format!(" on line {l}")).unwrap_or_default();
+        let was = old
+            .line
+            .map(|l| format!(" on line {l}"))
+            .unwrap_or_default();
         diag.warn(
             new.line,
             &new.key,
@@ -148,9 +160,10 @@ fn set_once<T>(diag: &mut Diagnostics, slot: &mut Option<At<T>>, new: At<T>) {
 }
 
 fn list(value: &str, line: Option<usize>, key: &str) -> impl Iterator<Item = At<String>> {
+    // wg-quick word-splits Address and DNS after turning commas into spaces; accepting both
+    // separators everywhere reads every file wg-quick reads.
     value
-        .split(',')
-        .map(str::trim)
+        .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
         .map(move |s| at(s.to_owned(), line, key.to_owned()))
         .collect::<Vec<_>>()
@@ -257,8 +270,8 @@ fn peer_key(
 ) {
     let section = format!("Peer[{}]", d.index);
     let Some(name) = canonical(key, PEER_KEYS) else {
-        let message = if let Some(iface_key) = canonical(key, INTERFACE_KEYS)
-            .or_else(|| canonical(key, IGNORED_INTERFACE_KEYS))
+        let message = if let Some(iface_key) =
+            canonical(key, INTERFACE_KEYS).or_else(|| canonical(key, IGNORED_INTERFACE_KEYS))
         {
             format!("{iface_key} belongs in the [Interface] section")
         } else if let Some(s) = suggest(key, PEER_KEYS) {
@@ -281,5 +294,200 @@ fn peer_key(
             }
         }
         _ => diag.error(line, path, "internal error: key listed but not handled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::test_util::{assert_error, file, private, public};
+    use crate::config::{Cidr, Table, parse_wg_quick};
+    use crate::proto::keys::PresharedKey;
+
+    #[test]
+    fn realistic_wg0_conf_with_warnings() {
+        let psk = PresharedKey::from_bytes([7; 32]).to_base64();
+        let text = [
+            "# /etc/wireguard/wg0.conf".to_owned(),                    // 1
+            "[Interface]".to_owned(),                                  // 2
+            format!("PrivateKey = {}  # ours", private(1)),            // 3
+            "Address = 10.0.0.1/24,fd00::1/64".to_owned(),             // 4
+            "address = 10.0.1.1/24".to_owned(),                        // 5 (accumulates)
+            "ListenPort = 51820".to_owned(),                           // 6
+            "DNS = 1.1.1.1, 9.9.9.9".to_owned(),                       // 7
+            "MTU = 1380".to_owned(),                                   // 8
+            "FwMark = 0x1234".to_owned(),                              // 9
+            "Table = 1000".to_owned(),                                 // 10
+            "PostUp = iptables -A FORWARD -i %i -j ACCEPT".to_owned(), // 11
+            "SaveConfig = true".to_owned(),                            // 12
+            String::new(),                                             // 13
+            "[peer]".to_owned(),                                       // 14
+            format!("publickey = {}", public(2)),                      // 15
+            format!("PresharedKey = {psk}"),                           // 16
+            "AllowedIPs = 10.0.0.2/32, 192.168.1.0/24,".to_owned(),    // 17
+            "AllowedIPs = fd00::2/128 ".to_owned(),                    // 18
+            "Endpoint = [2001:db8::2]:51820".to_owned(),               // 19
+            "PersistentKeepalive = 25".to_owned(),                     // 20
+            "[Peer]".to_owned(),                                       // 21
+            format!("PublicKey = {}", public(3)),                      // 22
+            "AllowedIPs = 10.0.0.3/32".to_owned(),                     // 23
+            "Endpoint = peer3.example.net:4500".to_owned(),            // 24
+            "PersistentKeepalive = off".to_owned(),                    // 25
+        ]
+        .join("\r\n");
+        let c = parse_wg_quick(file("/etc/wireguard/wg0.conf"), &text).unwrap();
+        let i = &c.interface;
+        assert_eq!(i.name, "wg0");
+        assert_eq!(i.private_key.to_base64(), private(1));
+        assert_eq!(i.listen_port, Some(51820));
+        let addrs: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
+        assert_eq!(addrs, ["10.0.0.1/24", "fd00::1/64", "10.0.1.1/24"]);
+        assert_eq!((i.mtu, i.fwmark, i.table), (1380, 0x1234, Table::Id(1000)));
+        assert_eq!(c.peers.len(), 2);
+        let p = &c.peers[0];
+        assert_eq!(p.public_key.to_base64(), public(2));
+        assert_eq!(p.preshared_key, Some(PresharedKey::from_bytes([7; 32])));
+        let want: Vec<Cidr> = ["10.0.0.2/32", "192.168.1.0/24", "fd00::2/128"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(p.allowed_ips, want);
+        assert_eq!(
+            p.endpoint.as_ref().unwrap().to_string(),
+            "[2001:db8::2]:51820"
+        );
+        assert_eq!(p.persistent_keepalive, Some(25));
+        let q = &c.peers[1];
+        assert_eq!(q.endpoint.as_ref().unwrap().host, "peer3.example.net");
+        assert_eq!(q.persistent_keepalive, None);
+
+        let warned: Vec<(Option<usize>, &str)> = c
+            .warnings
+            .iter()
+            .map(|w| (w.line, w.key.as_str()))
+            .collect();
+        assert_eq!(
+            warned,
+            [
+                (Some(7), "Interface.DNS"),
+                (Some(11), "Interface.PostUp"),
+                (Some(12), "Interface.SaveConfig"),
+            ]
+        );
+        assert!(
+            c.warnings[0]
+                .to_string()
+                .starts_with("warning: /etc/wireguard/wg0.conf:7: Interface.DNS: ")
+        );
+    }
+
+    #[test]
+    fn errors_with_lines_and_keys() {
+        let text = [
+            "ListenPort = 1".to_owned(),                       // 1: outside a section
+            "[Interface]".to_owned(),                          // 2
+            format!("PrivateKey = {}", private(1)),            // 3
+            "ListenPort = many".to_owned(),                    // 4
+            "FwMark = 0xzz".to_owned(),                        // 5
+            "PublicKey = abc".to_owned(),                      // 6: wrong section
+            "Adress = 10.0.0.1/24".to_owned(),                 // 7: typo
+            "PrivateKey".to_owned(),                           // 8: no =
+            "[Peer]".to_owned(),                               // 9
+            format!("PublicKey = {}", public(2)),              // 10
+            "AllowedIPs = 10.0.0.0/8, 10.9.9.9/24".to_owned(), // 11
+            "Endpoint = example.org".to_owned(),               // 12
+            "DNS = 1.1.1.1".to_owned(),                        // 13
+            "PersistentKeepalive = 100000".to_owned(),         // 14
+            "[Wat]".to_owned(),                                // 15
+            "Anything = goes".to_owned(),                      // 16: not checked
+            "[Peer]".to_owned(),                               // 17
+            format!("PublicKey = {}", public(2)),              // 18: duplicate
+            "AllowedIPs = 10.0.0.0/8".to_owned(),              // 19: taken by Peer[1]
+        ]
+        .join("\n");
+        let e = parse_wg_quick(file("wg1.conf"), &text).unwrap_err();
+        assert_error(&e, "ListenPort", 1, "outside a section");
+        assert_error(
+            &e,
+            "Interface.ListenPort",
+            4,
+            "\"many\" is not a decimal number",
+        );
+        assert_error(&e, "Interface.FwMark", 5, "0x hex");
+        assert_error(&e, "Interface.PublicKey", 6, "belongs in a [Peer] section");
+        assert_error(&e, "Interface.Adress", 7, "did you mean Address?");
+        assert_error(&e, "syntax", 8, "expected Key = Value");
+        assert_error(&e, "Peer[1].AllowedIPs", 11, "did you mean 10.9.9.0/24?");
+        assert_error(&e, "Peer[1].Endpoint", 12, "has no port");
+        assert_error(&e, "Peer[1].DNS", 13, "belongs in the [Interface] section");
+        assert_error(&e, "Peer[1].PersistentKeepalive", 14, "out of range");
+        assert_error(&e, "Wat", 15, "unknown section");
+        assert_error(
+            &e,
+            "Peer[2].PublicKey",
+            18,
+            "duplicate peer: Peer[1] (line 10)",
+        );
+        assert_error(
+            &e,
+            "Peer[2].AllowedIPs",
+            19,
+            "10.0.0.0/8 is also in the allowed IPs of Peer[1]",
+        );
+        assert_eq!(e.len(), 13, "{e}");
+    }
+
+    #[test]
+    fn missing_pieces() {
+        let e = parse_wg_quick(file("wg2.conf"), "[Peer]\nAllowedIPs = 10.0.0.2/32\n").unwrap_err();
+        assert_error(&e, "Peer[1].PublicKey", 1, "missing public key");
+        assert!(
+            e.iter().any(|e| e.key == "Interface" && e.line.is_none()),
+            "{e}"
+        );
+        let e = parse_wg_quick(file("wg2.conf"), "[Interface]\nListenPort = 5\n").unwrap_err();
+        assert_error(&e, "Interface.PrivateKey", 1, "missing PrivateKey");
+    }
+
+    #[test]
+    fn repeated_single_key_warns_and_last_wins() {
+        let text = format!(
+            "[Interface]\nPrivateKey = {}\nMTU = 1400\nmtu = 1500\n",
+            private(1)
+        );
+        let c = parse_wg_quick(file("wg3.conf"), &text).unwrap();
+        assert_eq!(c.interface.mtu, 1500);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(
+            (c.warnings[0].line, c.warnings[0].key.as_str()),
+            (Some(4), "Interface.MTU")
+        );
+        assert!(c.warnings[0].message.contains("line 3"));
+    }
+
+    #[test]
+    fn table_and_fwmark_forms() {
+        for (table, fwmark, want_table, want_mark) in [
+            ("auto", "off", Table::Auto, 0),
+            ("Off", "51820", Table::Off, 51820),
+            ("51820", "0xCA6C", Table::Id(51820), 0xca6c),
+        ] {
+            let text = format!(
+                "[Interface]\nPrivateKey = {}\nTable = {table}\nFwMark = {fwmark}\n",
+                private(1)
+            );
+            let c = parse_wg_quick(file("wg4.conf"), &text).unwrap();
+            assert_eq!(
+                (c.interface.table, c.interface.fwmark),
+                (want_table, want_mark)
+            );
+        }
+        let text = format!("[Interface]\nPrivateKey = {}\nTable = main\n", private(1));
+        let e = parse_wg_quick(file("wg4.conf"), &text).unwrap_err();
+        assert_error(
+            &e,
+            "Interface.Table",
+            3,
+            "not \"auto\", \"off\" or a table number",
+        );
     }
 }
