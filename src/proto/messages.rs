@@ -177,7 +177,7 @@ mod tests {
                 }
             }
         }
-        let mut t = vec![0u8; 100];
+        let mut t = [0u8; 100];
         t[0] = 4;
         for n in 0..KEEPALIVE_LEN {
             assert_eq!(classify(&t[..n]), Err(DropReason::Truncated));
