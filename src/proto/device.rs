@@ -167,6 +167,10 @@ impl Device {
         }
         for slot in 0..self.peers.len() {
             self.clear_sessions(PeerId(slot as u32));
+            // The old handshakes are void: a new one may start at once.
+            if let Some(peer) = self.peers[slot].as_mut() {
+                peer.timers.last_sent_handshake = None;
+            }
         }
     }
 

@@ -116,6 +116,12 @@ impl Keypair {
         self.sending_counter
     }
 
+    /// Tests jump the counter to the message limits, which no test could reach by sending.
+    #[cfg(test)]
+    pub(crate) fn set_sending_counter(&mut self, counter: u64) {
+        self.sending_counter = counter;
+    }
+
     /// Encrypts the packet at `buf[HEADROOM..HEADROOM + len]` into a whole transport message
     /// starting at `buf[0]`, padding it to 16 bytes (never past `mtu`). Returns the message
     /// length, or None when `buf` lacks the tailroom.
@@ -209,6 +215,40 @@ mod tests {
         assert_eq!(b.open(0, &mut forged[..n]), Err(OpenError::Decrypt));
         assert!(b.counter_acceptable(0));
         assert_eq!(b.open(0, &mut buf[..n]), Ok(0));
+    }
+
+    #[test]
+    fn message_limits() {
+        let (mut a, _) = pair();
+        let now = Duration::from_secs(1);
+        assert!(a.can_send(now) && !a.wants_rekey_on_send(now));
+        a.set_sending_counter(REKEY_AFTER_MESSAGES + 1);
+        assert!(
+            a.can_send(now) && a.wants_rekey_on_send(now),
+            "REKEY_AFTER_MESSAGES"
+        );
+        a.set_sending_counter(REJECT_AFTER_MESSAGES - 1);
+        assert!(a.can_send(now));
+        let mut buf = [0u8; 64];
+        a.seal(&mut buf, 0, 1420).unwrap();
+        assert!(
+            !a.can_send(now),
+            "REJECT_AFTER_MESSAGES: the last counter was used"
+        );
+    }
+
+    #[test]
+    fn time_limits() {
+        let (a, b) = pair();
+        assert!(
+            !b.wants_rekey_on_send(REKEY_AFTER_TIME + Duration::from_secs(1)),
+            "responders do not rekey on time"
+        );
+        assert!(!a.wants_rekey_on_send(REKEY_AFTER_TIME));
+        assert!(a.wants_rekey_on_send(REKEY_AFTER_TIME + Duration::from_millis(1)));
+        assert!(a.can_send(REJECT_AFTER_TIME - Duration::from_millis(1)));
+        assert!(!a.can_send(REJECT_AFTER_TIME));
+        assert!(!a.can_receive(REJECT_AFTER_TIME));
     }
 
     #[test]
