@@ -41,6 +41,9 @@ use super::transport::{Keypair, OpenError};
 
 pub use super::transport::{HEADROOM, TAILROOM};
 
+/// Staging buffers kept for reuse.
+const MAX_SPARE_BUFFERS: usize = 2 * MAX_STAGED_PACKETS;
+
 /// Default inner MTU, as wg-quick uses.
 pub const DEFAULT_MTU: usize = 1420;
 
@@ -110,6 +113,8 @@ pub struct Device {
     control: VecDeque<Control>,
     /// Peers whose staged packets can go now that they have a session.
     flush: VecDeque<PeerId>,
+    /// Recycled staging buffers.
+    spare: Vec<Vec<u8>>,
     drops: DropCounters,
     rng: StdRng,
 }
@@ -135,6 +140,7 @@ impl Device {
             mtu: DEFAULT_MTU,
             control: VecDeque::new(),
             flush: VecDeque::new(),
+            spare: Vec::new(),
             drops: DropCounters::default(),
             rng,
         }
@@ -390,14 +396,23 @@ impl Device {
         }
         // No usable session (or packets already waiting: keep their order): stage a copy,
         // dropping the oldest when full as the kernel does, and start a handshake.
-        if peer.staged.len() >= MAX_STAGED_PACKETS {
-            peer.staged.pop_front();
+        let oldest = if peer.staged.len() >= MAX_STAGED_PACKETS {
+            peer.staged.pop_front()
+        } else {
+            None
+        };
+        if let Some(oldest) = oldest {
             self.drops.count(DropReason::QueueFull);
+            self.recycle(oldest);
         }
+        // Staging buffers are recycled, so a long handshake wait allocates only once.
+        let mut copy = self.spare.pop().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(packet);
         let Some(peer) = self.peer_mut(id) else {
             return Encapsulated::Queued;
         };
-        peer.staged.push_back(packet.to_vec());
+        peer.staged.push_back(copy);
         if peer.sendable(now.monotonic) {
             self.schedule_flush(id);
         } else {
@@ -418,6 +433,12 @@ impl Device {
         peer.timers.on_data_sent(now.monotonic, jitter);
         if rekey {
             self.send_initiation(id, false, now);
+        }
+    }
+
+    fn recycle(&mut self, buffer: Vec<u8>) {
+        if self.spare.len() < MAX_SPARE_BUFFERS {
+            self.spare.push(buffer);
         }
     }
 
@@ -904,6 +925,9 @@ impl Device {
                 continue;
             };
             slot.copy_from_slice(&packet);
+            if self.spare.len() < MAX_SPARE_BUFFERS {
+                self.spare.push(packet);
+            }
             let Some(keypair) = peer.current.as_deref_mut() else {
                 continue;
             };
