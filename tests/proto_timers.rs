@@ -322,3 +322,24 @@ fn initiations_are_rate_limited_to_one_per_rekey_timeout() {
         assert_eq!(d[20], i as u8);
     }
 }
+
+#[test]
+fn receiver_indices_do_not_leak_across_many_rekeys() {
+    let mut p = established();
+    for step in 0..2000u32 {
+        p.now = p.now.advance(Duration::from_millis(700));
+        let now = p.now;
+        p.a.dev.update_timers(now);
+        p.drain(true);
+        p.b.dev.update_timers(now);
+        p.drain(false);
+        // Both sides send, so both sides sometimes initiate (rekey races included).
+        let from_a = step % 3 != 0;
+        let pkt = p.packet(from_a, &step.to_be_bytes());
+        p.send_ip(from_a, &pkt);
+        p.run();
+    }
+    // At most: handshake + previous + current + next.
+    assert!(p.a.dev.index_count() <= 4, "{}", p.a.dev.index_count());
+    assert!(p.b.dev.index_count() <= 4, "{}", p.b.dev.index_count());
+}

@@ -422,7 +422,15 @@ impl Device {
     }
 
     fn after_data_sent(&mut self, id: PeerId, bytes: usize, rekey: bool, now: Now) {
-        let jitter = self.jitter();
+        // Draw jitter only when the timer will be armed (not on every packet).
+        let needs_jitter = self
+            .peer(id)
+            .is_some_and(|p| p.timers.new_handshake.is_none());
+        let jitter = if needs_jitter {
+            self.jitter()
+        } else {
+            Duration::ZERO
+        };
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
@@ -623,14 +631,14 @@ impl Device {
         // Authenticated: the session is ours to use at once, as initiator.
         peer.handshake = None;
         let keypair = Box::new(Keypair::new(&keys, receiver, sender, true, now.monotonic));
+        // As the kernel does: an unconfirmed `next` (we answered the peer's initiation) is
+        // demoted to previous and the old current goes; else current becomes previous.
+        let old_current = peer.current.replace(keypair);
         let dropped = if let Some(next) = peer.next.take() {
-            // A session we answered as responder was never confirmed; keep it as previous.
-            peer.previous.replace(next)
+            [peer.previous.replace(next), old_current]
         } else {
-            let old_current = peer.current.take();
-            std::mem::replace(&mut peer.previous, old_current)
+            [std::mem::replace(&mut peer.previous, old_current), None]
         };
-        peer.current = Some(keypair);
         peer.endpoint = Some(src);
         peer.stats.rx_bytes += RESPONSE_LEN as u64;
         peer.stats.last_handshake = Some(now.unix);
@@ -641,7 +649,7 @@ impl Device {
         peer.timers.on_authenticated_traversal(now.monotonic, ka);
         tracing::debug!(peer = %peer.public_key, "handshake complete (initiator)");
         let has_staged = !peer.staged.is_empty();
-        if let Some(k) = dropped {
+        for k in dropped.into_iter().flatten() {
             self.index.remove(k.local_index);
         }
         // Confirm the session at once: send what waited, or else a keepalive.
@@ -1027,6 +1035,11 @@ impl Device {
     }
 
     /// Whether `poll_transmit` has something (cheap check for the driver).
+    /// How many receiver indices are in use (handshakes and sessions): for leak checks.
+    pub fn index_count(&self) -> usize {
+        self.index.len()
+    }
+
     pub fn has_transmit(&self) -> bool {
         !self.control.is_empty() || !self.flush.is_empty()
     }
