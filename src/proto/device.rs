@@ -37,7 +37,7 @@ use super::timers::{
     INITIATION_MIN_INTERVAL, KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_ON_RECEIVE_AGE,
     REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER_MAX, TimerEvent, UNDER_LOAD_HOLD,
 };
-use super::transport::{Keypair, OpenError};
+use super::transport::{Keypair, OpenJob, SealJob};
 
 pub use super::transport::{HEADROOM, TAILROOM};
 
@@ -71,6 +71,44 @@ pub enum Decapsulated {
     /// Consumed (handshake message, cookie reply or keepalive); drain `poll_transmit`.
     Done,
     Dropped(DropReason),
+}
+
+/// The sequential half of an outbound packet (see [`Device::prepare_encapsulate`]).
+#[derive(Debug)]
+pub enum PreparedSend {
+    /// Run `job.seal(buf)`, then send `buf[..len]` to `endpoint`.
+    Seal {
+        endpoint: SocketAddr,
+        job: SealJob,
+    },
+    Queued,
+    Dropped(DropReason),
+}
+
+/// The sequential half of an inbound datagram (see [`Device::prepare_decapsulate`]).
+#[derive(Debug)]
+pub enum PreparedReceive {
+    /// Run `job.open(datagram)`, then [`Device::finish_decapsulate`].
+    Open(ReceiveJob),
+    /// A handshake message or cookie reply, fully handled (drain `poll_transmit`).
+    Done,
+    Dropped(DropReason),
+}
+
+/// Decryption of one transport message; `Send`, so it can run on any core.
+#[derive(Debug, Clone)]
+pub struct ReceiveJob {
+    open: OpenJob,
+    peer: PeerId,
+    receiver: u32,
+    src: SocketAddr,
+}
+
+impl ReceiveJob {
+    /// Decrypts the whole transport message in place; the padded plaintext length.
+    pub fn open(&self, datagram: &mut [u8]) -> Option<usize> {
+        self.open.open(datagram)
+    }
 }
 
 /// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`.
@@ -365,34 +403,49 @@ impl Device {
     /// Encrypts the IP packet at `buf[HEADROOM..HEADROOM + len]` for the peer whose
     /// AllowedIPs hold its destination. `buf` needs `TAILROOM` bytes after the packet.
     pub fn encapsulate(&mut self, buf: &mut [u8], len: usize, now: Now) -> Encapsulated {
+        match self.prepare_encapsulate(buf, len, now) {
+            PreparedSend::Seal { endpoint, job } => match job.seal(buf) {
+                Some(len) => Encapsulated::Send { endpoint, len },
+                None => Encapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall)),
+            },
+            PreparedSend::Queued => Encapsulated::Queued,
+            PreparedSend::Dropped(reason) => Encapsulated::Dropped(reason),
+        }
+    }
+
+    /// The sequential half of [`Device::encapsulate`]: routing, session choice, counter and
+    /// timers. The returned [`SealJob`] does the encryption and may run on another core;
+    /// jobs of one peer carry increasing counters, so order within a batch is kept by
+    /// sending the sealed messages in the order they were prepared.
+    pub fn prepare_encapsulate(&mut self, buf: &[u8], len: usize, now: Now) -> PreparedSend {
         let Some(packet) = buf.get(HEADROOM..HEADROOM + len) else {
-            return Encapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall));
+            return PreparedSend::Dropped(self.drop_reason(DropReason::BufferTooSmall));
         };
         let peer_id = match ip::destination(packet) {
             Some(Addr::V4(a)) => self.allowed_ips.lookup_v4(a),
             Some(Addr::V6(a)) => self.allowed_ips.lookup_v6(&a),
-            None => return Encapsulated::Dropped(self.drop_reason(DropReason::InvalidInnerPacket)),
+            None => return PreparedSend::Dropped(self.drop_reason(DropReason::InvalidInnerPacket)),
         };
         let Some(id) = peer_id else {
-            return Encapsulated::Dropped(self.drop_reason(DropReason::NoRoute));
+            return PreparedSend::Dropped(self.drop_reason(DropReason::NoRoute));
         };
         let mtu = self.mtu;
         let Some(peer) = self.peer_mut(id) else {
-            return Encapsulated::Dropped(self.drop_reason(DropReason::NoRoute));
+            return PreparedSend::Dropped(self.drop_reason(DropReason::NoRoute));
         };
         let Some(endpoint) = peer.endpoint else {
-            return Encapsulated::Dropped(self.drop_reason(DropReason::NoEndpoint));
+            return PreparedSend::Dropped(self.drop_reason(DropReason::NoEndpoint));
         };
         if peer.staged.is_empty() && peer.sendable(now.monotonic) {
             let Some(keypair) = peer.current.as_deref_mut() else {
-                return Encapsulated::Dropped(self.drop_reason(DropReason::NoEndpoint));
+                return PreparedSend::Dropped(self.drop_reason(DropReason::NoEndpoint));
             };
-            let Some(n) = keypair.seal(buf, len, mtu) else {
-                return Encapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall));
+            let Some(job) = keypair.prepare_seal(buf.len(), len, mtu) else {
+                return PreparedSend::Dropped(self.drop_reason(DropReason::BufferTooSmall));
             };
             let rekey = keypair.wants_rekey_on_send(now.monotonic);
-            self.after_data_sent(id, n, rekey, now);
-            return Encapsulated::Send { endpoint, len: n };
+            self.after_data_sent(id, job.message_len(), rekey, now);
+            return PreparedSend::Seal { endpoint, job };
         }
         // No usable session (or packets already waiting: keep their order): stage a copy,
         // dropping the oldest when full as the kernel does, and start a handshake.
@@ -410,7 +463,7 @@ impl Device {
         copy.clear();
         copy.extend_from_slice(packet);
         let Some(peer) = self.peer_mut(id) else {
-            return Encapsulated::Queued;
+            return PreparedSend::Queued;
         };
         peer.staged.push_back(copy);
         if peer.sendable(now.monotonic) {
@@ -418,7 +471,7 @@ impl Device {
         } else {
             self.send_initiation(id, false, now);
         }
-        Encapsulated::Queued
+        PreparedSend::Queued
     }
 
     fn after_data_sent(&mut self, id: PeerId, bytes: usize, rekey: bool, now: Now) {
@@ -683,27 +736,96 @@ impl Device {
         counter: u64,
         now: Now,
     ) -> Decapsulated {
-        let Some(id) = self.index.get(receiver) else {
-            return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
+        let job = match self.prepare_transport(src, receiver, counter, now) {
+            Ok(job) => job,
+            Err(reason) => return Decapsulated::Dropped(self.drop_reason(reason)),
         };
+        let opened = job.open(datagram);
+        self.finish_decapsulate(&job, opened, datagram, now)
+    }
+
+    fn prepare_transport(
+        &mut self,
+        src: SocketAddr,
+        receiver: u32,
+        counter: u64,
+        now: Now,
+    ) -> Result<ReceiveJob, DropReason> {
+        let id = self
+            .index
+            .get(receiver)
+            .ok_or(DropReason::UnknownReceiverIndex)?;
+        let keypair = self
+            .peers
+            .get_mut(id.0 as usize)
+            .and_then(Option::as_mut)
+            .and_then(|p| p.keypair_mut(receiver))
+            .ok_or(DropReason::UnknownReceiverIndex)?;
+        if !keypair.can_receive(now.monotonic) {
+            return Err(DropReason::KeypairExpired);
+        }
+        let open = keypair
+            .prepare_open(counter)
+            .map_err(|_| DropReason::ReplayedCounter)?;
+        Ok(ReceiveJob {
+            open,
+            peer: id,
+            receiver,
+            src,
+        })
+    }
+
+    /// The sequential half of [`Device::decapsulate`]: frames and handshake messages are
+    /// handled here entirely; a transport message yields a [`ReceiveJob`] whose decryption
+    /// may run on another core, followed by [`Device::finish_decapsulate`] in arrival order.
+    pub fn prepare_decapsulate(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Now,
+    ) -> PreparedReceive {
+        let Some(datagram) = buf.get(..len) else {
+            return PreparedReceive::Dropped(self.drop_reason(DropReason::BufferTooSmall));
+        };
+        match classify(datagram) {
+            Ok(MessageKind::Transport { receiver, counter }) => {
+                match self.prepare_transport(src, receiver, counter, now) {
+                    Ok(job) => PreparedReceive::Open(job),
+                    Err(reason) => PreparedReceive::Dropped(self.drop_reason(reason)),
+                }
+            }
+            _ => match self.decapsulate(src, buf, len, now) {
+                Decapsulated::Dropped(reason) => PreparedReceive::Dropped(reason),
+                _ => PreparedReceive::Done,
+            },
+        }
+    }
+
+    /// Completes a transport message after its [`ReceiveJob`] ran (`opened` is what
+    /// `job.open` returned): replay marking, session confirmation, roaming, timers and the
+    /// cryptokey-routing check, exactly as [`Device::decapsulate`] does.
+    pub fn finish_decapsulate(
+        &mut self,
+        job: &ReceiveJob,
+        opened: Option<usize>,
+        datagram: &[u8],
+        now: Now,
+    ) -> Decapsulated {
+        let Some(len) = opened else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::DecryptFailed));
+        };
+        let (src, receiver, id) = (job.src, job.receiver, job.peer);
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
         };
         let Some(keypair) = peer.keypair_mut(receiver) else {
             return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
         };
-        if !keypair.can_receive(now.monotonic) {
-            return Decapsulated::Dropped(self.drop_reason(DropReason::KeypairExpired));
+        // Marked only after authentication, so a forged packet cannot move the window.
+        if !keypair.mark(job.open.counter()) {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::ReplayedCounter));
         }
-        let len = match keypair.open(counter, datagram) {
-            Ok(len) => len,
-            Err(OpenError::Replayed) => {
-                return Decapsulated::Dropped(self.drop_reason(DropReason::ReplayedCounter));
-            }
-            Err(OpenError::Decrypt) => {
-                return Decapsulated::Dropped(self.drop_reason(DropReason::DecryptFailed));
-            }
-        };
 
         // Authenticated.
         let is_initiator = keypair.i_am_initiator;

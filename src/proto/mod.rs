@@ -21,9 +21,11 @@ pub mod timers;
 pub mod transport;
 
 pub use device::{
-    ConfigureError, Decapsulated, Device, Encapsulated, HEADROOM, PeerInfo, TAILROOM, Transmit,
+    ConfigureError, Decapsulated, Device, Encapsulated, HEADROOM, PeerInfo, PreparedReceive,
+    PreparedSend, ReceiveJob, TAILROOM, Transmit,
 };
 pub use error::{DropCounters, DropReason};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use peer::{PeerConfig, PeerId, PeerStats};
 pub use time::Now;
+pub use transport::{OpenJob, SealJob};
