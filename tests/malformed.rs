@@ -811,6 +811,11 @@ fn forged_transport_to_an_unconfirmed_session_does_not_confirm_it() {
     p.deliver(false, &resp);
     p.run();
     assert_eq!(p.delivered_b, vec![x]);
+    assert_eq!(
+        p.delivered_a,
+        vec![y],
+        "b's waiting packet goes once confirmed"
+    );
     assert_traffic(&mut p, b"after");
 }
 
