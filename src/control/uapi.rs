@@ -149,9 +149,11 @@ pub fn parse_request(input: &str) -> Request {
 /// Answers one request: the full reply text, or an empty string when the connection is to be
 /// closed without a reply (an unknown operation, as wireguard-go does).
 ///
-/// This ignores what a `set` means for the sockets; a driver that has to rebind uses
-/// [`parse_request`], binds first when [`SetRequest::listen_port`] is set (answering
-/// [`UapiError::addr_in_use`] on failure, with nothing applied), then calls [`apply_set`].
+/// This ignores what a `set` means for the sockets and cannot look up interface names, so an
+/// endpoint zone given by name is refused (EINVAL). The driver instead uses
+/// [`parse_request`], resolves zones ([`SetRequest::resolve_zones`]), binds first when
+/// [`SetRequest::listen_port`] is set (answering [`UapiError::addr_in_use`] on failure, with
+/// nothing applied), then calls [`apply_set`].
 pub fn handle_request(
     input: &str,
     device: &mut Device,

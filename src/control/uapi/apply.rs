@@ -155,9 +155,15 @@ impl Model {
                         peer.preshared_key = psk.clone();
                     }
                 }
-                Op::Endpoint(endpoint) => {
+                Op::Endpoint { addr, zone } => {
+                    if zone.is_some() {
+                        return Err(UapiError::invalid(format!(
+                            "line {number}: the endpoint's zone names an interface; \
+                             the driver must resolve it first"
+                        )));
+                    }
                     if let Some(peer) = self.peer_mut(section.slot) {
-                        peer.endpoint = Some(*endpoint);
+                        peer.endpoint = Some(*addr);
                     }
                 }
                 Op::PersistentKeepalive(secs) => {

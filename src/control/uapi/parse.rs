@@ -24,7 +24,12 @@ pub(super) enum Op {
     Remove,
     /// All zeros removes the preshared key.
     PresharedKey(PresharedKey),
-    Endpoint(SocketAddr),
+    /// `zone` is an IPv6 zone given by interface name, still to be turned into the scope id
+    /// of `addr` ([`SetRequest::resolve_zones`]).
+    Endpoint {
+        addr: SocketAddr,
+        zone: Option<String>,
+    },
     PersistentKeepalive(u16),
     ReplaceAllowedIps,
     /// `allowed_ip=[-]addr/cidr`, host bits cleared; `remove` for the `-` form.
@@ -67,6 +72,33 @@ impl SetRequest {
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Turns IPv6 zones given by interface name (`endpoint=[fe80::1%eth0]:51820`, which is
+    /// how `wg` writes a link-local endpoint) into scope ids, with the caller's lookup (the
+    /// driver's `if_nametoindex`). [`apply_set`](super::apply_set) refuses a request with a
+    /// zone left unresolved; numeric zones need no lookup. An unknown name is EINVAL.
+    pub fn resolve_zones(
+        &mut self,
+        mut resolve: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<(), UapiError> {
+        for (number, op) in &mut self.ops {
+            if let Op::Endpoint { addr, zone } = op
+                && let Some(name) = zone.as_deref()
+            {
+                let index = resolve(name).ok_or_else(|| {
+                    invalid(
+                        *number,
+                        &format!("no interface {} for the endpoint zone", quoted(name)),
+                    )
+                })?;
+                if let SocketAddr::V6(v6) = addr {
+                    v6.set_scope_id(index);
+                }
+                *zone = None;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -165,11 +197,11 @@ fn peer_line(number: usize, key: &str, value: &str) -> Result<Option<Op>, UapiEr
             PresharedKey::from_hex(value)
                 .map_err(|_| invalid(number, "preshared_key is not 64 hex digits"))?,
         ),
-        "endpoint" => Op::Endpoint(
-            value
-                .parse::<SocketAddr>()
-                .map_err(|_| invalid(number, "endpoint is not ip:port or [ipv6]:port"))?,
-        ),
+        "endpoint" => {
+            let (addr, zone) = parse_endpoint(value)
+                .ok_or_else(|| invalid(number, "endpoint is not ip:port or [ipv6]:port"))?;
+            Op::Endpoint { addr, zone }
+        }
         "persistent_keepalive_interval" => Op::PersistentKeepalive(
             decimal(value, u16::MAX.into())
                 .and_then(|n| u16::try_from(n).ok())
@@ -245,6 +277,42 @@ pub(super) fn decimal(text: &str, max: u64) -> Option<u64> {
         }
     }
     Some(n)
+}
+
+/// An endpoint as Go's `netip.ParseAddrPort` reads it: `a.b.c.d:port`, or `[ipv6]:port`
+/// with an optional zone after `%`, numeric (a scope id) or an interface name (returned to be
+/// resolved). The port is a decimal up to 65535.
+pub(super) fn parse_endpoint(text: &str) -> Option<(SocketAddr, Option<String>)> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (inside, port) = rest.split_once("]:")?;
+        let port = u16::try_from(decimal(port, u16::MAX.into())?).ok()?;
+        let (ip, zone) = match inside.split_once('%') {
+            Some((ip, zone)) => (ip, Some(zone)),
+            None => (inside, None),
+        };
+        let ip: std::net::Ipv6Addr = ip.parse().ok()?;
+        let mut addr = std::net::SocketAddrV6::new(ip, port, 0, 0);
+        let pending = match zone {
+            None => None,
+            Some("") => return None,
+            Some(zone) => {
+                match decimal(zone, u32::MAX.into()).and_then(|n| u32::try_from(n).ok()) {
+                    Some(scope) => {
+                        addr.set_scope_id(scope);
+                        None
+                    }
+                    None => Some(zone.to_string()),
+                }
+            }
+        };
+        Some((SocketAddr::V6(addr), pending))
+    } else {
+        // Without brackets only IPv4: an IPv6 address must be bracketed.
+        let (ip, port) = text.rsplit_once(':')?;
+        let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+        let port = u16::try_from(decimal(port, u16::MAX.into())?).ok()?;
+        Some((SocketAddr::from((ip, port)), None))
+    }
 }
 
 /// `addr/cidr` as Go's `netip.ParsePrefix` reads it: no zone, and the length is `0` or a
@@ -326,6 +394,60 @@ mod tests {
         ] {
             assert_eq!(parse_prefix(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn endpoints_read_like_netip() {
+        let ok = |text: &str| parse_endpoint(text).map(|(a, z)| (a.to_string(), z));
+        assert_eq!(
+            ok("192.0.2.1:51820"),
+            Some(("192.0.2.1:51820".into(), None))
+        );
+        assert_eq!(ok("192.0.2.1:0080"), Some(("192.0.2.1:80".into(), None)));
+        assert_eq!(
+            ok("[2001:db8::1]:443"),
+            Some(("[2001:db8::1]:443".into(), None))
+        );
+        assert_eq!(
+            ok("[::ffff:192.0.2.1]:1"),
+            Some(("[::ffff:192.0.2.1]:1".into(), None))
+        );
+        assert_eq!(ok("[fe80::1%7]:1"), Some(("[fe80::1%7]:1".into(), None)));
+        assert_eq!(
+            ok("[fe80::1%eth0]:1"),
+            Some(("[fe80::1]:1".into(), Some("eth0".into())))
+        );
+        for bad in [
+            "",
+            "192.0.2.1",
+            "192.0.2.1:",
+            "192.0.2.1:65536",
+            "192.0.2.1:+1",
+            "192.0.2.1%eth0:1",
+            "2001:db8::1:51820",
+            "[2001:db8::1]",
+            "[2001:db8::1]51820",
+            "[192.0.2.1]:1",
+            "[fe80::1%]:1",
+            "host.example:51820",
+            ":51820",
+        ] {
+            assert_eq!(parse_endpoint(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn named_zones_wait_for_the_drivers_lookup() {
+        let body = "public_key=".to_string() + &"11".repeat(32) + "\nendpoint=[fe80::1%lo]:5\n\n";
+        let mut req = parse_set(&body).unwrap();
+        let err = req.clone().resolve_zones(|_| None).unwrap_err();
+        assert_eq!(err.errno, -libc::EINVAL);
+        req.resolve_zones(|name| (name == "lo").then_some(1))
+            .unwrap();
+        let Some((_, Op::Endpoint { addr, zone: None })) = req.ops.last() else {
+            panic!("{req:?}");
+        };
+        assert_eq!(addr.to_string(), "[fe80::1%1]:5");
     }
 
     #[test]
