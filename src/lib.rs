@@ -1,4 +1,5 @@
 pub mod config;
+pub mod control;
 pub mod driver;
 pub mod netconf;
 pub mod proto;
