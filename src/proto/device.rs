@@ -279,7 +279,8 @@ impl Device {
         peer.persistent_keepalive = seconds;
         if seconds == 0 {
             peer.timers.persistent_keepalive = None;
-        } else if was != seconds {
+        } else if was == 0 {
+            // Only when turned on (0 -> N), as the kernel and wireguard-go do.
             self.send_keepalive(id, now);
         }
     }
