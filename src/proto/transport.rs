@@ -2,7 +2,7 @@
 //! receiving replay window (whitepaper section 5.4.6).
 //!
 //! The data path seals and opens with `ring`'s ChaCha20-Poly1305, in place, in the caller's
-//! buffer: no allocation and no copy per packet. It is about three times faster than the
+//! buffer: no allocation and no copy per packet. It is about 4.5 times faster (1420 bytes) than the
 //! RustCrypto implementation on this hardware (benches/README.md), and byte-identical.
 
 use std::sync::Arc;
