@@ -1,3 +1,4 @@
+pub mod config;
 pub mod driver;
 pub mod netconf;
 pub mod proto;

@@ -1,0 +1,675 @@
+//! The format-neutral middle of the config layer: both front ends (TOML and wg-quick) turn their
+//! text into a [`Draft`] of located raw values, and [`compile`] checks every rule on it and
+//! builds the [`Config`], reporting every problem it finds rather than stopping at the first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::error::{ConfigErrors, Diagnostics};
+use super::net::{Cidr, EndpointSpec, InterfaceAddress, check_interface_name};
+use super::{Config, DEFAULT_MTU, InterfaceConfig, MAX_MTU, MIN_MTU, PeerConfig, Table};
+use crate::proto::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
+
+/// A raw value with where it came from: its 1-based line and its key path as the user's file
+/// spells it (`peer[2].allowed_ips` or `Peer[2].AllowedIPs`).
+#[derive(Debug, Clone)]
+pub(crate) struct At<T> {
+    pub value: T,
+    pub line: Option<usize>,
+    pub key: String,
+}
+
+/// Which file format a draft came from: decides how key paths of absent keys are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Toml,
+    WgQuick,
+}
+
+impl Dialect {
+    pub(crate) fn interface_section(self) -> &'static str {
+        match self {
+            Dialect::Toml => "interface",
+            Dialect::WgQuick => "Interface",
+        }
+    }
+
+    pub(crate) fn peer_section(self, index: usize) -> String {
+        match self {
+            Dialect::Toml => format!("peer[{index}]"),
+            Dialect::WgQuick => format!("Peer[{index}]"),
+        }
+    }
+
+    /// The spelling of a field (named by its TOML key) in this dialect.
+    fn field(self, toml_name: &'static str) -> &'static str {
+        if self == Dialect::Toml {
+            return toml_name;
+        }
+        match toml_name {
+            "name" => "Name",
+            "private_key" => "PrivateKey",
+            "listen_port" => "ListenPort",
+            "address" => "Address",
+            "mtu" => "MTU",
+            "fwmark" => "FwMark",
+            "table" => "Table",
+            "public_key" => "PublicKey",
+            "preshared_key" => "PresharedKey",
+            "endpoint" => "Endpoint",
+            "allowed_ips" => "AllowedIPs",
+            "persistent_keepalive" => "PersistentKeepalive",
+            other => other,
+        }
+    }
+
+    fn interface_key(self, toml_name: &'static str) -> String {
+        format!("{}.{}", self.interface_section(), self.field(toml_name))
+    }
+
+    fn peer_key(self, index: usize, toml_name: &'static str) -> String {
+        format!("{}.{}", self.peer_section(index), self.field(toml_name))
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct InterfaceDraft {
+    /// Line of the section header.
+    pub line: Option<usize>,
+    pub name: Option<At<String>>,
+    pub private_key: Option<At<String>>,
+    pub private_key_file: Option<At<String>>,
+    pub listen_port: Option<At<i128>>,
+    pub addresses: Vec<At<String>>,
+    pub mtu: Option<At<i128>>,
+    pub fwmark: Option<At<i128>>,
+    pub table: Option<At<String>>,
+    pub offload: Option<At<bool>>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct PeerDraft {
+    /// Line of the section header.
+    pub line: Option<usize>,
+    /// 1-based position among the peers of the file.
+    pub index: usize,
+    pub name: Option<At<String>>,
+    pub public_key: Option<At<String>>,
+    pub preshared_key: Option<At<String>>,
+    pub preshared_key_file: Option<At<String>>,
+    pub endpoint: Option<At<String>>,
+    pub allowed_ips: Vec<At<String>>,
+    pub persistent_keepalive: Option<At<i128>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Draft {
+    pub dialect: Dialect,
+    /// `None` when the file has no interface section at all.
+    pub interface: Option<InterfaceDraft>,
+    pub peers: Vec<PeerDraft>,
+}
+
+fn key_message(e: &KeyError) -> String {
+    match e {
+        KeyError::Base64 => "not valid base64 (a key is 44 characters, as `wg genkey` prints)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// How a peer is named in messages about another peer: `peer[1] "site-b" (line 12)`.
+fn describe_peer(dialect: Dialect, index: usize, name: Option<&str>, line: Option<usize>) -> String {
+    let mut s = dialect.peer_section(index);
+    if let Some(name) = name {
+        s.push_str(&format!(" \"{name}\""));
+    }
+    if let Some(line) = line {
+        s.push_str(&format!(" (line {line})"));
+    }
+    s
+}
+
+/// Reads a key file named in the config: relative paths are taken from the config file's
+/// directory. Permissions that let group or others in are a warning.
+fn read_key_file(diag: &mut Diagnostics, at: &At<String>) -> Option<(String, PathBuf)> {
+    if at.value.trim().is_empty() {
+        diag.error(at.line, &at.key, "empty path");
+        return None;
+    }
+    let written = Path::new(&at.value);
+    let joined = match diag.file().parent() {
+        Some(dir) if written.is_relative() => dir.join(written),
+        _ => written.to_path_buf(),
+    };
+    let path = std::path::absolute(&joined).unwrap_or(joined);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            diag.error(
+                at.line,
+                &at.key,
+                format!("cannot read key file {}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                diag.warn(
+                    at.line,
+                    &at.key,
+                    format!(
+                        "key file {} is accessible by group or others (mode {mode:03o}); \
+                         run chmod 600 on it",
+                        path.display()
+                    ),
+                );
+            }
+        }
+    }
+    Some((text, path))
+}
+
+fn decode_file_key<K>(
+    diag: &mut Diagnostics,
+    at: &At<String>,
+    decode: fn(&str) -> Result<K, KeyError>,
+) -> Option<(K, PathBuf)> {
+    let (text, path) = read_key_file(diag, at)?;
+    match decode(text.trim()) {
+        Ok(k) => Some((k, path)),
+        Err(e) => {
+            diag.error(
+                at.line,
+                &at.key,
+                format!("key file {}: {}", path.display(), key_message(&e)),
+            );
+            None
+        }
+    }
+}
+
+fn decode_inline_key<K>(
+    diag: &mut Diagnostics,
+    at: &At<String>,
+    decode: fn(&str) -> Result<K, KeyError>,
+) -> Option<K> {
+    match decode(&at.value) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            diag.error(at.line, &at.key, key_message(&e));
+            None
+        }
+    }
+}
+
+/// An integer that must lie in `lo..=hi`.
+fn ranged(diag: &mut Diagnostics, at: &At<i128>, lo: i128, hi: i128, what: &str) -> Option<i128> {
+    if (lo..=hi).contains(&at.value) {
+        Some(at.value)
+    } else {
+        diag.error(
+            at.line,
+            &at.key,
+            format!("{} is out of range for {what} ({lo}..={hi})", at.value),
+        );
+        None
+    }
+}
+
+pub(crate) fn parse_table(text: &str) -> Result<Table, String> {
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "auto" => return Ok(Table::Auto),
+        "off" => return Ok(Table::Off),
+        _ => {}
+    }
+    match t.parse::<u32>() {
+        // Table 0 is RT_TABLE_UNSPEC: the kernel would silently use main instead.
+        Ok(0) => Err("table 0 is not a routing table (use \"auto\", \"off\" or 1..=4294967295)".into()),
+        Ok(id) => Ok(Table::Id(id)),
+        Err(_) => Err(format!(
+            "\"{t}\" is not \"auto\", \"off\" or a table number (1..=4294967295)"
+        )),
+    }
+}
+
+/// Turns a draft into a checked [`Config`], or every error found.
+pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, ConfigErrors> {
+    let dialect = draft.dialect;
+    let source = diag.file().to_path_buf();
+
+    let interface = match &draft.interface {
+        Some(iface) => compile_interface(&mut diag, dialect, iface),
+        None => {
+            diag.missing(
+                None,
+                dialect.interface_section(),
+                format!("missing [{}] section", dialect.interface_section()),
+            );
+            None
+        }
+    };
+    let own_public = interface.as_ref().and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
+
+    let mut peers = Vec::with_capacity(draft.peers.len());
+    // Public key -> (index, name, line) of the peer that first used it.
+    let mut seen_keys: HashMap<PublicKey, (usize, Option<String>, Option<usize>)> = HashMap::new();
+    // Prefix -> (index, name, line of that value) of the peer that routes it.
+    let mut seen_prefixes: BTreeMap<Cidr, (usize, Option<String>, Option<usize>)> = BTreeMap::new();
+    let mut seen_names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
+
+    for p in &draft.peers {
+        let peer = compile_peer(
+            &mut diag,
+            dialect,
+            p,
+            own_public.as_ref(),
+            &mut seen_keys,
+            &mut seen_prefixes,
+            &mut seen_names,
+        );
+        peers.push(peer);
+    }
+
+    let warnings = diag.finish()?;
+    // No errors were reported, so every part compiled; a `None` here would be a bug in this
+    // module, reported rather than panicking.
+    let (Some(interface), Some(peers)) = (
+        interface.and_then(PartialInterface::complete),
+        peers.into_iter().collect::<Option<Vec<_>>>(),
+    ) else {
+        return Err(ConfigErrors(vec![super::ConfigError {
+            file: source,
+            line: None,
+            key: String::new(),
+            message: "internal error: configuration incomplete without a reported error".into(),
+        }]));
+    };
+    Ok(Config {
+        interface,
+        peers,
+        warnings,
+        source,
+    })
+}
+
+/// Interface values as far as they compiled; `complete` succeeds only if all did.
+struct PartialInterface {
+    name: Option<String>,
+    private_key: Option<PrivateKey>,
+    private_key_file: Option<PathBuf>,
+    listen_port: Option<Option<u16>>,
+    addresses: Option<Vec<InterfaceAddress>>,
+    mtu: Option<u16>,
+    fwmark: Option<u32>,
+    table: Option<Table>,
+    offload: bool,
+}
+
+impl PartialInterface {
+    fn complete(self) -> Option<InterfaceConfig> {
+        Some(InterfaceConfig {
+            name: self.name?,
+            private_key: self.private_key?,
+            private_key_file: self.private_key_file,
+            listen_port: self.listen_port?,
+            addresses: self.addresses?,
+            mtu: self.mtu?,
+            fwmark: self.fwmark?,
+            table: self.table?,
+            offload: self.offload,
+        })
+    }
+}
+
+fn compile_interface(
+    diag: &mut Diagnostics,
+    dialect: Dialect,
+    d: &InterfaceDraft,
+) -> Option<PartialInterface> {
+    let name = match &d.name {
+        Some(at) => match check_interface_name(&at.value) {
+            Ok(()) => Some(at.value.clone()),
+            Err(e) => {
+                diag.error(at.line, &at.key, e.to_string());
+                None
+            }
+        },
+        None => {
+            let stem = diag
+                .file()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            match check_interface_name(&stem) {
+                Ok(()) => Some(stem),
+                Err(e) => {
+                    diag.missing(
+                        d.line,
+                        dialect.interface_key("name"),
+                        format!("no name given, and the file name stem is unusable: {e}"),
+                    );
+                    None
+                }
+            }
+        }
+    };
+
+    let mut private_key_file = None;
+    let private_key = match (&d.private_key, &d.private_key_file) {
+        (Some(_), Some(file)) => {
+            diag.error(
+                file.line,
+                &file.key,
+                format!(
+                    "give either {} or {}, not both",
+                    dialect.interface_key("private_key"),
+                    file.key
+                ),
+            );
+            None
+        }
+        (None, None) => {
+            let what = match dialect {
+                Dialect::Toml => "missing private_key (or private_key_file)",
+                Dialect::WgQuick => "missing PrivateKey",
+            };
+            diag.missing(d.line, dialect.interface_key("private_key"), what);
+            None
+        }
+        (Some(at), None) => decode_inline_key(diag, at, PrivateKey::from_base64),
+        (None, Some(at)) => decode_file_key(diag, at, PrivateKey::from_base64).map(|(k, path)| {
+            private_key_file = Some(path);
+            k
+        }),
+    };
+    let private_key = private_key.and_then(|k| {
+        if k.is_zero() {
+            let (line, key) = d
+                .private_key
+                .as_ref()
+                .or(d.private_key_file.as_ref())
+                .map(|at| (at.line, at.key.clone()))
+                .unwrap_or((d.line, dialect.interface_key("private_key")));
+            diag.error(line, key, "the private key is all zeros");
+            None
+        } else {
+            Some(k)
+        }
+    });
+
+    let listen_port = match &d.listen_port {
+        // 0 asks for a random port, the same as leaving the key out.
+        Some(at) => ranged(diag, at, 0, 65535, "a UDP port")
+            .map(|p| u16::try_from(p).ok().filter(|&p| p != 0)),
+        None => Some(None),
+    };
+
+    let mut addresses = Some(Vec::with_capacity(d.addresses.len()));
+    let mut seen_addrs: HashMap<InterfaceAddress, Option<usize>> = HashMap::new();
+    for at in &d.addresses {
+        match at.value.parse::<InterfaceAddress>() {
+            Ok(a) => {
+                if let Some(first) = seen_addrs.get(&a) {
+                    let first = first.map(|l| format!(" (line {l})")).unwrap_or_default();
+                    diag.error(at.line, &at.key, format!("{a} is listed twice{first}"));
+                    addresses = None;
+                } else {
+                    seen_addrs.insert(a, at.line);
+                    if let Some(v) = addresses.as_mut() {
+                        v.push(a);
+                    }
+                }
+            }
+            Err(e) => {
+                diag.error(at.line, &at.key, e.to_string());
+                addresses = None;
+            }
+        }
+    }
+
+    let mtu = match &d.mtu {
+        Some(at) => ranged(diag, at, i128::from(MIN_MTU), i128::from(MAX_MTU), "the MTU")
+            .and_then(|m| u16::try_from(m).ok()),
+        None => Some(DEFAULT_MTU),
+    };
+    let fwmark = match &d.fwmark {
+        Some(at) => ranged(diag, at, 0, i128::from(u32::MAX), "a firewall mark")
+            .and_then(|m| u32::try_from(m).ok()),
+        None => Some(0),
+    };
+    let table = match &d.table {
+        Some(at) => match parse_table(&at.value) {
+            Ok(t) => Some(t),
+            Err(msg) => {
+                diag.error(at.line, &at.key, msg);
+                None
+            }
+        },
+        None => Some(Table::Auto),
+    };
+    let offload = d.offload.as_ref().is_none_or(|at| at.value);
+
+    Some(PartialInterface {
+        name,
+        private_key,
+        private_key_file,
+        listen_port,
+        addresses,
+        mtu,
+        fwmark,
+        table,
+        offload,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_peer(
+    diag: &mut Diagnostics,
+    dialect: Dialect,
+    d: &PeerDraft,
+    own_public: Option<&PublicKey>,
+    seen_keys: &mut HashMap<PublicKey, (usize, Option<String>, Option<usize>)>,
+    seen_prefixes: &mut BTreeMap<Cidr, (usize, Option<String>, Option<usize>)>,
+    seen_names: &mut HashMap<String, (usize, Option<usize>)>,
+) -> Option<PeerConfig> {
+    let mut ok = true;
+
+    let name = match &d.name {
+        Some(at) if at.value.is_empty() || at.value.chars().any(char::is_control) => {
+            diag.error(
+                at.line,
+                &at.key,
+                "a peer name must be non-empty and free of control characters",
+            );
+            ok = false;
+            None
+        }
+        Some(at) => {
+            if let Some((index, line)) = seen_names.get(&at.value) {
+                diag.warn(
+                    at.line,
+                    &at.key,
+                    format!(
+                        "\"{}\" is also the name of {}",
+                        at.value,
+                        describe_peer(dialect, *index, None, *line)
+                    ),
+                );
+            } else {
+                seen_names.insert(at.value.clone(), (d.index, at.line));
+            }
+            Some(at.value.clone())
+        }
+        None => None,
+    };
+    let label = name.as_deref();
+
+    let public_key = match &d.public_key {
+        Some(at) => match decode_inline_key(diag, at, PublicKey::from_base64) {
+            Some(pk) => {
+                if own_public.is_some_and(|own| own.ct_eq(&pk)) {
+                    diag.error(
+                        at.line,
+                        &at.key,
+                        "this is the interface's own public key; a peer must be another host",
+                    );
+                    ok = false;
+                }
+                if let Some((index, first_name, line)) = seen_keys.get(&pk) {
+                    diag.error(
+                        at.line,
+                        &at.key,
+                        format!(
+                            "duplicate peer: {} has the same public key",
+                            describe_peer(dialect, *index, first_name.as_deref(), *line)
+                        ),
+                    );
+                    ok = false;
+                } else {
+                    seen_keys.insert(pk, (d.index, name.clone(), at.line));
+                }
+                Some(pk)
+            }
+            None => None,
+        },
+        None => {
+            diag.missing(
+                d.line,
+                dialect.peer_key(d.index, "public_key"),
+                "missing public key",
+            );
+            None
+        }
+    };
+
+    let mut preshared_key_file = None;
+    let preshared_key = match (&d.preshared_key, &d.preshared_key_file) {
+        (Some(_), Some(file)) => {
+            diag.error(
+                file.line,
+                &file.key,
+                format!(
+                    "give either {} or {}, not both",
+                    dialect.peer_key(d.index, "preshared_key"),
+                    file.key
+                ),
+            );
+            ok = false;
+            None
+        }
+        (None, None) => None,
+        (Some(at), None) => match decode_inline_key(diag, at, PresharedKey::from_base64) {
+            Some(k) => Some(k),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        (None, Some(at)) => match decode_file_key(diag, at, PresharedKey::from_base64) {
+            Some((k, path)) => {
+                preshared_key_file = Some(path);
+                Some(k)
+            }
+            None => {
+                ok = false;
+                None
+            }
+        },
+    };
+
+    let endpoint = match &d.endpoint {
+        Some(at) => match at.value.parse::<EndpointSpec>() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                diag.error(at.line, &at.key, e.to_string());
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut allowed_ips = Vec::with_capacity(d.allowed_ips.len());
+    for at in &d.allowed_ips {
+        let cidr = match at.value.parse::<Cidr>() {
+            Ok(c) => c,
+            Err(e) => {
+                diag.error(at.line, &at.key, e.to_string());
+                ok = false;
+                continue;
+            }
+        };
+        if cidr.has_host_bits() {
+            diag.error(
+                at.line,
+                &at.key,
+                format!(
+                    "{cidr} has host bits set beyond the /{} prefix (did you mean {}?)",
+                    cidr.prefix_len,
+                    cidr.network()
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        match seen_prefixes.get(&cidr) {
+            Some((index, _, line)) if *index == d.index => {
+                let first = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                diag.warn(at.line, &at.key, format!("{cidr} is listed twice{first}"));
+            }
+            Some((index, first_name, line)) => {
+                diag.error(
+                    at.line,
+                    &at.key,
+                    format!(
+                        "{cidr} is also in the allowed IPs of {}; a prefix can route to one \
+                         peer only, {} here",
+                        describe_peer(dialect, *index, first_name.as_deref(), *line),
+                        describe_peer(dialect, d.index, label, None)
+                    ),
+                );
+                ok = false;
+            }
+            None => {
+                seen_prefixes.insert(cidr, (d.index, name.clone(), at.line));
+                allowed_ips.push(cidr);
+            }
+        }
+    }
+    if d.allowed_ips.is_empty() {
+        diag.warn(
+            d.line,
+            dialect.peer_key(d.index, "allowed_ips"),
+            "no allowed IPs: no traffic will be sent to or accepted from this peer",
+        );
+    }
+
+    let persistent_keepalive = match &d.persistent_keepalive {
+        Some(at) => match ranged(diag, at, 0, 65535, "a keepalive interval in seconds") {
+            // 0 turns keepalives off, the same as leaving the key out.
+            Some(s) => u16::try_from(s).ok().filter(|&s| s != 0),
+            None => {
+                ok = false;
+                None
+            }
+        },
+        None => None,
+    };
+
+    let public_key = public_key?;
+    ok.then_some(PeerConfig {
+        name,
+        public_key,
+        preshared_key,
+        preshared_key_file,
+        endpoint,
+        allowed_ips,
+        persistent_keepalive,
+    })
+}

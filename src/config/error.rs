@@ -1,0 +1,262 @@
+//! Configuration diagnostics: errors and warnings that each name the file, the 1-based line of
+//! the offending value and the key path (`peer[2].allowed_ips`), plus the collector the parsers
+//! push them into so that one pass reports everything it finds.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem that makes a configuration unusable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line of the offending value; `None` when the problem belongs to the whole file
+    /// (a missing section, a file that cannot be read).
+    pub line: Option<usize>,
+    /// Key path such as `interface.mtu` or `peer[2].allowed_ips` (`peer[N]` counts `[[peer]]`
+    /// blocks from 1); empty when no key applies.
+    pub key: String,
+    pub message: String,
+}
+
+/// Something accepted but probably not what the user wants (a key file readable by others, a
+/// wg-quick setting tandem ignores). Same fields as [`ConfigError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+fn write_located(
+    f: &mut fmt::Formatter<'_>,
+    file: &Path,
+    line: Option<usize>,
+    key: &str,
+    message: &str,
+) -> fmt::Result {
+    write!(f, "{}", file.display())?;
+    if let Some(line) = line {
+        write!(f, ":{line}")?;
+    }
+    if !key.is_empty() {
+        write!(f, ": {key}")?;
+    }
+    write!(f, ": {message}")
+}
+
+/// `FILE:LINE: KEY: MESSAGE` (the line and key parts are left out when absent).
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_located(f, &self.file, self.line, &self.key, &self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// `warning: FILE:LINE: KEY: MESSAGE`.
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("warning: ")?;
+        write_located(f, &self.file, self.line, &self.key, &self.message)
+    }
+}
+
+/// Every error found in one configuration file, in line order. Never empty when returned by
+/// this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub fn iter(&self) -> std::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = std::slice::Iter<'a, ConfigError>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// One error per line.
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Maps byte offsets to 1-based line numbers.
+pub(crate) struct LineIndex {
+    /// Byte offset at which each line starts; line 1 starts at 0.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> Self {
+        let mut starts = vec![0];
+        starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        LineIndex { starts }
+    }
+
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        // The number of line starts at or before `offset` is the 1-based line number.
+        self.starts.partition_point(|&start| start <= offset).max(1)
+    }
+}
+
+/// Collects diagnostics for one file.
+pub(crate) struct Diagnostics {
+    file: PathBuf,
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigWarning>,
+    /// Lines that carry a syntax error: the parser's best-effort value there is a guess, so
+    /// further complaints about it would only repeat the syntax error in other words.
+    syntax_lines: BTreeSet<usize>,
+    had_syntax_error: bool,
+}
+
+impl Diagnostics {
+    pub(crate) fn new(file: &Path) -> Self {
+        Diagnostics {
+            file: file.to_path_buf(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            syntax_lines: BTreeSet::new(),
+            had_syntax_error: false,
+        }
+    }
+
+    pub(crate) fn file(&self) -> &Path {
+        &self.file
+    }
+
+    pub(crate) fn syntax(&mut self, line: Option<usize>, message: impl Into<String>) {
+        self.had_syntax_error = true;
+        if let Some(line) = line {
+            self.syntax_lines.insert(line);
+        }
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            key: "syntax".to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn error(
+        &mut self,
+        line: Option<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        if line.is_some_and(|l| self.syntax_lines.contains(&l)) {
+            return;
+        }
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A required key or section is absent. Not reported after a syntax error, since the
+    /// broken line may be exactly where it was given.
+    pub(crate) fn missing(
+        &mut self,
+        line: Option<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        if !self.had_syntax_error {
+            self.error(line, key, message);
+        }
+    }
+
+    pub(crate) fn warn(
+        &mut self,
+        line: Option<usize>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.warnings.push(ConfigWarning {
+            file: self.file.clone(),
+            line,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// Errors (if any) or warnings, each sorted by line; file-wide ones first.
+    pub(crate) fn finish(self) -> Result<Vec<ConfigWarning>, ConfigErrors> {
+        let Diagnostics {
+            mut errors,
+            mut warnings,
+            ..
+        } = self;
+        if errors.is_empty() {
+            warnings.sort_by_key(|w| w.line);
+            Ok(warnings)
+        } else {
+            errors.sort_by_key(|e| e.line);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_formats() {
+        let e = ConfigError {
+            file: PathBuf::from("/etc/tandem/tnd0.toml"),
+            line: Some(7),
+            key: "peer[2].allowed_ips".into(),
+            message: "bad".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/etc/tandem/tnd0.toml:7: peer[2].allowed_ips: bad"
+        );
+        let w = ConfigWarning {
+            file: PathBuf::from("a.conf"),
+            line: None,
+            key: String::new(),
+            message: "hm".into(),
+        };
+        assert_eq!(w.to_string(), "warning: a.conf: hm");
+        let all = ConfigErrors(vec![e.clone(), e]);
+        assert_eq!(all.to_string().lines().count(), 2);
+    }
+
+    #[test]
+    fn line_index() {
+        let idx = LineIndex::new("a\nbb\n\nc");
+        assert_eq!(idx.line_of(0), 1);
+        assert_eq!(idx.line_of(1), 1); // the newline belongs to its line
+        assert_eq!(idx.line_of(2), 2);
+        assert_eq!(idx.line_of(5), 3);
+        assert_eq!(idx.line_of(6), 4);
+        assert_eq!(idx.line_of(100), 4);
+    }
+}

@@ -1,0 +1,348 @@
+//! Configuration: text -> a checked [`Config`] in one step, reporting every error at once,
+//! each with file, line and key. Nothing here touches the network: endpoints stay host + port
+//! for the daemon to resolve.
+//!
+//! # TOML format
+//!
+//! ```toml
+//! [interface]
+//! name = "tnd0"              # optional; default: the config file's name without extension.
+//!                            #   1..=15 bytes of A-Z a-z 0-9 _ = + . - (not "." or "..")
+//! private_key = "<base64>"   # this interface's private key, as `wg genkey` prints it;
+//! # private_key_file = "/etc/tandem/tnd0.key"
+//!                            # ...or a file holding it (exactly one of the two). A relative
+//!                            #   path is taken from the config file's directory. A key file
+//!                            #   that group or others may access gives a warning.
+//! listen_port = 51820        # optional UDP port, 0..=65535; absent or 0: a random port
+//! address = ["10.9.0.1/24", "fd09::1/64"]
+//!                            # optional addresses of the interface, with the on-link prefix
+//!                            #   length (host bits expected); no "/len" means /32 or /128
+//! mtu = 1420                 # optional, 1280..=65535 (IPv6 needs 1280); default 1420
+//! fwmark = 0                 # optional firewall mark on outgoing UDP, 0..=4294967295;
+//!                            #   0 (default) = off
+//! table = "auto"             # optional routing: "auto" (default) adds a route per peer
+//!                            #   prefix; "off" adds none; or a table number 1..=4294967295
+//!                            #   (integer or numeric string) to put those routes in
+//! offload = true             # optional, default true: TUN segmentation offload (GSO/GRO)
+//!
+//! [[peer]]                   # one block per peer; zero or more
+//! name = "site-b"            # optional label for logs and `tandem show`
+//! public_key = "<base64>"    # required; unique among peers, not our own public key
+//! preshared_key = "<base64>" # optional extra symmetric key (`wg genpsk`)...
+//! # preshared_key_file = "/etc/tandem/site-b.psk"
+//!                            # ...or a file holding it (not both); same rules as
+//!                            #   private_key_file
+//! endpoint = "198.51.100.7:51820"
+//!                            # optional: "ipv4:port", "[ipv6]:port" or "dns.name:port"
+//!                            #   (port 1..=65535); names are resolved by the daemon. Absent:
+//!                            #   wait for the peer to reach us (a road-warrior server)
+//! allowed_ips = ["10.9.0.2/32", "192.168.20.0/24"]
+//!                            # prefixes routed to this peer and accepted from it; no host
+//!                            #   bits beyond the prefix; a prefix may belong to one peer only;
+//!                            #   "0.0.0.0/0", "::/0" for a full tunnel
+//! persistent_keepalive = 25  # optional seconds between keepalives, 0..=65535; absent or
+//!                            #   0 = off. 25 keeps NAT mappings open
+//! ```
+//!
+//! Unknown keys are errors (with a suggestion when the name is close to a known one, such as
+//! wg-quick's `AllowedIPs`). Problems are reported as `FILE:LINE: KEY: MESSAGE`, where `KEY`
+//! is a path such as `interface.mtu` or `peer[2].allowed_ips` and `peer[N]` counts `[[peer]]`
+//! blocks from 1. TOML syntax errors use the key `syntax` and the line toml reports.
+//!
+//! # wg-quick format
+//!
+//! A file whose name ends in `.conf` is read as a wg-quick config (see [`parse_wg_quick`]):
+//! `[Interface]` PrivateKey, Address, ListenPort, MTU, Table, FwMark and `[Peer]` PublicKey,
+//! PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive. DNS, PreUp, PostUp, PreDown,
+//! PostDown and SaveConfig are accepted with a warning and ignored. Key paths in its messages
+//! use its spelling: `Peer[2].AllowedIPs`. `tandem import` turns it into TOML with [`to_toml`].
+
+mod compile;
+mod error;
+mod net;
+mod to_toml;
+mod toml_format;
+mod wg_quick;
+
+#[cfg(test)]
+mod test_util;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{ConfigError, ConfigErrors, ConfigWarning};
+pub use net::{AddrError, Cidr, EndpointSpec, InterfaceAddress, check_interface_name};
+pub use to_toml::to_toml;
+
+use crate::proto::keys::{PresharedKey, PrivateKey, PublicKey};
+
+/// MTU when the config gives none: 1500 minus the largest WireGuard overhead (IPv6 outer
+/// header 40 + UDP 8 + WireGuard header 16 + tag 16).
+pub const DEFAULT_MTU: u16 = 1420;
+/// The smallest MTU an IPv6 link may have.
+pub const MIN_MTU: u16 = 1280;
+pub const MAX_MTU: u16 = 65535;
+
+/// A checked configuration: every value parsed and every cross-check passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub interface: InterfaceConfig,
+    pub peers: Vec<PeerConfig>,
+    /// Things accepted but worth telling the user (print them on load).
+    pub warnings: Vec<ConfigWarning>,
+    /// The file this came from.
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub private_key: PrivateKey,
+    /// Where the private key was read from (absolute), when it came from `private_key_file`.
+    pub private_key_file: Option<PathBuf>,
+    /// `None`: a random port.
+    pub listen_port: Option<u16>,
+    pub addresses: Vec<InterfaceAddress>,
+    pub mtu: u16,
+    /// 0 = off.
+    pub fwmark: u32,
+    pub table: Table,
+    pub offload: bool,
+}
+
+impl InterfaceConfig {
+    pub fn public_key(&self) -> PublicKey {
+        self.private_key.public_key()
+    }
+}
+
+/// Where routes for peer prefixes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Table {
+    /// A route per peer prefix in the main table (a full tunnel the wg-quick way).
+    #[default]
+    Auto,
+    /// No routes.
+    Off,
+    /// Routes in this table.
+    Id(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    pub name: Option<String>,
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// Where the preshared key was read from (absolute), when it came from
+    /// `preshared_key_file`.
+    pub preshared_key_file: Option<PathBuf>,
+    pub endpoint: Option<EndpointSpec>,
+    pub allowed_ips: Vec<Cidr>,
+    /// Seconds; `None` = off.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl PeerConfig {
+    /// `name` if set, else the public key's short fingerprint: how logs name the peer.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.public_key.fingerprint())
+    }
+}
+
+/// Reads and checks a config file: `.conf` as wg-quick, anything else as TOML.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            key: String::new(),
+            message: format!("cannot read the configuration: {e}"),
+        }])
+    })?;
+    if is_wg_quick_path(path) {
+        parse_wg_quick(path, &text)
+    } else {
+        parse_toml(path, &text)
+    }
+}
+
+/// True for names ending in `.conf` (any case): the wg-quick format.
+pub fn is_wg_quick_path(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("conf"))
+}
+
+/// Checks tandem TOML. `file` names the source in messages, gives the default interface name
+/// (its stem) and anchors relative key-file paths; key files are read.
+pub fn parse_toml(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    toml_format::parse(file, text)
+}
+
+/// Checks a wg-quick `.conf`. `file` names the source in messages and gives the interface
+/// name (its stem).
+pub fn parse_wg_quick(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    wg_quick::parse(file, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("configs")
+    }
+
+    fn load_example(name: &str) -> Config {
+        let path = configs_dir().join(name);
+        match load(&path) {
+            Ok(c) => c,
+            Err(e) => panic!("configs/{name} does not load:\n{e}"),
+        }
+    }
+
+    fn cidrs(list: &[&str]) -> Vec<Cidr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn addrs(list: &[&str]) -> Vec<InterfaceAddress> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// Each side's peer entry names the other side's key, routes the other side's tunnel
+    /// addresses, and (when it has an endpoint) points at the other side's listen port.
+    fn assert_pair(a: &Config, b: &Config) {
+        let a_peer = a
+            .peers
+            .iter()
+            .find(|p| p.public_key == b.interface.public_key())
+            .unwrap_or_else(|| panic!("{} has no peer with {}'s key", a.source.display(), b.source.display()));
+        let b_peer = b
+            .peers
+            .iter()
+            .find(|p| p.public_key == a.interface.public_key())
+            .unwrap_or_else(|| panic!("{} has no peer with {}'s key", b.source.display(), a.source.display()));
+        assert_eq!(a_peer.preshared_key, b_peer.preshared_key, "preshared keys differ");
+        for (from, peer, to) in [(a, a_peer, b), (b, b_peer, a)] {
+            for addr in &to.interface.addresses {
+                assert!(
+                    peer.allowed_ips.iter().any(|c| c.contains(&addr.addr)),
+                    "{}: {addr} of {} is not in the peer's allowed_ips",
+                    from.source.display(),
+                    to.source.display()
+                );
+            }
+            if let Some(ep) = &peer.endpoint {
+                assert_eq!(Some(ep.port), to.interface.listen_port, "endpoint port");
+            }
+        }
+    }
+
+    /// Every file under configs/ loads without errors or unexpected warnings and says what
+    /// its comments claim. A new file needs an entry here.
+    #[test]
+    fn example_configs_are_valid_and_as_documented() {
+        let mut seen = Vec::new();
+        for entry in std::fs::read_dir(configs_dir()).expect("configs/ exists") {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let config = load_example(&name);
+            let expected_warnings = match name.as_str() {
+                "site-a.toml" => {
+                    let i = &config.interface;
+                    assert_eq!(i.name, "tnd-site-a");
+                    assert_eq!(i.listen_port, Some(51820));
+                    assert_eq!(i.addresses, addrs(&["10.9.0.1/24", "fd09::1/64"]));
+                    assert_eq!((i.mtu, i.fwmark, i.table, i.offload), (1420, 0, Table::Auto, true));
+                    assert_eq!(config.peers.len(), 1);
+                    let p = &config.peers[0];
+                    assert_eq!(p.name.as_deref(), Some("site-b"));
+                    assert_eq!(p.endpoint.as_ref().unwrap().literal(), Some("203.0.113.20:51820".parse().unwrap()));
+                    assert_eq!(
+                        p.allowed_ips,
+                        cidrs(&["10.9.0.2/32", "fd09::2/128", "192.168.20.0/24", "192.168.21.0/24", "2001:db8:20::/48"])
+                    );
+                    assert!(p.preshared_key.is_some());
+                    assert_eq!(p.persistent_keepalive, None);
+                    0
+                }
+                "site-b.toml" => {
+                    let i = &config.interface;
+                    assert_eq!(i.name, "tnd-site-b");
+                    assert_eq!(i.listen_port, Some(51820));
+                    assert_eq!(i.addresses, addrs(&["10.9.0.2/24", "fd09::2/64"]));
+                    assert_eq!(config.peers.len(), 1);
+                    let p = &config.peers[0];
+                    assert_eq!(p.endpoint.as_ref().unwrap().literal(), Some("198.51.100.10:51820".parse().unwrap()));
+                    assert_eq!(
+                        p.allowed_ips,
+                        cidrs(&["10.9.0.1/32", "fd09::1/128", "192.168.10.0/24", "192.168.11.0/24", "2001:db8:10::/48"])
+                    );
+                    0
+                }
+                "roadwarrior-server.toml" => {
+                    let i = &config.interface;
+                    assert_eq!(i.name, "tnd-rw");
+                    assert_eq!(i.listen_port, Some(51820));
+                    assert_eq!(i.addresses, addrs(&["10.10.0.1/24", "fd10::1/64"]));
+                    assert_eq!(config.peers.len(), 2);
+                    assert!(config.peers.iter().all(|p| p.endpoint.is_none()));
+                    assert_eq!(config.peers[0].allowed_ips, cidrs(&["10.10.0.2/32", "fd10::2/128"]));
+                    assert_eq!(config.peers[1].allowed_ips, cidrs(&["10.10.0.3/32", "fd10::3/128"]));
+                    assert!(config.peers[0].preshared_key.is_some());
+                    assert!(config.peers[1].preshared_key.is_none());
+                    0
+                }
+                "laptop.toml" => {
+                    let i = &config.interface;
+                    assert_eq!(i.name, "laptop");
+                    assert_eq!(i.listen_port, None);
+                    assert_eq!(i.addresses, addrs(&["10.10.0.2/32", "fd10::2/128"]));
+                    assert_eq!(config.peers.len(), 1);
+                    let p = &config.peers[0];
+                    assert_eq!(p.allowed_ips, cidrs(&["0.0.0.0/0", "::/0"]));
+                    assert!(p.allowed_ips.iter().all(Cidr::is_default_route));
+                    assert_eq!(p.persistent_keepalive, Some(25));
+                    let ep = p.endpoint.as_ref().unwrap();
+                    assert_eq!((ep.host.as_str(), ep.port, ep.literal()), ("vpn.example.com", 51820, None));
+                    0
+                }
+                "wg0.conf" => {
+                    let i = &config.interface;
+                    assert_eq!(i.name, "wg0");
+                    assert_eq!(i.listen_port, Some(51821));
+                    assert_eq!(i.addresses, addrs(&["10.20.0.1/24", "fd20::1/64"]));
+                    assert_eq!((i.mtu, i.fwmark, i.table), (1380, 0xca6c, Table::Off));
+                    assert_eq!(config.peers.len(), 2);
+                    assert_eq!(
+                        config.peers[0].endpoint.as_ref().unwrap().literal(),
+                        Some("[2001:db8::20]:51820".parse().unwrap())
+                    );
+                    assert_eq!(config.peers[0].allowed_ips, cidrs(&["10.20.0.2/32", "fd20::2/128", "192.168.30.0/24"]));
+                    assert_eq!(config.peers[1].persistent_keepalive, None);
+                    // DNS, PostUp and PostDown are wg-quick's jobs, not tandem's.
+                    3
+                }
+                other => panic!("configs/{other}: add its expectations to this test"),
+            };
+            assert_eq!(
+                config.warnings.len(),
+                expected_warnings,
+                "configs/{name} warnings: {:?}",
+                config.warnings
+            );
+            // Every example survives `tandem import`-style rewriting unchanged.
+            let again = parse_toml(&path, &to_toml(&config)).unwrap();
+            assert_eq!((&again.interface, &again.peers), (&config.interface, &config.peers));
+            seen.push(name);
+        }
+        seen.sort();
+        assert_eq!(
+            seen,
+            ["laptop.toml", "roadwarrior-server.toml", "site-a.toml", "site-b.toml", "wg0.conf"]
+        );
+
+        assert_pair(&load_example("site-a.toml"), &load_example("site-b.toml"));
+        assert_pair(&load_example("roadwarrior-server.toml"), &load_example("laptop.toml"));
+    }
+}
