@@ -1,4 +1,6 @@
 pub mod config;
+pub mod daemon;
 pub mod driver;
+pub mod keygen;
 pub mod netconf;
 pub mod proto;
