@@ -97,18 +97,29 @@ mod tests {
 
     #[test]
     fn subcommands_parse() {
-        let cli = Cli::try_parse_from(["tandem", "--log-level", "debug", "up", "/etc/tandem/wg0.toml"])
-            .expect("parse");
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "--log-level",
+            "debug",
+            "up",
+            "/etc/tandem/wg0.toml",
+        ])
+        .expect("parse");
         assert_eq!(cli.log_level.as_deref(), Some("debug"));
         assert!(matches!(cli.command, Command::Up { config } if config.ends_with("wg0.toml")));
         let cli = Cli::try_parse_from(["tandem", "check", "x.conf", "--log-level", "warn"])
             .expect("global flag after the subcommand");
         assert_eq!(cli.log_level.as_deref(), Some("warn"));
         assert!(matches!(
-            Cli::try_parse_from(["tandem", "demo"]).expect("parse").command,
+            Cli::try_parse_from(["tandem", "demo"])
+                .expect("parse")
+                .command,
             Command::Demo { mib: 64 }
         ));
-        assert!(Cli::try_parse_from(["tandem", "up"]).is_err(), "CONFIG is required");
+        assert!(
+            Cli::try_parse_from(["tandem", "up"]).is_err(),
+            "CONFIG is required"
+        );
         assert!(Cli::try_parse_from(["tandem", "demo", "--mib", "0"]).is_err());
     }
 
@@ -116,14 +127,29 @@ mod tests {
     fn helper_flags_are_exclusive() {
         assert!(
             Cli::try_parse_from([
-                "tandem", "demo-helper", "send", "--connect", "10.0.0.1:1", "--file", "f",
-                "--pattern-seed", "1", "--bytes", "5",
+                "tandem",
+                "demo-helper",
+                "send",
+                "--connect",
+                "10.0.0.1:1",
+                "--file",
+                "f",
+                "--pattern-seed",
+                "1",
+                "--bytes",
+                "5",
             ])
             .is_err()
         );
         assert!(
             Cli::try_parse_from([
-                "tandem", "demo-helper", "recv", "--listen", "10.0.0.1:1", "--pattern-seed", "1",
+                "tandem",
+                "demo-helper",
+                "recv",
+                "--listen",
+                "10.0.0.1:1",
+                "--pattern-seed",
+                "1",
             ])
             .is_err(),
             "a pattern needs --bytes"

@@ -112,13 +112,20 @@ pub(crate) struct Draft {
 
 fn key_message(e: &KeyError) -> String {
     match e {
-        KeyError::Base64 => "not valid base64 (a key is 44 characters, as `wg genkey` prints)".into(),
+        KeyError::Base64 => {
+            "not valid base64 (a key is 44 characters, as `wg genkey` prints)".into()
+        }
         other => other.to_string(),
     }
 }
 
 /// How a peer is named in messages about another peer: `peer[1] "site-b" (line 12)`.
-fn describe_peer(dialect: Dialect, index: usize, name: Option<&str>, line: Option<usize>) -> String {
+fn describe_peer(
+    dialect: Dialect,
+    index: usize,
+    name: Option<&str>,
+    line: Option<usize>,
+) -> String {
     let mut s = dialect.peer_section(index);
     if let Some(name) = name {
         s.push_str(&format!(" \"{name}\""));
@@ -230,7 +237,9 @@ pub(crate) fn parse_table(text: &str) -> Result<Table, String> {
     }
     match t.parse::<u32>() {
         // Table 0 is RT_TABLE_UNSPEC: the kernel would silently use main instead.
-        Ok(0) => Err("table 0 is not a routing table (use \"auto\", \"off\" or 1..=4294967295)".into()),
+        Ok(0) => {
+            Err("table 0 is not a routing table (use \"auto\", \"off\" or 1..=4294967295)".into())
+        }
         Ok(id) => Ok(Table::Id(id)),
         Err(_) => Err(format!(
             "\"{t}\" is not \"auto\", \"off\" or a table number (1..=4294967295)"
@@ -254,7 +263,9 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
             None
         }
     };
-    let own_public = interface.as_ref().and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
+    let own_public = interface
+        .as_ref()
+        .and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
 
     let mut peers = Vec::with_capacity(draft.peers.len());
     // Public key -> (index, name, line) of the peer that first used it.
@@ -434,8 +445,14 @@ fn compile_interface(
     }
 
     let mtu = match &d.mtu {
-        Some(at) => ranged(diag, at, i128::from(MIN_MTU), i128::from(MAX_MTU), "the MTU")
-            .and_then(|m| u16::try_from(m).ok()),
+        Some(at) => ranged(
+            diag,
+            at,
+            i128::from(MIN_MTU),
+            i128::from(MAX_MTU),
+            "the MTU",
+        )
+        .and_then(|m| u16::try_from(m).ok()),
         None => Some(DEFAULT_MTU),
     };
     let fwmark = match &d.fwmark {

@@ -216,13 +216,28 @@ mod tests {
             .peers
             .iter()
             .find(|p| p.public_key == b.interface.public_key())
-            .unwrap_or_else(|| panic!("{} has no peer with {}'s key", a.source.display(), b.source.display()));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} has no peer with {}'s key",
+                    a.source.display(),
+                    b.source.display()
+                )
+            });
         let b_peer = b
             .peers
             .iter()
             .find(|p| p.public_key == a.interface.public_key())
-            .unwrap_or_else(|| panic!("{} has no peer with {}'s key", b.source.display(), a.source.display()));
-        assert_eq!(a_peer.preshared_key, b_peer.preshared_key, "preshared keys differ");
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} has no peer with {}'s key",
+                    b.source.display(),
+                    a.source.display()
+                )
+            });
+        assert_eq!(
+            a_peer.preshared_key, b_peer.preshared_key,
+            "preshared keys differ"
+        );
         for (from, peer, to) in [(a, a_peer, b), (b, b_peer, a)] {
             for addr in &to.interface.addresses {
                 assert!(
@@ -253,14 +268,26 @@ mod tests {
                     assert_eq!(i.name, "tnd-site-a");
                     assert_eq!(i.listen_port, Some(51820));
                     assert_eq!(i.addresses, addrs(&["10.9.0.1/24", "fd09::1/64"]));
-                    assert_eq!((i.mtu, i.fwmark, i.table, i.offload), (1420, 0, Table::Auto, true));
+                    assert_eq!(
+                        (i.mtu, i.fwmark, i.table, i.offload),
+                        (1420, 0, Table::Auto, true)
+                    );
                     assert_eq!(config.peers.len(), 1);
                     let p = &config.peers[0];
                     assert_eq!(p.name.as_deref(), Some("site-b"));
-                    assert_eq!(p.endpoint.as_ref().unwrap().literal(), Some("203.0.113.20:51820".parse().unwrap()));
+                    assert_eq!(
+                        p.endpoint.as_ref().unwrap().literal(),
+                        Some("203.0.113.20:51820".parse().unwrap())
+                    );
                     assert_eq!(
                         p.allowed_ips,
-                        cidrs(&["10.9.0.2/32", "fd09::2/128", "192.168.20.0/24", "192.168.21.0/24", "2001:db8:20::/48"])
+                        cidrs(&[
+                            "10.9.0.2/32",
+                            "fd09::2/128",
+                            "192.168.20.0/24",
+                            "192.168.21.0/24",
+                            "2001:db8:20::/48"
+                        ])
                     );
                     assert!(p.preshared_key.is_some());
                     assert_eq!(p.persistent_keepalive, None);
@@ -273,10 +300,19 @@ mod tests {
                     assert_eq!(i.addresses, addrs(&["10.9.0.2/24", "fd09::2/64"]));
                     assert_eq!(config.peers.len(), 1);
                     let p = &config.peers[0];
-                    assert_eq!(p.endpoint.as_ref().unwrap().literal(), Some("198.51.100.10:51820".parse().unwrap()));
+                    assert_eq!(
+                        p.endpoint.as_ref().unwrap().literal(),
+                        Some("198.51.100.10:51820".parse().unwrap())
+                    );
                     assert_eq!(
                         p.allowed_ips,
-                        cidrs(&["10.9.0.1/32", "fd09::1/128", "192.168.10.0/24", "192.168.11.0/24", "2001:db8:10::/48"])
+                        cidrs(&[
+                            "10.9.0.1/32",
+                            "fd09::1/128",
+                            "192.168.10.0/24",
+                            "192.168.11.0/24",
+                            "2001:db8:10::/48"
+                        ])
                     );
                     0
                 }
@@ -287,8 +323,14 @@ mod tests {
                     assert_eq!(i.addresses, addrs(&["10.10.0.1/24", "fd10::1/64"]));
                     assert_eq!(config.peers.len(), 2);
                     assert!(config.peers.iter().all(|p| p.endpoint.is_none()));
-                    assert_eq!(config.peers[0].allowed_ips, cidrs(&["10.10.0.2/32", "fd10::2/128"]));
-                    assert_eq!(config.peers[1].allowed_ips, cidrs(&["10.10.0.3/32", "fd10::3/128"]));
+                    assert_eq!(
+                        config.peers[0].allowed_ips,
+                        cidrs(&["10.10.0.2/32", "fd10::2/128"])
+                    );
+                    assert_eq!(
+                        config.peers[1].allowed_ips,
+                        cidrs(&["10.10.0.3/32", "fd10::3/128"])
+                    );
                     assert!(config.peers[0].preshared_key.is_some());
                     assert!(config.peers[1].preshared_key.is_none());
                     0
@@ -304,7 +346,10 @@ mod tests {
                     assert!(p.allowed_ips.iter().all(Cidr::is_default_route));
                     assert_eq!(p.persistent_keepalive, Some(25));
                     let ep = p.endpoint.as_ref().unwrap();
-                    assert_eq!((ep.host.as_str(), ep.port, ep.literal()), ("vpn.example.com", 51820, None));
+                    assert_eq!(
+                        (ep.host.as_str(), ep.port, ep.literal()),
+                        ("vpn.example.com", 51820, None)
+                    );
                     0
                 }
                 "wg0.conf" => {
@@ -318,7 +363,10 @@ mod tests {
                         config.peers[0].endpoint.as_ref().unwrap().literal(),
                         Some("[2001:db8::20]:51820".parse().unwrap())
                     );
-                    assert_eq!(config.peers[0].allowed_ips, cidrs(&["10.20.0.2/32", "fd20::2/128", "192.168.30.0/24"]));
+                    assert_eq!(
+                        config.peers[0].allowed_ips,
+                        cidrs(&["10.20.0.2/32", "fd20::2/128", "192.168.30.0/24"])
+                    );
                     assert_eq!(config.peers[1].persistent_keepalive, None);
                     // DNS, PostUp and PostDown are wg-quick's jobs, not tandem's.
                     3
@@ -333,16 +381,28 @@ mod tests {
             );
             // Every example survives `tandem import`-style rewriting unchanged.
             let again = parse_toml(&path, &to_toml(&config)).unwrap();
-            assert_eq!((&again.interface, &again.peers), (&config.interface, &config.peers));
+            assert_eq!(
+                (&again.interface, &again.peers),
+                (&config.interface, &config.peers)
+            );
             seen.push(name);
         }
         seen.sort();
         assert_eq!(
             seen,
-            ["laptop.toml", "roadwarrior-server.toml", "site-a.toml", "site-b.toml", "wg0.conf"]
+            [
+                "laptop.toml",
+                "roadwarrior-server.toml",
+                "site-a.toml",
+                "site-b.toml",
+                "wg0.conf"
+            ]
         );
 
         assert_pair(&load_example("site-a.toml"), &load_example("site-b.toml"));
-        assert_pair(&load_example("roadwarrior-server.toml"), &load_example("laptop.toml"));
+        assert_pair(
+            &load_example("roadwarrior-server.toml"),
+            &load_example("laptop.toml"),
+        );
     }
 }

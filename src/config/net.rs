@@ -433,7 +433,16 @@ mod tests {
         for ok in ["tnd0", "wg-site_b", "a.b+c=d", "123456789012345"] {
             assert!(check_interface_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", ".", "..", "1234567890123456", "wg 0", "wg/0", "wg:0", "wé"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "1234567890123456",
+            "wg 0",
+            "wg/0",
+            "wg:0",
+            "wé",
+        ] {
             assert!(check_interface_name(bad).is_err(), "{bad}");
         }
     }

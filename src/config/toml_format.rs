@@ -100,7 +100,13 @@ impl Walker<'_> {
         Some(self.lines.line_of(spanned.span().start))
     }
 
-    fn wrong_type(&mut self, key: &str, at: &Spanned<DeValue<'_>>, expected: &str, found: &DeValue<'_>) {
+    fn wrong_type(
+        &mut self,
+        key: &str,
+        at: &Spanned<DeValue<'_>>,
+        expected: &str,
+        found: &DeValue<'_>,
+    ) {
         let line = self.line(at);
         self.diag.error(
             line,
@@ -109,7 +115,12 @@ impl Walker<'_> {
         );
     }
 
-    fn unknown_key(&mut self, prefix: &str, key: &Spanned<std::borrow::Cow<'_, str>>, known: &[&str]) {
+    fn unknown_key(
+        &mut self,
+        prefix: &str,
+        key: &Spanned<std::borrow::Cow<'_, str>>,
+        known: &[&str],
+    ) {
         let name = key.get_ref().as_ref();
         let path = if prefix.is_empty() {
             name.to_owned()
@@ -292,7 +303,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
                 .copied()
                 .unwrap_or(usize::MAX)
                 .saturating_add(usize::from(ca != *cb));
-            let delete = prev.get(j + 1).copied().unwrap_or(usize::MAX).saturating_add(1);
+            let delete = prev
+                .get(j + 1)
+                .copied()
+                .unwrap_or(usize::MAX)
+                .saturating_add(1);
             let insert = cur.get(j).copied().unwrap_or(usize::MAX).saturating_add(1);
             cur.push(substitute.min(delete).min(insert));
         }

@@ -30,8 +30,14 @@ const PEER_KEYS: &[&str] = &[
     "PersistentKeepalive",
 ];
 /// wg-quick interface settings tandem accepts but does not act on.
-const IGNORED_INTERFACE_KEYS: &[&str] =
-    &["DNS", "PreUp", "PostUp", "PreDown", "PostDown", "SaveConfig"];
+const IGNORED_INTERFACE_KEYS: &[&str] = &[
+    "DNS",
+    "PreUp",
+    "PostUp",
+    "PreDown",
+    "PostDown",
+    "SaveConfig",
+];
 
 enum Section {
     /// Before the first section header.
@@ -61,7 +67,10 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
 
         if let Some(rest) = content.strip_prefix('[') {
             let Some(name) = rest.strip_suffix(']') else {
-                diag.syntax(line, format!("\"{content}\" is not a section header ([Name])"));
+                diag.syntax(
+                    line,
+                    format!("\"{content}\" is not a section header ([Name])"),
+                );
                 section = Section::Unknown;
                 continue;
             };
@@ -137,7 +146,10 @@ fn at<T>(value: T, line: Option<usize>, key: String) -> At<T> {
 /// Sets a single-valued key; a repeat replaces the earlier value, as in `wg`.
 fn set_once<T>(diag: &mut Diagnostics, slot: &mut Option<At<T>>, new: At<T>) {
     if let Some(old) = slot.as_ref() {
-        let was = old.line.map(|l| format!(" on line {l}")).unwrap_or_default();
+        let was = old
+            .line
+            .map(|l| format!(" on line {l}"))
+            .unwrap_or_default();
         diag.warn(
             new.line,
             &new.key,
@@ -257,8 +269,8 @@ fn peer_key(
 ) {
     let section = format!("Peer[{}]", d.index);
     let Some(name) = canonical(key, PEER_KEYS) else {
-        let message = if let Some(iface_key) = canonical(key, INTERFACE_KEYS)
-            .or_else(|| canonical(key, IGNORED_INTERFACE_KEYS))
+        let message = if let Some(iface_key) =
+            canonical(key, INTERFACE_KEYS).or_else(|| canonical(key, IGNORED_INTERFACE_KEYS))
         {
             format!("{iface_key} belongs in the [Interface] section")
         } else if let Some(s) = suggest(key, PEER_KEYS) {

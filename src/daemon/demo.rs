@@ -152,32 +152,40 @@ fn need_tool(name: &str, package: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_config(
-    path: &Path,
-    private: &str,
+/// One end of the demo tunnel.
+struct Side {
+    key: crate::proto::PrivateKey,
     port: u16,
-    addrs: [&str; 2],
-    peer_public: &str,
-    psk: &str,
-    peer_endpoint: &str,
-    peer_ips: [&str; 2],
-) -> anyhow::Result<()> {
-    let text = format!(
+    outer: &'static str,
+    inner4: &'static str,
+    inner6: &'static str,
+}
+
+/// The TOML config of `me`, whose only peer is `peer`.
+fn config_text(me: &Side, peer: &Side, psk: &str) -> String {
+    format!(
         "# written by `tandem demo`\n\
          [interface]\n\
          name = \"{IFNAME}\"\n\
-         private_key = \"{private}\"\n\
-         listen_port = {port}\n\
+         private_key = \"{}\"\n\
+         listen_port = {}\n\
          address = [\"{}/24\", \"{}/64\"]\n\
          \n\
          [[peer]]\n\
-         public_key = \"{peer_public}\"\n\
+         public_key = \"{}\"\n\
          preshared_key = \"{psk}\"\n\
-         endpoint = \"{peer_endpoint}\"\n\
+         endpoint = \"{}:{}\"\n\
          allowed_ips = [\"{}/32\", \"{}/128\"]\n",
-        addrs[0], addrs[1], peer_ips[0], peer_ips[1]
-    );
-    fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        me.key.to_base64(),
+        me.port,
+        me.inner4,
+        me.inner6,
+        peer.key.public_key().to_base64(),
+        peer.outer,
+        peer.port,
+        peer.inner4,
+        peer.inner6,
+    )
 }
 
 /// Waits until `check` holds, polling every `every`, for at most `limit`.
@@ -255,34 +263,35 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
     println!("   {ns_a} ({OUTER_A4}) <-> {ns_b} ({OUTER_B4})");
 
     println!("== 2. fresh keys and configs");
-    let key_a = keygen::generate_private_key()?;
-    let key_b = keygen::generate_private_key()?;
+    let a = Side {
+        key: keygen::generate_private_key()?,
+        port: PORT_A,
+        outer: OUTER_A4,
+        inner4: INNER_A4,
+        inner6: INNER_A6,
+    };
+    let b = Side {
+        key: keygen::generate_private_key()?,
+        port: PORT_B,
+        outer: OUTER_B4,
+        inner4: INNER_B4,
+        inner6: INNER_B6,
+    };
     let psk = keygen::genpsk()?;
-    let (pub_a, pub_b) = (key_a.public_key(), key_b.public_key());
     let conf_a = dir.join("a.toml");
     let conf_b = dir.join("b.toml");
-    write_config(
-        &conf_a,
-        &key_a.to_base64(),
-        PORT_A,
-        [INNER_A4, INNER_A6],
-        &pub_b.to_base64(),
-        &psk,
-        &format!("{OUTER_B4}:{PORT_B}"),
-        [INNER_B4, INNER_B6],
-    )?;
-    write_config(
-        &conf_b,
-        &key_b.to_base64(),
-        PORT_B,
-        [INNER_B4, INNER_B6],
-        &pub_a.to_base64(),
-        &psk,
-        &format!("{OUTER_A4}:{PORT_A}"),
-        [INNER_A4, INNER_A6],
-    )?;
-    println!("   a: public key {pub_a}, tunnel {INNER_A4} {INNER_A6}");
-    println!("   b: public key {pub_b}, tunnel {INNER_B4} {INNER_B6}");
+    for (path, me, peer) in [(&conf_a, &a, &b), (&conf_b, &b, &a)] {
+        fs::write(path, config_text(me, peer, &psk))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "   a: public key {}, tunnel {INNER_A4} {INNER_A6}",
+        a.key.public_key()
+    );
+    println!(
+        "   b: public key {}, tunnel {INNER_B4} {INNER_B6}",
+        b.key.public_key()
+    );
 
     println!("== 3. two tandem daemons");
     let mut logs = Vec::new();
@@ -296,7 +305,9 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start tandem in {ns}"))?;
-        lock(&shared).children.push((format!("tandem in {ns}"), child));
+        lock(&shared)
+            .children
+            .push((format!("tandem in {ns}"), child));
         logs.push(log_path);
     }
     let read_log = |p: &Path| fs::read_to_string(p).unwrap_or_default();
@@ -330,14 +341,25 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
     }
     let first = start.elapsed();
     for (name, log) in ["a", "b"].iter().zip(&logs) {
-        if let Some(line) = read_log(log).lines().find(|l| l.contains("handshake completed")) {
+        if let Some(line) = read_log(log)
+            .lines()
+            .find(|l| l.contains("handshake completed"))
+        {
             println!("   {name}: {}", line.trim());
         }
     }
-    println!("   first packet through after {:.0} ms", first.as_secs_f64() * 1e3);
+    println!(
+        "   first packet through after {:.0} ms",
+        first.as_secs_f64() * 1e3
+    );
 
     println!("== 5. ping through the tunnel");
-    for (from, to) in [(&ns_a, INNER_B4), (&ns_b, INNER_A4), (&ns_a, INNER_B6), (&ns_b, INNER_A6)] {
+    for (from, to) in [
+        (&ns_a, INNER_B4),
+        (&ns_b, INNER_A4),
+        (&ns_a, INNER_B6),
+        (&ns_b, INNER_A6),
+    ] {
         let out = ping(from, to, 3)?;
         println!("   {from} -> {to}: {}", rtt_line(&out));
     }
@@ -351,8 +373,16 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
         &ns_b,
         &exe,
         &[
-            "demo-helper", "recv", "--listen", &listen, "--pattern-seed", &seed_s, "--bytes",
-            &bytes_s, "--timeout", "60",
+            "demo-helper",
+            "recv",
+            "--listen",
+            &listen,
+            "--pattern-seed",
+            &seed_s,
+            "--bytes",
+            &bytes_s,
+            "--timeout",
+            "60",
         ],
     )
     .stdin(Stdio::null())
@@ -366,8 +396,16 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
         &ns_a,
         &exe,
         &[
-            "demo-helper", "send", "--connect", &listen, "--pattern-seed", &seed_s, "--bytes",
-            &bytes_s, "--timeout", "60",
+            "demo-helper",
+            "send",
+            "--connect",
+            &listen,
+            "--pattern-seed",
+            &seed_s,
+            "--bytes",
+            &bytes_s,
+            "--timeout",
+            "60",
         ],
     ))?;
     // The receiver's verdict.

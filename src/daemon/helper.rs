@@ -25,9 +25,7 @@ pub struct Pattern {
 impl Pattern {
     pub fn new(seed: u64) -> Self {
         // xorshift needs a non-zero state.
-        Pattern {
-            state: seed | 1,
-        }
+        Pattern { state: seed | 1 }
     }
 
     /// Fills `buf` with the next bytes of the stream. `buf.len()` must be a multiple of 8 for
@@ -83,7 +81,8 @@ pub enum Sink<'a> {
 /// read within `timeout`), and stores or checks the data. Prints `listening on ADDR` to
 /// stdout once bound, so a caller knows when to start the sender.
 pub fn receive(listen: SocketAddr, sink: Sink<'_>, timeout: Duration) -> anyhow::Result<Transfer> {
-    let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     println!("listening on {}", listener.local_addr()?);
     io::stdout().flush()?;

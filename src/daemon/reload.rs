@@ -56,7 +56,8 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
         );
     }
     let (plan, warnings) = settings::interface_plan(&resolved.config, &running.driver.tun.name);
-    plan.check().context("the new interface settings are invalid")?;
+    plan.check()
+        .context("the new interface settings are invalid")?;
 
     // New sockets when the port changes (a config without a port keeps the current one).
     let new_sockets = match new.listen_port {
@@ -101,13 +102,7 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
         running.driver.forget_peer(key);
     }
     let mtu_changed = new.mtu != old.mtu;
-    sync_interface(
-        &running.netconf,
-        &mut running.applied,
-        &plan,
-        mtu_changed,
-    )
-    .await;
+    sync_interface(&running.netconf, &mut running.applied, &plan, mtu_changed).await;
     // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
     running.driver.flush().await;
     tracing::info!(

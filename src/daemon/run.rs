@@ -35,9 +35,8 @@ struct Signals {
 
 impl Signals {
     fn new() -> anyhow::Result<Self> {
-        let register = |kind, name| {
-            signal(kind).with_context(|| format!("cannot install the {name} handler"))
-        };
+        let register =
+            |kind, name| signal(kind).with_context(|| format!("cannot install the {name} handler"));
         Ok(Signals {
             interrupt: register(SignalKind::interrupt(), "SIGINT")?,
             terminate: register(SignalKind::terminate(), "SIGTERM")?,
@@ -79,8 +78,8 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
         };
         anyhow::Error::new(e).context(format!("cannot create interface {}{hint}", iface.name))
     })?;
-    let udp = UdpSockets::bind(iface.listen_port, iface.fwmark)
-        .context("cannot open the UDP sockets")?;
+    let udp =
+        UdpSockets::bind(iface.listen_port, iface.fwmark).context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut device = Device::new(Some(iface.private_key.clone()), seed);
     device.set_mtu(usize::from(iface.mtu));

@@ -132,12 +132,7 @@ pub fn sync_peers(
     now: Now,
 ) -> anyhow::Result<PeerChanges> {
     let mut changes = PeerChanges::default();
-    let wanted: HashSet<PublicKey> = resolved
-        .config
-        .peers
-        .iter()
-        .map(|p| p.public_key)
-        .collect();
+    let wanted: HashSet<PublicKey> = resolved.config.peers.iter().map(|p| p.public_key).collect();
     for info in device.peers() {
         if !wanted.contains(&info.public_key) && device.remove_peer(&info.public_key) {
             changes.removed.push(info.public_key);
@@ -252,7 +247,11 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         assert_eq!(plan.mtu, 1420);
         assert_eq!(plan.table, None);
         assert_eq!(plan.addresses.len(), 2);
-        let routes: Vec<String> = plan.routes.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        let routes: Vec<String> = plan
+            .routes
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
         assert_eq!(routes, ["10.9.0.2/32", "10.20.0.0/16", "fd09::2/128"]);
 
         let (plan, _) = interface_plan(&two_peers("1234", ""), "tnd0");
@@ -278,7 +277,10 @@ allowed_ips = ["fd09::2/128"{extra_b}]
     #[tokio::test]
     async fn literal_endpoints_resolve_without_a_resolver() {
         let r = resolve(two_peers("\"auto\"", "")).await.expect("resolve");
-        assert_eq!(r.endpoints[0], Some("192.0.2.1:51820".parse().expect("addr")));
+        assert_eq!(
+            r.endpoints[0],
+            Some("192.0.2.1:51820".parse().expect("addr"))
+        );
         assert_eq!(r.endpoints[1], None);
     }
 
@@ -314,7 +316,10 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         // Reload: peer 3 gone, peer 4 new, peer 2 loses a prefix and learns of a new one.
         let mut c2 = c.clone();
         c2.peers.remove(1);
-        c2.peers[0].allowed_ips = vec!["10.9.0.2/32".parse().expect("cidr"), "10.30.0.0/16".parse().expect("cidr")];
+        c2.peers[0].allowed_ips = vec![
+            "10.9.0.2/32".parse().expect("cidr"),
+            "10.30.0.0/16".parse().expect("cidr"),
+        ];
         c2.peers[0].endpoint = None;
         let mut p4 = c.peers[1].clone();
         p4.public_key = key(4).public_key();
@@ -330,8 +335,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         assert_eq!(device.peer_id(&b), Some(id_b), "kept peer keeps its slot");
         let info = device.peer_info(id_b).expect("info");
         assert_eq!(
-            info.endpoint,
-            endpoints[0],
+            info.endpoint, endpoints[0],
             "an endpoint the new config leaves out is kept"
         );
         let mut prefixes: Vec<String> = info
@@ -356,7 +360,9 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         // 10.20.0.0/16 moves from the first peer to the second (listed after it).
         let mut c2 = c;
         c2.peers[0].allowed_ips.retain(|a| a.prefix_len == 32);
-        c2.peers[1].allowed_ips.push("10.20.0.0/16".parse().expect("cidr"));
+        c2.peers[1]
+            .allowed_ips
+            .push("10.20.0.0/16".parse().expect("cidr"));
         let r2 = Resolved {
             endpoints: vec![None, None],
             config: c2,

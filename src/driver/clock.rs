@@ -49,7 +49,10 @@ mod tests {
         let clock = Clock::new();
         let now = clock.now();
         assert!(now.monotonic < Duration::from_secs(5));
-        assert!(now.unix > Duration::from_secs(1_600_000_000), "wall clock looks unset");
+        assert!(
+            now.unix > Duration::from_secs(1_600_000_000),
+            "wall clock looks unset"
+        );
         let later = clock.instant(now.monotonic + Duration::from_secs(3));
         let delta = later.duration_since(clock.instant(now.monotonic));
         assert_eq!(delta, Duration::from_secs(3));

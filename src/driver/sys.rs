@@ -39,7 +39,12 @@ pub fn effective_uid() -> u32 {
 }
 
 /// Sets an integer socket option.
-fn setsockopt_int<F: AsFd>(fd: &F, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn setsockopt_int<F: AsFd>(
+    fd: &F,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     let fd = fd.as_fd();
     // SAFETY: `value` lives on our stack for the whole call and the length passed is exactly
     // its size; the descriptor is borrowed (so open) for the call. The kernel copies the value
@@ -61,7 +66,11 @@ fn setsockopt_int<F: AsFd>(fd: &F, level: libc::c_int, name: libc::c_int, value:
 }
 
 /// Reads an integer socket option.
-fn getsockopt_int<F: AsFd>(fd: &F, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+fn getsockopt_int<F: AsFd>(
+    fd: &F,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
     let fd = fd.as_fd();
     let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -109,7 +118,12 @@ pub fn bind_udp(addr: SocketAddr, v6only: bool) -> io::Result<UdpSocket> {
     // `OwnedFd` may take ownership (and close it on every early return below).
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
     if matches!(addr, SocketAddr::V6(_)) {
-        setsockopt_int(&fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, libc::c_int::from(v6only))?;
+        setsockopt_int(
+            &fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            libc::c_int::from(v6only),
+        )?;
     }
     let rc = match addr {
         SocketAddr::V4(a) => {
@@ -253,7 +267,10 @@ mod tests {
         assert!(ipv6_only(&v6).expect("getsockopt"));
         assert_eq!(v6.local_addr().expect("local addr").port(), port);
         // A second v4 socket on the same port is refused: the port really is taken.
-        let again = bind_udp(SocketAddr::new("127.0.0.1".parse().expect("addr"), port), false);
+        let again = bind_udp(
+            SocketAddr::new("127.0.0.1".parse().expect("addr"), port),
+            false,
+        );
         assert_eq!(
             again.expect_err("port in use").kind(),
             io::ErrorKind::AddrInUse
@@ -269,7 +286,8 @@ mod tests {
             a.recv_from(&mut buf).expect_err("nothing sent yet").kind(),
             io::ErrorKind::WouldBlock
         );
-        b.send_to(b"ping", a.local_addr().expect("addr")).expect("send");
+        b.send_to(b"ping", a.local_addr().expect("addr"))
+            .expect("send");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             match a.recv_from(&mut buf) {
@@ -279,7 +297,10 @@ mod tests {
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    assert!(std::time::Instant::now() < deadline, "datagram never arrived");
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "datagram never arrived"
+                    );
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 Err(e) => panic!("recv: {e}"),
