@@ -172,6 +172,8 @@ struct Opts {
     extra_allowed_a: Vec<&'static str>,
     /// Extra TOML appended to a's config (more peers).
     extra_peers_a: String,
+    /// Another address for b's interface.
+    extra_address_b: Option<&'static str>,
 }
 
 /// Two namespaces with a veth pair between them and a config for a tandem daemon in each.
@@ -225,7 +227,7 @@ impl Tunnel {
             veth_b: veth.b,
         };
         t.write_config_a(&t.config_a());
-        std::fs::write(t.dir.path("b.toml"), t.config_b()).expect("write b.toml");
+        t.write_config_b();
         t
     }
 
@@ -274,9 +276,14 @@ impl Tunnel {
         } else {
             format!("endpoint = \"{}\"\n", self.outer(true))
         };
+        let extra = self
+            .opts
+            .extra_address_b
+            .map(|a| format!(", \"{a}\""))
+            .unwrap_or_default();
         format!(
             "[interface]\nname = \"{}\"\nprivate_key = \"{}\"\nlisten_port = {}\n\
-             address = [\"{B4}/24\", \"{B6}/64\"]\n\n\
+             address = [\"{B4}/24\", \"{B6}/64\"{extra}]\n\n\
              [[peer]]\nname = \"a\"\npublic_key = \"{}\"\n{}{endpoint}\
              allowed_ips = [\"{A4}/32\", \"{A6}/128\"]\n",
             self.ifname,
@@ -289,6 +296,15 @@ impl Tunnel {
 
     fn write_config_a(&self, text: &str) {
         std::fs::write(self.dir.path("a.toml"), text).expect("write a.toml");
+    }
+
+    fn write_config_b(&self) {
+        std::fs::write(self.dir.path("b.toml"), self.config_b()).expect("write b.toml");
+    }
+
+    /// The addresses on the tunnel interface in b's namespace, as `ip addr` prints them.
+    fn addresses_b(&self) -> String {
+        self.b.ip(&["addr", "show", "dev", &self.ifname])
     }
 
     fn start_a(&mut self) {
@@ -596,6 +612,57 @@ fn sighup_adding_a_peer_keeps_the_existing_session() {
         .wait_log("reload failed", Duration::from_secs(10));
     assert!(t.ping_once(true, B4), "ping after a failed reload");
     assert!(t.routes_a().contains("10.77.0.3"));
+}
+
+#[test]
+fn sighup_moves_the_listen_port_and_changes_addresses() {
+    let mut t = Tunnel::new("port", Opts::default());
+    t.start();
+    t.ping_all_ways();
+    let old_port = t.port_b;
+    t.port_b += 1000;
+    t.opts.extra_address_b = Some("10.77.5.2/24");
+    t.write_config_b();
+    t.daemon_b().signal("HUP");
+    t.daemon_b()
+        .wait_log("configuration reloaded", Duration::from_secs(10));
+    let log = t.daemon_b().log();
+    assert!(
+        log.contains(&format!("from={old_port}")) && log.contains(&format!("to={}", t.port_b)),
+        "{log}"
+    );
+    assert!(
+        t.addresses_b().contains("10.77.5.2/24"),
+        "{}",
+        t.addresses_b()
+    );
+    // b now sends from the new port; a follows it (roaming) without a new handshake, since
+    // the session survived the reload.
+    let hs = t.daemon_a().count("handshake completed");
+    t.ping_within(false, A4, Duration::from_secs(5));
+    t.ping_within(true, B4, Duration::from_secs(5));
+    assert_eq!(t.daemon_a().count("handshake completed"), hs);
+    // The old port is closed, the new one open, for both families (`ss` is in iproute2).
+    let listening = t.b.exec_ok("ss", &["-H", "-u", "-l", "-n"]);
+    assert!(!listening.contains(&format!(":{old_port} ")), "{listening}");
+    assert_eq!(
+        listening.matches(&format!(":{} ", t.port_b)).count(),
+        2,
+        "{listening}"
+    );
+
+    // And back: the extra address goes away.
+    t.opts.extra_address_b = None;
+    t.write_config_b();
+    t.daemon_b().signal("HUP");
+    t.daemon_b()
+        .wait_log_n("configuration reloaded", 2, Duration::from_secs(10));
+    assert!(
+        !t.addresses_b().contains("10.77.5.2"),
+        "{}",
+        t.addresses_b()
+    );
+    t.ping_within(true, B6, Duration::from_secs(5));
 }
 
 #[test]
