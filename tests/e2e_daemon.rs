@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use sha2::{Digest, Sha256};
 use tandem::daemon::helper::Pattern;
-use tandem::proto::{PresharedKey, PrivateKey};
+use tandem::proto::{self, Device, HEADROOM, Now, PresharedKey, PrivateKey, TAILROOM};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
@@ -663,6 +663,71 @@ fn sighup_moves_the_listen_port_and_changes_addresses() {
         t.addresses_b()
     );
     t.ping_within(true, B6, Duration::from_secs(5));
+}
+
+/// A burst of handshake initiations is a backlog: the daemon then answers with cookie
+/// replies (mac2 required) instead of doing Diffie-Hellman for each.
+#[test]
+fn handshake_flood_gets_cookie_replies() {
+    let mut t = Tunnel::new("flood", Opts::default());
+    t.start_b();
+    let target: std::net::SocketAddr = format!("10.99.0.2:{}", t.port_b).parse().expect("addr");
+    let b4: std::net::IpAddr = B4.parse().expect("addr");
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock");
+    let now = Now::new(Duration::from_secs(1), unix);
+    // Initiations from made-up peers: their mac1 is valid (it needs only b's public key),
+    // but b does not know them.
+    let mut packet = [0u8; 20];
+    packet[0] = 0x45;
+    packet[3] = 20;
+    packet[16..20].copy_from_slice(&[10, 77, 0, 2]);
+    let initiations: Vec<Vec<u8>> = (0..48u8)
+        .map(|i| {
+            let mut dev = Device::new(Some(key(100 + i)), [i; 32]);
+            let mut peer = proto::PeerConfig::new(t.key_b.public_key());
+            peer.endpoint = Some(target);
+            peer.allowed_ips = vec![(b4, 32)];
+            dev.upsert_peer(&peer).expect("peer");
+            let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
+            buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+            dev.encapsulate(&mut buf, packet.len(), now);
+            let mut out = vec![0u8; 2048];
+            let tx = dev.poll_transmit(&mut out, now).expect("an initiation");
+            out.truncate(tx.len);
+            assert_eq!((out.len(), out[0]), (148, 1));
+            out
+        })
+        .collect();
+    let cookie_replies = t.a.run(|| {
+        let sock = std::net::UdpSocket::bind("10.99.0.1:0").expect("bind in namespace a");
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        let mut replies = 0;
+        // Bounded: a few bursts, each followed by reading answers until a quiet 300 ms.
+        for _ in 0..10 {
+            for m in &initiations {
+                sock.send_to(m, target).expect("send");
+            }
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n == 64 && buf[0] == 3 {
+                    replies += 1;
+                }
+            }
+            if replies > 0 {
+                break;
+            }
+        }
+        replies
+    });
+    assert!(
+        cookie_replies > 0,
+        "no cookie reply to bursts of 48 initiations; log:\n{}",
+        t.daemon_b().log()
+    );
+    assert!(t.daemon_b().log().contains("handshake backlog"));
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,10 @@ impl Cleanup {
     }
 }
 
+/// Set by the signal handler: the main thread's errors from then on are the interruption's
+/// side effects (killed helpers), not worth reporting.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 /// Shared with the signal handler thread.
 type Shared = Arc<Mutex<Cleanup>>;
 
@@ -110,6 +115,7 @@ fn install_signal_handler(shared: Shared) -> anyhow::Result<()> {
                 _ = term.recv() => {}
             }
         });
+        INTERRUPTED.store(true, Ordering::SeqCst);
         eprintln!("\ndemo: interrupted, cleaning up");
         lock(&shared).run();
         std::process::exit(130);
@@ -223,6 +229,16 @@ fn rtt_line(output: &str) -> String {
 
 /// Runs the demo. Needs root.
 pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
+    let result = steps(options);
+    if result.is_err() && INTERRUPTED.load(Ordering::SeqCst) {
+        // The handler cleans up and exits the process; wait for it (bounded) rather than
+        // report an error the interruption caused.
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    result
+}
+
+fn steps(options: &DemoOptions) -> anyhow::Result<()> {
     if sys::effective_uid() != 0 {
         bail!(
             "`tandem demo` needs root: it creates network namespaces, a veth pair and TUN \

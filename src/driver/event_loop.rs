@@ -286,6 +286,12 @@ impl Driver {
         self.stats.udp_rx_datagrams += count as u64;
         let now = self.clock.now();
         if handshakes > UNDER_LOAD_HANDSHAKES {
+            if !self.device.is_under_load(now) {
+                tracing::warn!(
+                    handshakes,
+                    "handshake backlog: answering with cookies and rate limiting for a while"
+                );
+            }
             self.stats.under_load_batches += 1;
             self.device.set_under_load(now);
         }
