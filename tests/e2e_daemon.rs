@@ -935,3 +935,94 @@ fn systemd_unit_is_valid_and_locked_down() {
         out.status
     );
 }
+
+/// The README's main command, end to end (small transfer), and nothing left behind.
+#[test]
+fn demo_runs_and_cleans_up() {
+    require_root();
+    let out = ChildGuard::new(
+        Command::new(BIN)
+            .args(["demo", "--mib", "4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run tandem demo"),
+    )
+    .output_timeout(Duration::from_secs(120));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tandem demo failed:\n{stdout}\n{stderr}"
+    );
+    for want in [
+        "handshake completed",
+        "-> 10.88.0.2: rtt",
+        "-> fd88::1: rtt",
+        "received 4194304 bytes",
+        "every byte checked",
+        "removed",
+    ] {
+        assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
+    }
+    // Its namespaces are named after its process id; none may remain.
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left = String::from_utf8_lossy(&left.stdout);
+    let pid_names: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("tnd-demo-a-")))
+        .collect();
+    assert!(!pid_names.is_empty(), "{stdout}");
+    for name in pid_names {
+        assert!(
+            !left.contains(name),
+            "namespace {name} left behind:\n{left}"
+        );
+    }
+}
+
+/// Without privileges, `demo` and `up` say what they need instead of failing obscurely.
+#[test]
+fn unprivileged_commands_explain_what_they_need() {
+    require_root(); // to drop to another user
+    let dir = TempDir::new("unpriv");
+    let conf = dir.path("wg9.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[interface]\nname = \"tndunpriv{}\"\nprivate_key = \"{}\"\n",
+            unique(),
+            key(9).to_base64()
+        ),
+    )
+    .expect("write config");
+    // Inside a namespace of the test's own, so that nothing could touch the host's even if
+    // the privilege drop failed.
+    let ns = Netns::new("tnd-e2e-unpriv");
+    let as_nobody = |args: &[&str]| -> Output {
+        let mut full = vec!["--reuid=65534", "--regid=65534", "--clear-groups", BIN];
+        full.extend_from_slice(args);
+        ns.command("setpriv", &full)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("this test needs setpriv (util-linux): {e}"))
+    };
+    let demo = as_nobody(&["demo"]);
+    assert_eq!(demo.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&demo.stderr);
+    assert!(stderr.contains("needs root"), "{stderr}");
+
+    let up = as_nobody(&["up", &conf.to_string_lossy()]);
+    assert_eq!(up.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&up.stderr);
+    assert!(stderr.contains("CAP_NET_ADMIN"), "{stderr}");
+    assert_eq!(
+        stderr.matches("error:").count(),
+        1,
+        "error printed once:\n{stderr}"
+    );
+}
