@@ -174,6 +174,8 @@ struct Opts {
     extra_peers_a: String,
     /// Another address for b's interface.
     extra_address_b: Option<&'static str>,
+    /// b's fwmark.
+    fwmark_b: Option<u32>,
 }
 
 /// Two namespaces with a veth pair between them and a config for a tandem daemon in each.
@@ -281,8 +283,13 @@ impl Tunnel {
             .extra_address_b
             .map(|a| format!(", \"{a}\""))
             .unwrap_or_default();
+        let fwmark = self
+            .opts
+            .fwmark_b
+            .map(|m| format!("fwmark = {m}\n"))
+            .unwrap_or_default();
         format!(
-            "[interface]\nname = \"{}\"\nprivate_key = \"{}\"\nlisten_port = {}\n\
+            "[interface]\nname = \"{}\"\nprivate_key = \"{}\"\nlisten_port = {}\n{fwmark}\
              address = [\"{B4}/24\", \"{B6}/64\"{extra}]\n\n\
              [[peer]]\nname = \"a\"\npublic_key = \"{}\"\n{}{endpoint}\
              allowed_ips = [\"{A4}/32\", \"{A6}/128\"]\n",
@@ -622,6 +629,7 @@ fn sighup_moves_the_listen_port_and_changes_addresses() {
     let old_port = t.port_b;
     t.port_b += 1000;
     t.opts.extra_address_b = Some("10.77.5.2/24");
+    t.opts.fwmark_b = Some(0x1234);
     t.write_config_b();
     t.daemon_b().signal("HUP");
     t.daemon_b()
@@ -645,14 +653,27 @@ fn sighup_moves_the_listen_port_and_changes_addresses() {
     // The old port is closed, the new one open, for both families (`ss` is in iproute2).
     let listening = t.b.exec_ok("ss", &["-H", "-u", "-l", "-n"]);
     assert!(!listening.contains(&format!(":{old_port} ")), "{listening}");
-    assert_eq!(
-        listening.matches(&format!(":{} ", t.port_b)).count(),
-        2,
-        "{listening}"
+    let on_port = |listening: &str, port: u16| -> Vec<String> {
+        listening
+            .lines()
+            .filter(|l| l.contains(&format!(":{port} ")))
+            .map(str::to_owned)
+            .collect()
+    };
+    let sockets = on_port(&listening, t.port_b);
+    assert_eq!(sockets.len(), 2, "{listening}");
+    // New sockets carry the new fwmark; the IPv6 one is V6ONLY.
+    let extended = t.b.exec_ok("ss", &["-H", "-u", "-l", "-n", "-e"]);
+    let sockets = on_port(&extended, t.port_b);
+    assert!(
+        sockets.iter().all(|l| l.contains("fwmark:0x1234")),
+        "{extended}"
     );
+    assert!(sockets.iter().any(|l| l.contains("v6only:1")), "{extended}");
 
-    // And back: the extra address goes away.
+    // And back: the extra address goes away; the fwmark changes on the same sockets.
     t.opts.extra_address_b = None;
+    t.opts.fwmark_b = Some(0x99);
     t.write_config_b();
     t.daemon_b().signal("HUP");
     t.daemon_b()
@@ -663,6 +684,13 @@ fn sighup_moves_the_listen_port_and_changes_addresses() {
         t.addresses_b()
     );
     t.ping_within(true, B6, Duration::from_secs(5));
+    let extended = t.b.exec_ok("ss", &["-H", "-u", "-l", "-n", "-e"]);
+    let sockets = on_port(&extended, t.port_b);
+    assert_eq!(sockets.len(), 2, "{extended}");
+    assert!(
+        sockets.iter().all(|l| l.contains("fwmark:0x99")),
+        "{extended}"
+    );
 }
 
 /// A burst of handshake initiations is a backlog: the daemon then answers with cookie
