@@ -45,6 +45,10 @@ const MAX_DRAIN: usize = 4 * BATCH;
 /// log it): a responder's session is confirmed by the initiator's first data packet.
 const HANDSHAKE_WATCH: Duration = Duration::from_secs(15);
 
+/// How long the loop waits before firing timers again when the core reports a deadline that
+/// is already past right after firing them.
+const STALE_DEADLINE_BACKOFF: Duration = Duration::from_millis(5);
+
 /// Message type bytes of handshake initiation and response (the whitepaper's 1 and 2).
 const MSG_INITIATION: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
@@ -186,7 +190,15 @@ impl Driver {
                 self.drain_transmit().await;
             }
             let wake = {
-                let deadline = self.device.next_deadline();
+                let mut deadline = self.device.next_deadline();
+                // A deadline that is still due after `update_timers` would make this loop spin;
+                // the core should never leave one, but the loop must not burn a core if it does.
+                if let Some(d) = deadline
+                    && d <= now.monotonic
+                {
+                    tracing::debug!(?d, "timer still due after update_timers");
+                    deadline = Some(now.monotonic + STALE_DEADLINE_BACKOFF);
+                }
                 let pending_output = self.device.has_transmit();
                 tokio::select! {
                     r = self.tun.device.readable() => Wake::Tun(r),
