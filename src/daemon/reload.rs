@@ -79,6 +79,9 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
     for w in warnings {
         tracing::warn!("{w}");
     }
+    if new.offload != old.offload {
+        tracing::warn!("a change of `offload` takes effect when the daemon restarts");
+    }
     if let Some(sockets) = new_sockets {
         tracing::info!(
             from = running.driver.udp.port(),

@@ -62,15 +62,23 @@ pub async fn up(path: &Path, config: Config) -> anyhow::Result<()> {
 
 async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let iface = &resolved.config.interface;
-    // Offload (IFF_VNET_HDR) is not used by the event loop yet: plain packets only.
-    if iface.offload {
-        tracing::debug!("TUN segmentation offload is not implemented yet; running without it");
-    }
-    let tun = open_tun(&iface.name, false).map_err(|e| {
+    // Segmentation offload (IFF_VNET_HDR: GSO reads, GRO writes) when asked for; a kernel
+    // that refuses it still gets a working, slower device.
+    let tun = match open_tun(&iface.name, iface.offload) {
+        Ok(tun) => Ok(tun),
+        Err(TunError::Open { source, .. })
+            if iface.offload
+                && !matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+        {
+            tracing::warn!(error = %source, "TUN offload unavailable, running without it");
+            open_tun(&iface.name, false)
+        }
+        Err(e) => Err(e),
+    };
+    let tun = tun.map_err(|e| {
         let hint = match &e {
             TunError::Open { source, .. }
-                if source.raw_os_error() == Some(libc::EPERM)
-                    || source.raw_os_error() == Some(libc::EACCES) =>
+                if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
             {
                 " (needs root or CAP_NET_ADMIN)"
             }
@@ -107,6 +115,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
         interface = %driver.tun.name,
         public_key = %iface.private_key.public_key(),
         port = driver.udp.port(),
+        offload = driver.tun.offload,
         peers = resolved.config.peers.len(),
         "interface up"
     );

@@ -16,6 +16,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::clock::Clock;
 use super::tun::Tun;
@@ -79,21 +80,57 @@ pub enum DriverError {
     UdpWait(#[source] io::Error),
 }
 
-/// A fixed set of packet buffers, allocated once.
+/// TUN-side buffers with offload: room for a batch plus one whole GSO packet's segments.
+const TUN_POOL_OFFLOAD: usize = BATCH + MAX_SEGMENTS_PER_READ;
+
+/// Most segments one offload read may produce (the kernel's UDP_MAX_SEGMENTS; TCP stays
+/// below it at any MTU): a read is only made while this many buffers are free.
+const MAX_SEGMENTS_PER_READ: usize = 128;
+
+/// Packet buffers, allocated once. Each is `BUF_LEN` long; the kernel only backs the pages
+/// that are touched, so the large size costs address space, not memory.
 struct Pool {
-    bufs: Vec<Box<[u8]>>,
-    lens: [usize; BATCH],
-    srcs: [SocketAddr; BATCH],
+    /// TUN reads (with offload, the segments of GSO packets).
+    tun: Vec<Box<[u8]>>,
+    tun_lens: Vec<usize>,
+    /// Offload only: one raw TUN read, virtio-net header and up to 64 KiB of packet.
+    tun_raw: Vec<u8>,
+    /// UDP reads.
+    udp: Vec<Box<[u8]>>,
+    udp_lens: [usize; BATCH],
+    udp_srcs: [SocketAddr; BATCH],
+    /// Offload only: decrypted packets gathered for one `send_multiple`, each at HEADROOM
+    /// (room for the virtio-net header), as growable buffers since GRO appends to them.
+    tun_out: Vec<Vec<u8>>,
+    gro: GROTable,
+}
+
+fn boxed_buffers(n: usize) -> Vec<Box<[u8]>> {
+    (0..n)
+        .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
+        .collect()
 }
 
 impl Pool {
-    fn new() -> Self {
+    fn new(offload: bool) -> Self {
+        let tun_count = if offload { TUN_POOL_OFFLOAD } else { BATCH };
         Pool {
-            bufs: (0..BATCH)
-                .map(|_| vec![0u8; BUF_LEN].into_boxed_slice())
-                .collect(),
-            lens: [0; BATCH],
-            srcs: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            tun: boxed_buffers(tun_count),
+            tun_lens: vec![0; tun_count],
+            tun_raw: if offload {
+                vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET]
+            } else {
+                Vec::new()
+            },
+            udp: boxed_buffers(BATCH),
+            udp_lens: [0; BATCH],
+            udp_srcs: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            tun_out: if offload {
+                (0..BATCH).map(|_| Vec::with_capacity(BUF_LEN)).collect()
+            } else {
+                Vec::new()
+            },
+            gro: GROTable::new(),
         }
     }
 }
@@ -154,11 +191,11 @@ async fn sleep_until(clock: &Clock, deadline: Option<Duration>) {
 impl Driver {
     pub fn new(device: Device, tun: Tun, udp: UdpSockets, clock: Clock) -> Self {
         Driver {
+            pool: Pool::new(tun.offload),
             device,
             tun,
             udp,
             clock,
-            pool: Pool::new(),
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             stats: DriverStats::default(),
             watch_handshakes_until: None,
@@ -226,34 +263,22 @@ impl Driver {
         }
     }
 
-    /// Reads up to BATCH packets from the TUN device and encrypts and sends each.
+    /// Reads up to BATCH packets from the TUN device (with offload: up to BATCH reads, each
+    /// split into its segments) and encrypts and sends each.
     async fn tun_batch(&mut self) -> Result<(), DriverError> {
-        let mut count = 0;
-        while count < BATCH {
-            let buf = &mut self.pool.bufs[count];
-            match self
-                .tun
-                .device
-                .try_recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET])
-            {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.pool.lens[count] = n;
-                    count += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(DriverError::TunRead(e)),
-            }
-        }
+        let count = if self.tun.offload {
+            self.read_tun_offload()?
+        } else {
+            self.read_tun_plain()?
+        };
         self.stats.tun_rx_packets += count as u64;
         let now = self.clock.now();
         for i in 0..count {
-            let len = self.pool.lens[i];
-            let buf = &mut self.pool.bufs[i];
+            let len = self.pool.tun_lens[i];
+            let buf = &mut self.pool.tun[i];
             match self.device.encapsulate(buf, len, now) {
                 Encapsulated::Send { endpoint, len } => {
-                    let datagram = &self.pool.bufs[i][..len];
+                    let datagram = &self.pool.tun[i][..len];
                     send_datagram(&self.udp, &mut self.stats, endpoint, datagram).await;
                 }
                 // Queued: an initiation may now wait in poll_transmit; drained after the batch.
@@ -261,6 +286,54 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    fn read_tun_plain(&mut self) -> Result<usize, DriverError> {
+        let mut count = 0;
+        while count < BATCH {
+            let buf = &mut self.pool.tun[count];
+            match self
+                .tun
+                .device
+                .try_recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET])
+            {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pool.tun_lens[count] = n;
+                    count += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(DriverError::TunRead(e)),
+            }
+        }
+        Ok(count)
+    }
+
+    /// With IFF_VNET_HDR: each read is one packet with a virtio-net header, possibly a GSO
+    /// packet of many segments, which tun-rs splits (and checksums) into the pool at HEADROOM.
+    fn read_tun_offload(&mut self) -> Result<usize, DriverError> {
+        let mut count = 0;
+        for _ in 0..BATCH {
+            if self.pool.tun.len() - count < MAX_SEGMENTS_PER_READ {
+                break;
+            }
+            match self.tun.device.try_recv_multiple(
+                &mut self.pool.tun_raw,
+                &mut self.pool.tun[count..],
+                &mut self.pool.tun_lens[count..],
+                HEADROOM,
+            ) {
+                Ok(n) => count += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The kernel refused the read: the device is gone or broken.
+                Err(e) if e.raw_os_error().is_some() => return Err(DriverError::TunRead(e)),
+                // tun-rs could not parse or split this one packet: drop it, go on.
+                Err(e) => tracing::debug!(error = %e, "malformed packet from the TUN device"),
+            }
+        }
+        Ok(count)
     }
 
     /// Reads up to BATCH datagrams from one socket, tells the core about a handshake backlog,
@@ -276,14 +349,14 @@ impl Driver {
         let mut count = 0;
         let mut handshakes = 0;
         while count < BATCH {
-            let buf = &mut self.pool.bufs[count];
+            let buf = &mut self.pool.udp[count];
             match socket.try_recv_from(buf) {
                 Ok((n, src)) => {
                     if n == 148 && buf[0] == MSG_INITIATION || n == 92 && buf[0] == MSG_RESPONSE {
                         handshakes += 1;
                     }
-                    self.pool.lens[count] = n;
-                    self.pool.srcs[count] = src;
+                    self.pool.udp_lens[count] = n;
+                    self.pool.udp_srcs[count] = src;
                     count += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -310,24 +383,53 @@ impl Driver {
         if handshakes > 0 {
             self.watch_handshakes_until = Some(now.monotonic + HANDSHAKE_WATCH);
         }
+        let mut gathered = 0;
         for i in 0..count {
-            let len = self.pool.lens[i];
-            let src = normalize(self.pool.srcs[i]);
-            let buf = &mut self.pool.bufs[i];
-            match self.device.decapsulate(src, buf, len, now) {
-                Decapsulated::Deliver { range, .. } => {
-                    let Some(packet) = self.pool.bufs[i].get(range) else {
-                        continue;
-                    };
-                    match self.tun.device.send(packet).await {
-                        Ok(_) => self.stats.tun_tx_packets += 1,
-                        Err(e) => {
-                            self.stats.tun_tx_errors += 1;
-                            tracing::debug!(error = %e, "TUN write failed");
-                        }
-                    }
+            let len = self.pool.udp_lens[i];
+            let src = normalize(self.pool.udp_srcs[i]);
+            let buf = &mut self.pool.udp[i];
+            let Decapsulated::Deliver { range, .. } = self.device.decapsulate(src, buf, len, now)
+            else {
+                continue;
+            };
+            let Some(packet) = self.pool.udp[i].get(range) else {
+                continue;
+            };
+            if self.tun.offload {
+                // Gathered for one send_multiple, which coalesces TCP segments (GRO).
+                let Some(out) = self.pool.tun_out.get_mut(gathered) else {
+                    continue;
+                };
+                out.clear();
+                out.extend_from_slice(&[0u8; HEADROOM]);
+                out.extend_from_slice(packet);
+                gathered += 1;
+                continue;
+            }
+            match self.tun.device.send(packet).await {
+                Ok(_) => self.stats.tun_tx_packets += 1,
+                Err(e) => {
+                    self.stats.tun_tx_errors += 1;
+                    tracing::debug!(error = %e, "TUN write failed");
                 }
-                Decapsulated::Done | Decapsulated::Dropped(_) => {}
+            }
+        }
+        if gathered > 0 {
+            let result = self
+                .tun
+                .device
+                .send_multiple(
+                    &mut self.pool.gro,
+                    &mut self.pool.tun_out[..gathered],
+                    HEADROOM,
+                )
+                .await;
+            match result {
+                Ok(_) => self.stats.tun_tx_packets += gathered as u64,
+                Err(e) => {
+                    self.stats.tun_tx_errors += gathered as u64;
+                    tracing::debug!(error = %e, "TUN write failed");
+                }
             }
         }
     }
