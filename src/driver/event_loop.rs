@@ -6,6 +6,11 @@
 //! a pool of buffers allocated once (with the core's HEADROOM and TAILROOM), hands them to the
 //! core, writes what comes out, and finally drains [`Device::poll_transmit`].
 //!
+//! With TUN offload (IFF_VNET_HDR), one TUN read may be a 64 KiB GSO packet that tun-rs splits
+//! into MTU-sized segments in the pool, and the packets decrypted from one UDP batch are
+//! written with one `send_multiple`, which coalesces TCP segments (GRO) before the kernel sees
+//! them. UDP still goes one datagram per system call (no sendmmsg/GSO yet).
+//!
 //! [`Driver::run`] is cancel safe in the sense the daemon needs: it only waits at points where
 //! no half-processed state is held, so the daemon can drop the future (on a signal), change
 //! the device or sockets, and call `run` again.
