@@ -6,6 +6,22 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
 
+say "system tools the tests need"
+# The namespace tests need iproute2 and ping; the unit-file test needs systemd-analyze. Install
+# only what is missing (CI runs as root on a fresh machine).
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    else
+        echo "missing packages: ${missing[*]} (install them, or run as root on Debian/Ubuntu)" >&2
+    fi
+fi
+
 say "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 

@@ -1,5 +1,7 @@
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod driver;
+pub mod keygen;
 pub mod netconf;
 pub mod proto;

@@ -1,2 +1,9 @@
+pub mod clock;
+pub mod event_loop;
 pub mod sys;
 pub mod tun;
+pub mod udp;
+
+pub use clock::Clock;
+pub use event_loop::{Driver, DriverError, DriverStats};
+pub use udp::{UdpError, UdpSockets};

@@ -1,0 +1,207 @@
+//! SIGHUP: read and check the new config completely first, then apply it. A config that does
+//! not load, or that asks for something that cannot be done (another interface name, a
+//! port that is taken), changes nothing.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use super::run::Running;
+use super::settings::{self, Resolved};
+use crate::config;
+use crate::driver::UdpSockets;
+use crate::netconf::prefix::network;
+use crate::netconf::{Applied, NetConf};
+
+/// A new configuration, loaded, checked and resolved, not applied yet.
+#[derive(Debug)]
+pub struct Prepared {
+    pub resolved: Resolved,
+}
+
+/// Reads, checks and resolves the config at `path` (runs beside the data plane).
+pub async fn prepare(path: &Path) -> anyhow::Result<Prepared> {
+    let owned = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&owned))
+        .await
+        .context("the config loader stopped")?;
+    let config = loaded.map_err(|errors| {
+        anyhow::anyhow!(
+            "{} has {} problem(s):\n{errors}",
+            path.display(),
+            errors.len()
+        )
+    })?;
+    for warning in &config.warnings {
+        tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
+    }
+    let resolved = settings::resolve(config).await?;
+    Ok(Prepared { resolved })
+}
+
+/// Applies a prepared config. Everything that can fail without side effects (interface name,
+/// plan check, new sockets, fwmark) is done first; on error nothing has changed. Then the
+/// core's keys and peers are swapped in, and the interface's MTU, addresses and routes are
+/// brought in line (a kernel refusal there is logged and the rest still applied).
+pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::Result<()> {
+    let resolved = prepared.resolved;
+    let new = &resolved.config.interface;
+    let old = &running.config.interface;
+    if new.name != running.driver.tun.name {
+        bail!(
+            "the interface name changed from {} to {}: restart the daemon for that",
+            running.driver.tun.name,
+            new.name
+        );
+    }
+    let (plan, warnings) = settings::interface_plan(&resolved.config, &running.driver.tun.name);
+    plan.check()
+        .context("the new interface settings are invalid")?;
+
+    // New sockets when the port changes (a config without a port keeps the current one).
+    let new_sockets = match new.listen_port {
+        Some(port) if port != 0 && port != running.driver.udp.port() => Some(
+            UdpSockets::bind(Some(port), new.fwmark)
+                .with_context(|| format!("cannot listen on UDP port {port}"))?,
+        ),
+        _ => None,
+    };
+    if new_sockets.is_none() && new.fwmark != running.driver.udp.fwmark() {
+        running
+            .driver
+            .udp
+            .set_fwmark(new.fwmark)
+            .context("cannot change the fwmark")?;
+    }
+
+    // Commit: from here on the new config is the running one.
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if new.offload != old.offload {
+        tracing::warn!("a change of `offload` takes effect when the daemon restarts");
+    }
+    if let Some(sockets) = new_sockets {
+        tracing::info!(
+            from = running.driver.udp.port(),
+            to = sockets.port(),
+            "listen port changed"
+        );
+        running.driver.udp = sockets;
+    }
+    let now = running.driver.now();
+    let device = &mut running.driver.device;
+    if device.private_key() != Some(&new.private_key) {
+        tracing::info!(
+            public_key = %new.private_key.public_key(),
+            "private key changed: every session restarts"
+        );
+        device.set_private_key(Some(new.private_key.clone()));
+    }
+    device.set_mtu(usize::from(new.mtu));
+    let changes = settings::sync_peers(device, &resolved, now)?;
+    for key in &changes.removed {
+        running.driver.forget_peer(key);
+    }
+    let mtu_changed = new.mtu != old.mtu;
+    sync_interface(&running.netconf, &mut running.applied, &plan, mtu_changed).await;
+    // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
+    running.driver.flush().await;
+    tracing::info!(
+        peers = resolved.config.peers.len(),
+        added = changes.added.len(),
+        removed = changes.removed.len(),
+        kept = changes.updated.len(),
+        "configuration reloaded"
+    );
+    running.config = resolved.config;
+    Ok(())
+}
+
+/// Brings the interface from what `applied` records to `plan`: MTU, then addresses and routes
+/// added and removed by difference. `applied` is updated to what is now in place, so that
+/// shutdown removes exactly that.
+async fn sync_interface(
+    nc: &NetConf,
+    applied: &mut Applied,
+    plan: &crate::netconf::InterfacePlan,
+    mtu_changed: bool,
+) {
+    let index = applied.index;
+    if mtu_changed && let Err(e) = nc.set_mtu(index, plan.mtu).await {
+        tracing::error!("cannot change the MTU: {e:#}");
+    }
+
+    // Addresses: remove the ones no longer wanted, then add the new ones.
+    let wanted = &plan.addresses;
+    let mut kept = Vec::with_capacity(applied.addresses.len());
+    for &(addr, len) in &applied.addresses {
+        if wanted.contains(&(addr, len)) {
+            kept.push((addr, len));
+            continue;
+        }
+        match nc.del_address(index, addr, len).await {
+            Ok(()) => tracing::info!(address = %format_args!("{addr}/{len}"), "address removed"),
+            Err(e) if e.is_already_gone() => {}
+            Err(e) => {
+                tracing::error!("cannot remove address {addr}/{len}: {e:#}");
+                kept.push((addr, len));
+            }
+        }
+    }
+    for &(addr, len) in wanted {
+        if kept.contains(&(addr, len)) {
+            continue;
+        }
+        match nc.add_address(index, addr, len).await {
+            Ok(()) => {
+                tracing::info!(address = %format_args!("{addr}/{len}"), "address added");
+                kept.push((addr, len));
+            }
+            Err(e) => tracing::error!("cannot add address {addr}/{len}: {e:#}"),
+        }
+    }
+    applied.addresses = kept;
+
+    // Routes, compared as networks; a table change moves every route.
+    let table_changed = applied.table != plan.table;
+    let wanted: Vec<(IpAddr, u8)> = plan
+        .routes
+        .iter()
+        .filter_map(|&(a, l)| network(a, l).ok().map(|n| (n, l)))
+        .collect();
+    let mut kept = Vec::with_capacity(applied.routes.len());
+    for &(dest, len) in &applied.routes {
+        if !table_changed && wanted.contains(&(dest, len)) {
+            kept.push((dest, len));
+            continue;
+        }
+        match nc.del_route(index, dest, len, applied.table).await {
+            Ok(()) => tracing::info!(route = %format_args!("{dest}/{len}"), "route removed"),
+            Err(e) if e.is_already_gone() => {}
+            Err(e) => {
+                tracing::error!("cannot remove route {dest}/{len}: {e:#}");
+                if !table_changed {
+                    kept.push((dest, len));
+                }
+            }
+        }
+    }
+    applied.table = plan.table;
+    for &(dest, len) in &wanted {
+        if kept.contains(&(dest, len)) {
+            continue;
+        }
+        match nc.add_route(index, dest, len, plan.table).await {
+            Ok(()) => {
+                tracing::info!(route = %format_args!("{dest}/{len}"), "route added");
+                kept.push((dest, len));
+            }
+            // Already there (an address's own on-link route): not ours to remove later.
+            Err(e) if e.is_exists() => {}
+            Err(e) => tracing::error!("cannot add route {dest}/{len}: {e:#}"),
+        }
+    }
+    applied.routes = kept;
+}

@@ -1,0 +1,375 @@
+//! From a checked [`Config`] to what the parts of the daemon need: resolved endpoints, the
+//! core's peers, and the interface plan for netconf.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::config::{Config, PeerConfig, Table};
+use crate::netconf::InterfacePlan;
+use crate::proto::{self, Device, Now, PublicKey};
+
+/// How long one endpoint name may take to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A config with every endpoint resolved to a socket address (`None`: the peer has none).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    /// One entry per `config.peers`, in the same order.
+    pub endpoints: Vec<Option<SocketAddr>>,
+}
+
+/// Resolves every endpoint: IP literals directly, names through the system resolver (the
+/// first address it gives). A name that does not resolve is an error naming the peer.
+pub async fn resolve(config: Config) -> anyhow::Result<Resolved> {
+    let mut endpoints = Vec::with_capacity(config.peers.len());
+    for (i, peer) in config.peers.iter().enumerate() {
+        let Some(spec) = &peer.endpoint else {
+            endpoints.push(None);
+            continue;
+        };
+        if let Some(addr) = spec.literal() {
+            endpoints.push(Some(addr));
+            continue;
+        }
+        let what = || {
+            format!(
+                "peer[{}] ({}): cannot resolve endpoint {spec}",
+                i + 1,
+                peer.label()
+            )
+        };
+        let mut found =
+            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(spec.to_string()))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {RESOLVE_TIMEOUT:?}"))
+                .with_context(what)?
+                .with_context(what)?;
+        let Some(addr) = found.next() else {
+            bail!("{}: the name has no addresses", what());
+        };
+        tracing::debug!(peer = %peer.public_key, endpoint = %spec, resolved = %addr, "endpoint resolved");
+        endpoints.push(Some(addr));
+    }
+    Ok(Resolved { config, endpoints })
+}
+
+/// Where routes go: `None` for none at all, else the table (`None` inside: main).
+pub fn route_table(table: Table) -> Option<Option<u32>> {
+    match table {
+        Table::Auto => Some(None),
+        Table::Off => None,
+        Table::Id(id) => Some(Some(id)),
+    }
+}
+
+/// The netconf plan of a config: MTU, addresses, and a route per allowed prefix unless the
+/// table is off. With `table = auto`, default routes (`/0`) are left out with a warning: a
+/// full tunnel needs policy routing (fwmark rules), which is not implemented yet. Returns the
+/// plan and those warnings.
+pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<String>) {
+    let iface = &config.interface;
+    let mut warnings = Vec::new();
+    let mut routes = Vec::new();
+    let table = route_table(iface.table);
+    if let Some(table) = table {
+        let mut seen = HashSet::new();
+        for peer in &config.peers {
+            for cidr in &peer.allowed_ips {
+                if cidr.is_default_route() && table.is_none() {
+                    warnings.push(format!(
+                        "peer {}: no route added for {cidr}: full-tunnel routing (fwmark policy \
+                         rules) is not supported yet; add the route yourself or use a table \
+                         number",
+                        peer.label()
+                    ));
+                    continue;
+                }
+                let net = cidr.network();
+                if seen.insert((net.addr, net.prefix_len)) {
+                    routes.push((net.addr, net.prefix_len));
+                }
+            }
+        }
+    }
+    let plan = InterfacePlan {
+        ifname: ifname.to_owned(),
+        mtu: u32::from(iface.mtu),
+        addresses: iface
+            .addresses
+            .iter()
+            .map(|a| (a.addr, a.prefix_len))
+            .collect(),
+        routes,
+        table: table.flatten(),
+    };
+    (plan, warnings)
+}
+
+/// What [`sync_peers`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<PublicKey>,
+    pub updated: Vec<PublicKey>,
+    pub removed: Vec<PublicKey>,
+}
+
+/// Makes the device's peers those of `resolved`: peers that are gone are removed; a peer whose
+/// public key stays keeps its sessions and (when the new config names no endpoint) its
+/// learned endpoint, and gets the new preshared key, AllowedIPs and keepalive; new peers are
+/// added. Persistent keepalive is set last, so turning it on sends the first keepalive (or
+/// handshake) at once, as the kernel does.
+///
+/// The config was checked (no duplicate keys, no own key, valid prefixes), so the core has no
+/// reason to refuse; should it still, the error names the peer and the devices's peers are
+/// left partly updated (the caller logs it).
+pub fn sync_peers(
+    device: &mut Device,
+    resolved: &Resolved,
+    now: Now,
+) -> anyhow::Result<PeerChanges> {
+    let mut changes = PeerChanges::default();
+    let wanted: HashSet<PublicKey> = resolved.config.peers.iter().map(|p| p.public_key).collect();
+    for info in device.peers() {
+        if !wanted.contains(&info.public_key) && device.remove_peer(&info.public_key) {
+            changes.removed.push(info.public_key);
+        }
+    }
+    // Clear every kept peer's prefixes first, so a prefix that moves between two peers is
+    // not removed from its new owner afterwards.
+    let mut ids = Vec::with_capacity(resolved.config.peers.len());
+    for (peer, endpoint) in resolved.config.peers.iter().zip(&resolved.endpoints) {
+        let id = match device.peer_id(&peer.public_key) {
+            Some(id) => {
+                device.clear_allowed_ips(id);
+                changes.updated.push(peer.public_key);
+                id
+            }
+            None => {
+                let mut new = proto::PeerConfig::new(peer.public_key);
+                new.preshared_key = peer.preshared_key.clone();
+                new.endpoint = *endpoint;
+                let id = device
+                    .upsert_peer(&new)
+                    .with_context(|| format!("cannot add peer {}", peer.label()))?;
+                changes.added.push(peer.public_key);
+                id
+            }
+        };
+        ids.push(id);
+    }
+    for ((peer, endpoint), &id) in resolved
+        .config
+        .peers
+        .iter()
+        .zip(&resolved.endpoints)
+        .zip(&ids)
+    {
+        configure_peer(device, id, peer, *endpoint, now)?;
+    }
+    Ok(changes)
+}
+
+fn configure_peer(
+    device: &mut Device,
+    id: proto::PeerId,
+    peer: &PeerConfig,
+    endpoint: Option<SocketAddr>,
+    now: Now,
+) -> anyhow::Result<()> {
+    device.set_preshared_key(id, peer.preshared_key.clone());
+    if endpoint.is_some() {
+        device.set_endpoint(id, endpoint);
+    }
+    for cidr in &peer.allowed_ips {
+        device
+            .add_allowed_ip(id, cidr.addr, cidr.prefix_len)
+            .with_context(|| format!("peer {}: allowed ip {cidr}", peer.label()))?;
+    }
+    device.set_persistent_keepalive(id, peer.persistent_keepalive.unwrap_or(0), now);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+    use crate::proto::PrivateKey;
+    use std::path::Path;
+
+    fn key(n: u8) -> PrivateKey {
+        PrivateKey::from_bytes([n; 32])
+    }
+
+    fn config(text: &str) -> Config {
+        match parse_toml(Path::new("test.toml"), text) {
+            Ok(c) => c,
+            Err(e) => panic!("test config does not parse:\n{e}"),
+        }
+    }
+
+    fn two_peers(table: &str, extra_b: &str) -> Config {
+        config(&format!(
+            r#"
+[interface]
+name = "tnd0"
+private_key = "{}"
+address = ["10.9.0.1/24", "fd09::1/64"]
+table = {table}
+
+[[peer]]
+public_key = "{}"
+endpoint = "192.0.2.1:51820"
+allowed_ips = ["10.9.0.2/32", "10.20.0.0/16"]
+persistent_keepalive = 5
+
+[[peer]]
+public_key = "{}"
+allowed_ips = ["fd09::2/128"{extra_b}]
+"#,
+            key(1).to_base64(),
+            key(2).public_key().to_base64(),
+            key(3).public_key().to_base64(),
+        ))
+    }
+
+    fn now() -> Now {
+        Now::new(Duration::from_secs(10), Duration::from_secs(1_700_000_000))
+    }
+
+    #[test]
+    fn plan_routes_each_prefix_in_the_chosen_table() {
+        let (plan, warnings) = interface_plan(&two_peers("\"auto\"", ""), "tnd0");
+        assert!(warnings.is_empty());
+        assert_eq!(plan.mtu, 1420);
+        assert_eq!(plan.table, None);
+        assert_eq!(plan.addresses.len(), 2);
+        let routes: Vec<String> = plan
+            .routes
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        assert_eq!(routes, ["10.9.0.2/32", "10.20.0.0/16", "fd09::2/128"]);
+
+        let (plan, _) = interface_plan(&two_peers("1234", ""), "tnd0");
+        assert_eq!(plan.table, Some(1234));
+        assert_eq!(plan.routes.len(), 3);
+
+        let (plan, _) = interface_plan(&two_peers("\"off\"", ""), "tnd0");
+        assert!(plan.routes.is_empty());
+    }
+
+    #[test]
+    fn default_route_in_auto_table_is_skipped_with_a_warning() {
+        let (plan, warnings) = interface_plan(&two_peers("\"auto\"", ", \"::/0\""), "tnd0");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("::/0"), "{warnings:?}");
+        assert!(!plan.routes.iter().any(|&(_, l)| l == 0));
+        // In a table of its own, a default route is just a route.
+        let (plan, warnings) = interface_plan(&two_peers("51820", ", \"::/0\""), "tnd0");
+        assert!(warnings.is_empty());
+        assert!(plan.routes.iter().any(|&(_, l)| l == 0));
+    }
+
+    #[tokio::test]
+    async fn literal_endpoints_resolve_without_a_resolver() {
+        let r = resolve(two_peers("\"auto\"", "")).await.expect("resolve");
+        assert_eq!(
+            r.endpoints[0],
+            Some("192.0.2.1:51820".parse().expect("addr"))
+        );
+        assert_eq!(r.endpoints[1], None);
+    }
+
+    #[tokio::test]
+    async fn localhost_name_resolves() {
+        let mut c = two_peers("\"auto\"", "");
+        c.peers[1].endpoint = Some("localhost:4000".parse().expect("spec"));
+        let r = resolve(c).await.expect("resolve localhost");
+        let addr = r.endpoints[1].expect("resolved");
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_eq!(addr.port(), 4000);
+    }
+
+    #[test]
+    fn sync_adds_updates_and_removes_keeping_kept_peers() {
+        let c = two_peers("\"auto\"", "");
+        let endpoints = vec![Some("192.0.2.1:51820".parse().expect("addr")), None];
+        let mut device = Device::new(Some(key(1)), [7; 32]);
+        let first = Resolved {
+            config: c.clone(),
+            endpoints: endpoints.clone(),
+        };
+        let changes = sync_peers(&mut device, &first, now()).expect("sync");
+        assert_eq!(changes.added.len(), 2);
+        let b = key(2).public_key();
+        let id_b = device.peer_id(&b).expect("peer b");
+        let info = device.peer_info(id_b).expect("info");
+        assert_eq!(info.persistent_keepalive, 5);
+        assert_eq!(info.allowed_ips.len(), 2);
+        // Keepalive turned on with an endpoint: a handshake initiation waits to go out.
+        assert!(device.has_transmit());
+
+        // Reload: peer 3 gone, peer 4 new, peer 2 loses a prefix and learns of a new one.
+        let mut c2 = c.clone();
+        c2.peers.remove(1);
+        c2.peers[0].allowed_ips = vec![
+            "10.9.0.2/32".parse().expect("cidr"),
+            "10.30.0.0/16".parse().expect("cidr"),
+        ];
+        c2.peers[0].endpoint = None;
+        let mut p4 = c.peers[1].clone();
+        p4.public_key = key(4).public_key();
+        c2.peers.push(p4);
+        let second = Resolved {
+            config: c2,
+            endpoints: vec![None, None],
+        };
+        let changes = sync_peers(&mut device, &second, now()).expect("sync");
+        assert_eq!(changes.removed, vec![key(3).public_key()]);
+        assert_eq!(changes.added, vec![key(4).public_key()]);
+        assert_eq!(changes.updated, vec![b]);
+        assert_eq!(device.peer_id(&b), Some(id_b), "kept peer keeps its slot");
+        let info = device.peer_info(id_b).expect("info");
+        assert_eq!(
+            info.endpoint, endpoints[0],
+            "an endpoint the new config leaves out is kept"
+        );
+        let mut prefixes: Vec<String> = info
+            .allowed_ips
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        prefixes.sort();
+        assert_eq!(prefixes, ["10.30.0.0/16", "10.9.0.2/32"]);
+        assert!(device.peer_id(&key(3).public_key()).is_none());
+    }
+
+    #[test]
+    fn a_prefix_can_move_between_peers() {
+        let c = two_peers("\"auto\"", "");
+        let mut device = Device::new(Some(key(1)), [7; 32]);
+        let r = Resolved {
+            endpoints: vec![None, None],
+            config: c.clone(),
+        };
+        sync_peers(&mut device, &r, now()).expect("sync");
+        // 10.20.0.0/16 moves from the first peer to the second (listed after it).
+        let mut c2 = c;
+        c2.peers[0].allowed_ips.retain(|a| a.prefix_len == 32);
+        c2.peers[1]
+            .allowed_ips
+            .push("10.20.0.0/16".parse().expect("cidr"));
+        let r2 = Resolved {
+            endpoints: vec![None, None],
+            config: c2,
+        };
+        sync_peers(&mut device, &r2, now()).expect("sync");
+        let id3 = device.peer_id(&key(3).public_key()).expect("peer");
+        let info = device.peer_info(id3).expect("info");
+        assert!(info.allowed_ips.iter().any(|&(_, l)| l == 16), "{info:?}");
+    }
+}

@@ -1,0 +1,60 @@
+//! The driver's clocks, read here and handed to the core as [`Now`].
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::proto::Now;
+
+/// Monotonic time counts from the moment the driver started; wall time is the system clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+        }
+    }
+
+    /// Both clocks, now. A wall clock set before 1970 reads as the epoch.
+    pub fn now(&self) -> Now {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        Now::new(self.start.elapsed(), unix)
+    }
+
+    /// The instant of a core deadline (a monotonic offset from the start).
+    pub fn instant(&self, monotonic: Duration) -> Instant {
+        // A deadline too far to represent is as good as never: cap it at a day.
+        self.start
+            .checked_add(monotonic)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_starts_near_zero_and_maps_back_to_instants() {
+        let clock = Clock::new();
+        let now = clock.now();
+        assert!(now.monotonic < Duration::from_secs(5));
+        assert!(
+            now.unix > Duration::from_secs(1_600_000_000),
+            "wall clock looks unset"
+        );
+        let later = clock.instant(now.monotonic + Duration::from_secs(3));
+        let delta = later.duration_since(clock.instant(now.monotonic));
+        assert_eq!(delta, Duration::from_secs(3));
+    }
+}

@@ -1,0 +1,231 @@
+//! The UDP side: one IPv4 and one IPv6 socket on the same port (IPV6_V6ONLY), as the kernel
+//! module and wireguard-go listen.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use tokio::net::UdpSocket;
+
+use super::sys;
+
+/// Socket buffer size asked for: a few hundred full-size datagrams.
+const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// Why the UDP sockets could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error("cannot bind UDP {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set fwmark {mark:#x} on the UDP sockets (needs CAP_NET_ADMIN)")]
+    Mark {
+        mark: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot register the UDP socket with the event loop")]
+    Register(#[source] io::Error),
+}
+
+/// The listening sockets. Either may be missing when the kernel lacks that family (but not
+/// both).
+#[derive(Debug)]
+pub struct UdpSockets {
+    pub v4: Option<UdpSocket>,
+    pub v6: Option<UdpSocket>,
+    port: u16,
+    fwmark: u32,
+}
+
+/// The family is not compiled into (or is disabled in) the kernel.
+fn family_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
+    )
+}
+
+fn register(socket: std::net::UdpSocket) -> Result<UdpSocket, UdpError> {
+    if let Err(e) = sys::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "cannot enlarge UDP socket buffers");
+    }
+    UdpSocket::from_std(socket).map_err(UdpError::Register)
+}
+
+impl UdpSockets {
+    /// Binds `0.0.0.0:port` and `[::]:port`. With no port (or 0), the IPv4 socket takes a
+    /// random one and the IPv6 socket the same; if that port is taken for IPv6, a few other
+    /// random ports are tried. Must be called inside a tokio runtime.
+    pub fn bind(port: Option<u16>, fwmark: u32) -> Result<UdpSockets, UdpError> {
+        let wanted = port.unwrap_or(0);
+        // A random port free for v4 may be taken for v6: retry a bounded number of times.
+        let attempts = if wanted == 0 { 8 } else { 1 };
+        let mut last_err = None;
+        for _ in 0..attempts {
+            match Self::bind_once(wanted, fwmark) {
+                Ok(s) => return Ok(s),
+                Err(e @ UdpError::Bind { .. }) if wanted == 0 => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| UdpError::Bind {
+            addr: SocketAddr::from((Ipv6Addr::UNSPECIFIED, wanted)),
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        }))
+    }
+
+    fn bind_once(wanted: u16, fwmark: u32) -> Result<UdpSockets, UdpError> {
+        let addr4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, wanted));
+        let v4 = match sys::bind_udp(addr4, false) {
+            Ok(s) => Some(s),
+            Err(e) if family_unavailable(&e) => {
+                tracing::warn!(error = %e, "no IPv4 UDP socket");
+                None
+            }
+            Err(source) => {
+                return Err(UdpError::Bind {
+                    addr: addr4,
+                    source,
+                });
+            }
+        };
+        let port = match &v4 {
+            Some(s) => s
+                .local_addr()
+                .map_err(|source| UdpError::Bind {
+                    addr: addr4,
+                    source,
+                })?
+                .port(),
+            None => wanted,
+        };
+        let addr6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+        let v6 = match sys::bind_udp(addr6, true) {
+            Ok(s) => Some(s),
+            Err(e) if family_unavailable(&e) && v4.is_some() => {
+                tracing::warn!(error = %e, "no IPv6 UDP socket, IPv4 only");
+                None
+            }
+            Err(source) => {
+                return Err(UdpError::Bind {
+                    addr: addr6,
+                    source,
+                });
+            }
+        };
+        let port = match (&v4, &v6) {
+            (Some(_), _) => port,
+            (None, Some(s)) => s
+                .local_addr()
+                .map_err(|source| UdpError::Bind {
+                    addr: addr6,
+                    source,
+                })?
+                .port(),
+            (None, None) => {
+                return Err(UdpError::Bind {
+                    addr: addr4,
+                    source: io::Error::from_raw_os_error(libc::EAFNOSUPPORT),
+                });
+            }
+        };
+        let sockets = UdpSockets {
+            v4: v4.map(register).transpose()?,
+            v6: v6.map(register).transpose()?,
+            port,
+            fwmark: 0,
+        };
+        let mut sockets = sockets;
+        sockets.set_fwmark(fwmark)?;
+        Ok(sockets)
+    }
+
+    /// The port both sockets listen on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn fwmark(&self) -> u32 {
+        self.fwmark
+    }
+
+    /// Sets (or with 0 clears) SO_MARK on both sockets.
+    pub fn set_fwmark(&mut self, mark: u32) -> Result<(), UdpError> {
+        if mark == self.fwmark {
+            return Ok(());
+        }
+        for s in self.v4.iter().chain(self.v6.iter()) {
+            sys::set_mark(s, mark).map_err(|source| UdpError::Mark { mark, source })?;
+        }
+        self.fwmark = mark;
+        Ok(())
+    }
+
+    /// The socket that sends to `to`: by its family. An IPv4-mapped IPv6 address goes out
+    /// the IPv4 socket as the plain IPv4 address, since the IPv6 socket is V6ONLY.
+    pub fn route(&self, to: SocketAddr) -> Option<(&UdpSocket, SocketAddr)> {
+        match to {
+            SocketAddr::V4(_) => self.v4.as_ref().map(|s| (s, to)),
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => self
+                    .v4
+                    .as_ref()
+                    .map(|s| (s, SocketAddr::from((v4, a.port())))),
+                None => self.v6.as_ref().map(|s| (s, to)),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn random_port_is_shared_by_both_families() {
+        rt().block_on(async {
+            let s = UdpSockets::bind(None, 0).expect("bind");
+            assert_ne!(s.port(), 0);
+            let v4 = s.v4.as_ref().expect("IPv4 socket");
+            assert_eq!(v4.local_addr().expect("addr").port(), s.port());
+            if let Some(v6) = &s.v6 {
+                assert_eq!(v6.local_addr().expect("addr").port(), s.port());
+                assert!(sys::ipv6_only(v6).expect("getsockopt"));
+            }
+            // The same fixed port again is refused: it is really held.
+            let again = UdpSockets::bind(Some(s.port()), 0);
+            assert!(matches!(again, Err(UdpError::Bind { .. })), "{again:?}");
+        });
+    }
+
+    #[test]
+    fn route_picks_the_family_and_unmaps_v4_mapped() {
+        rt().block_on(async {
+            let s = UdpSockets::bind(None, 0).expect("bind");
+            let v4: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+            let (sock, to) = s.route(v4).expect("v4 socket");
+            assert_eq!(to, v4);
+            assert!(sock.local_addr().expect("addr").is_ipv4());
+            let mapped: SocketAddr = "[::ffff:192.0.2.1]:51820".parse().expect("addr");
+            let (sock, to) = s.route(mapped).expect("v4 socket");
+            assert_eq!(to, v4);
+            assert!(sock.local_addr().expect("addr").is_ipv4());
+            if s.v6.is_some() {
+                let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("addr");
+                let (sock, to) = s.route(v6).expect("v6 socket");
+                assert_eq!(to, v6);
+                assert!(sock.local_addr().expect("addr").is_ipv6());
+            }
+        });
+    }
+}
