@@ -13,6 +13,9 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# tests/interop_real.rs runs real peers: wireguard-go, configured with wg (wireguard-tools).
+command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq
@@ -24,6 +27,12 @@ fi
 
 say "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# The other real peer of tests/interop_real.rs: boringtun's command-line daemon.
+if ! command -v boringtun-cli >/dev/null 2>&1 && [ ! -x "${HOME:-/root}/.cargo/bin/boringtun-cli" ]; then
+    say "cargo install boringtun-cli"
+    cargo install boringtun-cli --locked
+fi
 
 say "cargo fmt --check"
 cargo fmt --all -- --check
