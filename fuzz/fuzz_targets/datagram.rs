@@ -6,6 +6,6 @@ use tandem_fuzz::Harness;
 
 fuzz_target!(|input: &[u8]| {
     let mut h = Harness::established();
-    h.garbage(false, input);
-    h.assert_works();
+    let r = h.garbage(false, input);
+    h.assert_recovers(&r);
 });

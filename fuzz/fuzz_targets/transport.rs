@@ -24,6 +24,6 @@ fuzz_target!(|input: &[u8]| {
     if plan.under_load {
         h.b.set_under_load(h.now);
     }
-    h.garbage(false, &msg);
-    h.assert_works();
+    let r = h.garbage(false, &msg);
+    h.assert_recovers(&r);
 });
