@@ -265,5 +265,30 @@ fn handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, handshake);
+/// Reference points for the handshake numbers: an X25519 Montgomery ladder (variable base:
+/// what every Diffie-Hellman costs, and what `x25519(k, 9)` costs for a public key), and a
+/// fixed-base public key from curve25519-dalek's precomputed table (through boringtun's
+/// x25519-dalek 2 types; tandem's x25519-dalek 3 exposes the table only through its secret
+/// types).
+fn x25519_reference(c: &mut Criterion) {
+    let mut g = c.benchmark_group("x25519");
+    g.sample_size(20);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(2));
+    let k = *key(3).as_bytes();
+    let p = *key(4).public_key().as_bytes();
+    g.bench_function("ladder", |b| {
+        b.iter(|| x25519_dalek::x25519(black_box(k), black_box(p)))
+    });
+    g.bench_function("ladder_basepoint", |b| {
+        b.iter(|| x25519_dalek::x25519(black_box(k), x25519_dalek::X25519_BASEPOINT_BYTES))
+    });
+    let s = x25519::StaticSecret::from(k);
+    g.bench_function("fixed_base_table", |b| {
+        b.iter(|| x25519::PublicKey::from(black_box(&s)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, handshake, x25519_reference);
 criterion_main!(benches);
