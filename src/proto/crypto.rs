@@ -78,9 +78,11 @@ pub fn dh(private: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], LowOrderPoi
     Ok(shared)
 }
 
-/// `DH_PUBKEY(private)`.
+/// `DH_PUBKEY(private)`: a fixed-base multiplication, which uses precomputed tables (about a
+/// third of the cost of the generic ladder): one per handshake side for the ephemeral key.
 pub fn dh_pubkey(private: &[u8; 32]) -> [u8; 32] {
-    x25519_dalek::x25519(*private, x25519_dalek::X25519_BASEPOINT_BYTES)
+    let secret = x25519_dalek::StaticSecret::from(*private);
+    x25519_dalek::PublicKey::from(&secret).to_bytes()
 }
 
 /// The 96-bit AEAD nonce: 32 zero bits, then the 64-bit little-endian counter.

@@ -84,10 +84,7 @@ impl PrivateKey {
         self.0.ct_eq(&[0u8; 32]).into()
     }
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(x25519_dalek::x25519(
-            self.0,
-            x25519_dalek::X25519_BASEPOINT_BYTES,
-        ))
+        PublicKey(super::crypto::dh_pubkey(&self.0))
     }
 }
 
