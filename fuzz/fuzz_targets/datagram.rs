@@ -2,10 +2,5 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tandem_fuzz::Harness;
 
-fuzz_target!(|input: &[u8]| {
-    let mut h = Harness::established();
-    let r = h.garbage(false, input);
-    h.assert_recovers(&r);
-});
+fuzz_target!(|input: &[u8]| tandem_fuzz::fuzz_datagram(input));
