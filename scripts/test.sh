@@ -13,6 +13,7 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+{ command -v wg && command -v wg-quick && command -v wireguard-go; } >/dev/null 2>&1 || missing+=(wireguard-tools wireguard-go)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq

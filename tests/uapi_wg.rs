@@ -833,6 +833,8 @@ fn without_foreground_it_returns_once_the_socket_answers() {
     let ns = Netns::new("tuw-detach");
     let name = ifname('d');
     let guard = Detached(name.clone());
+    // A socket file left by a daemon that was killed is replaced.
+    drop(std::os::unix::net::UnixListener::bind(socket(&name)).expect("stale socket"));
     let started = Instant::now();
     let out = ns.exec(BIN, &[&name]);
     assert!(out.status.success(), "tandem {name}: {}", text(&out.stderr));

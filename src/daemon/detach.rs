@@ -89,8 +89,10 @@ pub fn spawn_detached(ifname: &str, log_level: Option<&str>) -> anyhow::Result<(
             }
             bail!("the daemon for {ifname} exited ({status}) before its UAPI socket was ready");
         }
+        // Up: the socket answers, and it is the child's: a new file, or the child has closed
+        // its log, which it does only once its socket is up (an inode number may be reused).
         if up_since.is_none()
-            && identity(&path).is_some_and(|id| Some(id) != stale)
+            && (log_done() || identity(&path).is_some_and(|id| Some(id) != stale))
             && UnixStream::connect(&path).is_ok()
         {
             up_since = Some(Instant::now());
