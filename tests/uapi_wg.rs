@@ -126,7 +126,12 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(ns: &Netns, args: &[&str], ifname: &str) -> Daemon {
+        Daemon::spawn_env(ns, args, ifname, &[])
+    }
+
+    fn spawn_env(ns: &Netns, args: &[&str], ifname: &str, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = ns.command(BIN, args);
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -439,7 +444,18 @@ fn wg_show_dump_and_showconf_against_a_config_file_daemon() {
         )
     );
 
-    // SIGHUP still reloads a config-mode daemon, and the new name shows.
+    // wg set and wg syncconf work on a config-file daemon too: syncconf with its own
+    // showconf changes nothing; a removed peer disappears from both shows.
+    let before = config_dump(&ns, &name);
+    let own = dir.file("own.conf", &wg(&ns, &["showconf", &name]));
+    wg(&ns, &["syncconf", &name, &own.to_string_lossy()]);
+    assert_eq!(config_dump(&ns, &name), before);
+    wg(&ns, &["set", &name, "peer", &public(3), "remove"]);
+    assert_eq!(dump(&ns, &name).1.len(), 1);
+    assert!(!assert_show_matches_wg(&ns, &name).contains(&public(3)));
+
+    // SIGHUP still reloads a config-mode daemon (its peers come back), and the new name
+    // shows.
     std::fs::write(&conf, named_config(&name, &psk).replace("site-b", "site-c"))
         .expect("rewrite config");
     daemon.signal("HUP");
@@ -447,6 +463,7 @@ fn wg_show_dump_and_showconf_against_a_config_file_daemon() {
         text(&tandem_show(&ns, &[&name]).stdout).contains("  name: site-c\n")
     });
     assert!(renamed, "name not reloaded; log:\n{}", daemon.log());
+    assert_eq!(config_dump(&ns, &name), before);
 }
 
 #[test]
@@ -566,6 +583,25 @@ fn wg_set_every_key_and_refused_sets_change_nothing() {
     );
     wg(&ns, &["set", &name, "peer", &public(12), "allowed-ips", ""]);
     assert_eq!(dump(&ns, &name).1[0][3], "(none)");
+    // A link-local endpoint: wg sends the zone by interface name, which tandem resolves.
+    wg(
+        &ns,
+        &[
+            "set",
+            &name,
+            "peer",
+            &public(12),
+            "endpoint",
+            "[fe80::1%lo]:41003",
+        ],
+    );
+    assert_eq!(dump(&ns, &name).1[0][2], "[fe80::1%lo]:41003");
+    assert!(
+        uapi(&name, "get=1\n\n").contains("endpoint=[fe80::1%1]:41003\n"),
+        "stored with lo's index"
+    );
+    // tandem show prints what wg show prints.
+    assert_show_matches_wg(&ns, &name);
     // An empty private key file removes the key.
     wg(
         &ns,
@@ -720,9 +756,22 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
     require_tools();
     let ns = Netns::new("tuw-life");
 
-    // SIGHUP is ignored without a config; SIGTERM stops it, removing socket and interface.
+    // SIGHUP is ignored without a config; SIGTERM stops it, removing socket and interface
+    // (and the WG_TUN_NAME_FILE it wrote, as wireguard-go does).
     let name = ifname('l');
-    let mut d = Daemon::bare(&ns, &name);
+    let dir = TempDir::new("life");
+    let name_file = dir.0.join("name");
+    let mut d = Daemon::spawn_env(
+        &ns,
+        &["-f", &name],
+        &name,
+        &[("WG_TUN_NAME_FILE", &name_file.to_string_lossy())],
+    );
+    d.wait_socket();
+    assert_eq!(
+        std::fs::read_to_string(&name_file).expect("WG_TUN_NAME_FILE written"),
+        format!("{name}\n")
+    );
     let link = ok(&ns, "ip", &["link", "show", "dev", &name]);
     assert!(
         link.contains("mtu 1420"),
@@ -753,6 +802,7 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
             .status
             .success()
     );
+    assert!(!name_file.exists(), "WG_TUN_NAME_FILE removed on exit");
 
     // Deleting the socket file stops the daemon (cleanly) within a few seconds.
     let name = ifname('l');

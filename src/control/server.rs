@@ -799,5 +799,7 @@ mod tests {
         assert_eq!(sys::if_nametoindex("lo"), Some(1), "loopback is index 1");
         assert_eq!(sys::if_nametoindex("tandem-nope9"), None);
         assert_eq!(sys::if_nametoindex("nul\0byte"), None);
+        assert_eq!(sys::if_indextoname(1).as_deref(), Some("lo"));
+        assert_eq!(sys::if_indextoname(u32::MAX), None);
     }
 }

@@ -5,6 +5,7 @@
 //! Pure: the reply text and the current time in, the text out.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
 
@@ -134,6 +135,30 @@ pub fn parse_get_reply(text: &str) -> Result<DeviceStatus, ShowError> {
         }
     }
     Err(ShowError::Truncated)
+}
+
+/// Writes the zone of link-local IPv6 endpoints (`[fe80::1%3]:51820`) as the interface's name
+/// (`[fe80::1%eth0]:51820`), as `wg` does (glibc's `getnameinfo`), with the caller's lookup
+/// of an interface index. Other endpoints, and indices the lookup does not know, stay as
+/// they are.
+pub fn name_zones(device: &mut DeviceStatus, lookup: impl Fn(u32) -> Option<String>) {
+    for peer in &mut device.peers {
+        let Some(endpoint) = &peer.endpoint else {
+            continue;
+        };
+        let Ok(SocketAddr::V6(addr)) = endpoint.parse::<SocketAddr>() else {
+            continue;
+        };
+        let ip = addr.ip();
+        let link_local = ip.segments()[0] & 0xffc0 == 0xfe80
+            || (ip.octets()[0] == 0xff && ip.octets()[1] & 0x0f == 0x02);
+        if addr.scope_id() == 0 || !link_local {
+            continue;
+        }
+        if let Some(name) = lookup(addr.scope_id()) {
+            peer.endpoint = Some(format!("[{ip}%{name}]:{}", addr.port()));
+        }
+    }
 }
 
 /// `wg show NAME` for `device`, at wall-clock time `now_unix` (seconds), ending in a newline.
@@ -377,6 +402,35 @@ mod tests {
         assert_eq!(bytes(5 * 1_073_741_824 + 536_870_912), "5.50 GiB");
         assert_eq!(bytes(3 << 40), "3.00 TiB");
         assert_eq!(bytes(u64::MAX), "16777216.00 TiB");
+    }
+
+    #[test]
+    fn link_local_zones_are_named_like_getnameinfo_does() {
+        let reply = reply(&format!(
+            "{}{}{}{}",
+            peer(2, 0, "") + "endpoint=[fe80::1%3]:51820\n",
+            peer(3, 0, "") + "endpoint=[ff02::9%3]:1\n",
+            peer(4, 0, "") + "endpoint=[2001:db8::1%3]:2\n",
+            peer(5, 0, "") + "endpoint=[fe80::5%9]:3\n",
+        ));
+        let mut device = parse_get_reply(&reply).expect("parse");
+        name_zones(&mut device, |index| (index == 3).then(|| "eth0".to_owned()));
+        let endpoints: Vec<&str> = device
+            .peers
+            .iter()
+            .filter_map(|p| p.endpoint.as_deref())
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                "[fe80::1%eth0]:51820",
+                "[ff02::9%eth0]:1",
+                // Not link-local: numeric, as getnameinfo leaves it.
+                "[2001:db8::1%3]:2",
+                // No such interface: numeric.
+                "[fe80::5%9]:3",
+            ]
+        );
     }
 
     #[test]

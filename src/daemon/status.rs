@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use crate::control::server::{SOCKET_DIR, query, socket_path};
-use crate::control::show::{ShowError, format_interface, parse_get_reply};
+use crate::control::show::{ShowError, format_interface, name_zones, parse_get_reply};
+use crate::driver::sys;
 
 /// How long one interface may take to answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +26,7 @@ pub fn interface_status(dir: &Path, ifname: &str) -> anyhow::Result<String> {
         })
     };
     let reply = ask("get=tandem\n\n")?;
-    let device = match parse_get_reply(&reply) {
+    let mut device = match parse_get_reply(&reply) {
         Ok(device) => device,
         // Closed without an answer, or refused: not tandem. Ask the standard way.
         Err(ShowError::Truncated | ShowError::Errno(_)) => parse_get_reply(&ask("get=1\n\n")?)
@@ -34,6 +35,7 @@ pub fn interface_status(dir: &Path, ifname: &str) -> anyhow::Result<String> {
             return Err(anyhow::Error::new(e).context(format!("interface {ifname}")));
         }
     };
+    name_zones(&mut device, sys::if_indextoname);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

@@ -235,6 +235,22 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The name of the network interface with `index` in the calling thread's network
+/// namespace, or `None` when there is none.
+pub fn if_indextoname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, the size the function requires; it writes a
+    // NUL-terminated name of at most that length into it, or returns NULL and writes nothing
+    // we read.
+    let found = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    let bytes: Vec<u8> = buf.iter().map(|&c| c as u8).collect();
+    let name = std::ffi::CStr::from_bytes_until_nul(&bytes).ok()?;
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Makes the calling process the leader of a new session without a controlling terminal
 /// (`setsid(2)`), as a daemon that detached from its parent does.
 pub fn new_session() -> io::Result<()> {
