@@ -469,7 +469,6 @@ fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
     }
     tracing::info!(
         operations = request.len(),
-        peers = driver.device.peers().len(),
         "configuration changed over UAPI"
     );
     Ok(())
