@@ -70,7 +70,7 @@ fn interface_name(text: &str) -> Result<String, String> {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bring up the interface of CONFIG and run it in the foreground until SIGINT or SIGTERM
-    /// (SIGHUP reloads CONFIG).
+    /// (SIGHUP reloads CONFIG); `wg` sees it through /var/run/wireguard/NAME.sock.
     Up {
         /// TOML config, or a wg-quick `.conf` file.
         config: PathBuf,
