@@ -13,9 +13,10 @@ missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v ping >/dev/null 2>&1 || missing+=(iputils-ping)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-# tests/interop_real.rs runs real peers: wireguard-go, configured with wg (wireguard-tools).
+# Real peers and the wg tools: tests/interop_real.rs (wireguard-go) and tests/uapi_wg.rs (wg,
+# wg-quick against tandem's UAPI socket).
 command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
-command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
+{ command -v wg && command -v wg-quick; } >/dev/null 2>&1 || missing+=(wireguard-tools)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -11,7 +11,12 @@ use clap::{Parser, Subcommand};
     version,
     about = "A userspace WireGuard daemon",
     long_about = "A userspace WireGuard daemon: a sans-IO protocol core and a thin tokio driver.\n\n\
-                  Exit status: 0 success, 1 error, 2 usage, 78 invalid configuration."
+                  `tandem [-f] IFNAME` works like wireguard-go: it creates interface IFNAME and \
+                  its UAPI socket /var/run/wireguard/IFNAME.sock, to be configured by `wg` and \
+                  `ip` (so WG_QUICK_USERSPACE_IMPLEMENTATION=tandem wg-quick up works).\n\n\
+                  Exit status: 0 success, 1 error, 2 usage, 78 invalid configuration.",
+    override_usage = "tandem [OPTIONS] <COMMAND>\n       tandem [OPTIONS] [-f] <IFNAME>",
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
     /// Log filter, e.g. `info`, `debug` or `tandem=debug,warn` (overrides RUST_LOG; default
@@ -19,20 +24,65 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
 
+    /// With IFNAME: stay in the foreground and log to stderr (default: detach once the
+    /// interface and its socket exist).
+    #[arg(short = 'f', long, requires = "ifname")]
+    pub foreground: bool,
+
+    /// Create interface IFNAME (wireguard-go style) and serve its UAPI socket until the
+    /// interface or the socket is deleted, or SIGINT/SIGTERM.
+    #[arg(value_name = "IFNAME", required = true, value_parser = interface_name)]
+    pub ifname: Option<String>,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses the command line, exiting with a usage error (status 2) as clap does.
+    pub fn parse_checked() -> Cli {
+        let cli = Cli::parse();
+        if let Err(e) = cli.check() {
+            e.exit();
+        }
+        cli
+    }
+
+    /// What clap cannot express here: IFNAME and `-f` go without a subcommand.
+    pub fn check(&self) -> Result<(), clap::Error> {
+        if self.command.is_some() && (self.foreground || self.ifname.is_some()) {
+            return Err(Cli::command().error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "IFNAME and -f cannot be used with a subcommand",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// IFNAME must be a valid interface name (it also names the socket file).
+fn interface_name(text: &str) -> Result<String, String> {
+    tandem::config::check_interface_name(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bring up the interface of CONFIG and run it in the foreground until SIGINT or SIGTERM
-    /// (SIGHUP reloads CONFIG).
+    /// (SIGHUP reloads CONFIG); `wg` sees it through /var/run/wireguard/NAME.sock.
     Up {
         /// TOML config, or a wg-quick `.conf` file.
         config: PathBuf,
     },
     /// Check CONFIG and print every problem (exit status 78 when it is invalid).
     Check { config: PathBuf },
+    /// Print CONFIG (e.g. a wg-quick `.conf` file) as tandem TOML; warnings for settings
+    /// tandem does not apply (DNS, hooks, SaveConfig) go to stderr.
+    Import { config: PathBuf },
+    /// Show interfaces the way `wg show` does, with peer names from tandem's config (all
+    /// interfaces with a socket in /var/run/wireguard when IFACE is not given).
+    Show { iface: Option<String> },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
@@ -88,7 +138,6 @@ pub enum Helper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -106,7 +155,9 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(cli.log_level.as_deref(), Some("debug"));
-        assert!(matches!(cli.command, Command::Up { config } if config.ends_with("wg0.toml")));
+        assert!(
+            matches!(cli.command, Some(Command::Up { config }) if config.ends_with("wg0.toml"))
+        );
         let cli = Cli::try_parse_from(["tandem", "check", "x.conf", "--log-level", "warn"])
             .expect("global flag after the subcommand");
         assert_eq!(cli.log_level.as_deref(), Some("warn"));
@@ -114,13 +165,69 @@ mod tests {
             Cli::try_parse_from(["tandem", "demo"])
                 .expect("parse")
                 .command,
-            Command::Demo { mib: 64 }
+            Some(Command::Demo { mib: 64 })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "show"])
+                .expect("parse")
+                .command,
+            Some(Command::Show { iface: None })
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "show", "wg0"]).expect("parse").command,
+            Some(Command::Show { iface: Some(i) }) if i == "wg0"
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "import", "wg0.conf"]).expect("parse").command,
+            Some(Command::Import { config }) if config.ends_with("wg0.conf")
         ));
         assert!(
             Cli::try_parse_from(["tandem", "up"]).is_err(),
             "CONFIG is required"
         );
         assert!(Cli::try_parse_from(["tandem", "demo", "--mib", "0"]).is_err());
+    }
+
+    #[test]
+    fn wireguard_go_command_line() {
+        let cli = Cli::try_parse_from(["tandem", "wg0"]).expect("bare interface name");
+        assert_eq!(
+            (cli.ifname.as_deref(), cli.foreground, cli.command.is_none()),
+            (Some("wg0"), false, true)
+        );
+        for args in [
+            &["tandem", "-f", "wg1"][..],
+            &["tandem", "--foreground", "wg1"],
+            &["tandem", "wg1", "-f"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("foreground");
+            assert_eq!((cli.ifname.as_deref(), cli.foreground), (Some("wg1"), true));
+        }
+        let cli = Cli::try_parse_from(["tandem", "--log-level", "debug", "-f", "wg2"])
+            .expect("with a log level");
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
+        // Subcommand names stay subcommands; invalid names and missing arguments are usage
+        // errors.
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "genkey"])
+                .expect("parse")
+                .command,
+            Some(Command::Genkey)
+        ));
+        for bad in [
+            &["tandem"][..],
+            &["tandem", "-f"],
+            &["tandem", "much-too-long-ifname"],
+            &["tandem", "a/b"],
+            &["tandem", "wg0", "wg1"],
+            &["tandem", "-f", "up", "x.toml"],
+        ] {
+            let parsed = Cli::try_parse_from(bad);
+            assert!(
+                parsed.is_err() || parsed.as_ref().is_ok_and(|c| c.check().is_err()),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -9,21 +9,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, Helper};
 use tandem::config::{self, ConfigErrors};
-use tandem::daemon::{self, EXIT_CONFIG, demo, helper};
+use tandem::daemon::{self, EXIT_CONFIG, demo, detach, helper, status};
+use tandem::driver::sys;
 use tandem::keygen;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     if let Err(e) = init_logging(cli.log_level.as_deref()) {
         eprintln!("error: {e:#}");
         return ExitCode::from(2);
     }
-    match run(cli.command) {
+    let result = match cli.command {
+        Some(command) => run(command),
+        None => match cli.ifname {
+            Some(ifname) => run_interface(&ifname, cli.foreground, cli.log_level.as_deref()),
+            // clap requires one or the other.
+            None => Err(anyhow::anyhow!("give a command or an interface name")),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<ConfigErrors>() {
             // Already in `FILE:LINE: KEY: MESSAGE` form, one per line.
@@ -93,6 +101,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Import { config } => {
+            let loaded = load(&config)?;
+            // Each warning names the file and line of the setting tandem does not apply.
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(config::to_toml(&loaded).as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Show { iface } => status::show(iface.as_deref()),
         Command::Genkey => print_line(&keygen::genkey()?),
         Command::Genpsk => print_line(&keygen::genpsk()?),
         Command::Pubkey => {
@@ -107,6 +127,25 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo { mib } => demo::demo(&demo::DemoOptions { mib }),
         Command::DemoHelper(h) => run_helper(h),
     }
+}
+
+/// `tandem [-f] IFNAME`, wireguard-go's command line. Without `-f` (or wireguard-go's
+/// `WG_PROCESS_FOREGROUND=1`) the daemon detaches and this returns once its socket is up.
+fn run_interface(ifname: &str, foreground: bool, log_level: Option<&str>) -> anyhow::Result<()> {
+    let detached = detach::is_detached_child();
+    let foreground =
+        foreground || std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1");
+    if !foreground && !detached {
+        return detach::spawn_detached(ifname, log_level);
+    }
+    if detached && let Err(e) = sys::new_session() {
+        tracing::warn!(error = %e, "cannot start a new session");
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(daemon::bare(ifname, detached))
 }
 
 fn print_line(s: &str) -> anyhow::Result<()> {

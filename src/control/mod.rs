@@ -1,7 +1,10 @@
 //! Control plane: the WireGuard cross-platform userspace API (UAPI) that `wg` and `wg-quick`
-//! speak over `/var/run/wireguard/<iface>.sock`. Only the pure protocol lives here; the socket
-//! server belongs to the driver.
+//! speak over `/var/run/wireguard/<iface>.sock`: the pure text protocol ([`uapi`]), the socket
+//! server that hands requests to the event loop ([`server`]), and `tandem show`'s formatting
+//! ([`show`]).
 
+pub mod server;
+pub mod show;
 pub mod uapi;
 
 pub use uapi::{

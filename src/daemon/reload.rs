@@ -7,10 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 
-use super::run::Running;
+use super::run::Managed;
 use super::settings::{self, Resolved};
 use crate::config;
-use crate::driver::UdpSockets;
+use crate::driver::{Driver, UdpSockets};
 use crate::netconf::prefix::network;
 use crate::netconf::{Applied, NetConf};
 
@@ -44,32 +44,35 @@ pub async fn prepare(path: &Path) -> anyhow::Result<Prepared> {
 /// plan check, new sockets, fwmark) is done first; on error nothing has changed. Then the
 /// core's keys and peers are swapped in, and the interface's MTU, addresses and routes are
 /// brought in line (a kernel refusal there is logged and the rest still applied).
-pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::Result<()> {
+pub(crate) async fn apply(
+    driver: &mut Driver,
+    managed: &mut Managed,
+    prepared: Prepared,
+) -> anyhow::Result<()> {
     let resolved = prepared.resolved;
     let new = &resolved.config.interface;
-    let old = &running.config.interface;
-    if new.name != running.driver.tun.name {
+    let old = &managed.config.interface;
+    if new.name != driver.tun.name {
         bail!(
             "the interface name changed from {} to {}: restart the daemon for that",
-            running.driver.tun.name,
+            driver.tun.name,
             new.name
         );
     }
-    let (plan, warnings) = settings::interface_plan(&resolved.config, &running.driver.tun.name);
+    let (plan, warnings) = settings::interface_plan(&resolved.config, &driver.tun.name);
     plan.check()
         .context("the new interface settings are invalid")?;
 
     // New sockets when the port changes (a config without a port keeps the current one).
     let new_sockets = match new.listen_port {
-        Some(port) if port != 0 && port != running.driver.udp.port() => Some(
+        Some(port) if port != 0 && port != driver.udp.port() => Some(
             UdpSockets::bind(Some(port), new.fwmark)
                 .with_context(|| format!("cannot listen on UDP port {port}"))?,
         ),
         _ => None,
     };
-    if new_sockets.is_none() && new.fwmark != running.driver.udp.fwmark() {
-        running
-            .driver
+    if new_sockets.is_none() && new.fwmark != driver.udp.fwmark() {
+        driver
             .udp
             .set_fwmark(new.fwmark)
             .context("cannot change the fwmark")?;
@@ -84,14 +87,14 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
     }
     if let Some(sockets) = new_sockets {
         tracing::info!(
-            from = running.driver.udp.port(),
+            from = driver.udp.port(),
             to = sockets.port(),
             "listen port changed"
         );
-        running.driver.udp = sockets;
+        driver.udp = sockets;
     }
-    let now = running.driver.now();
-    let device = &mut running.driver.device;
+    let now = driver.now();
+    let device = &mut driver.device;
     if device.private_key() != Some(&new.private_key) {
         tracing::info!(
             public_key = %new.private_key.public_key(),
@@ -102,12 +105,12 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
     device.set_mtu(usize::from(new.mtu));
     let changes = settings::sync_peers(device, &resolved, now)?;
     for key in &changes.removed {
-        running.driver.forget_peer(key);
+        driver.forget_peer(key);
     }
     let mtu_changed = new.mtu != old.mtu;
-    sync_interface(&running.netconf, &mut running.applied, &plan, mtu_changed).await;
+    sync_interface(&managed.netconf, &mut managed.applied, &plan, mtu_changed).await;
     // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
-    running.driver.flush().await;
+    driver.flush().await;
     tracing::info!(
         peers = resolved.config.peers.len(),
         added = changes.added.len(),
@@ -115,7 +118,7 @@ pub(crate) async fn apply(running: &mut Running, prepared: Prepared) -> anyhow::
         kept = changes.updated.len(),
         "configuration reloaded"
     );
-    running.config = resolved.config;
+    managed.config = resolved.config;
     Ok(())
 }
 

@@ -1,7 +1,19 @@
-//! `tandem up`: set everything up, run the data plane until SIGINT or SIGTERM, reload on
-//! SIGHUP, and take everything down again.
+//! The daemon's life: set up, run the data plane until told to stop, take everything down.
+//!
+//! Two ways in, one loop:
+//! - [`up`] (`tandem up CONFIG`): the interface of a config file, with its addresses, MTU and
+//!   routes (netconf); SIGHUP reloads the file.
+//! - [`bare`] (`tandem [-f] IFNAME`, wireguard-go's command line): only the TUN device and
+//!   the UAPI socket; `wg` and `wg-quick` configure the rest. SIGHUP is ignored.
+//!
+//! Both serve the UAPI socket `/var/run/wireguard/IFNAME.sock` (see `control::server`), whose
+//! requests the event loop answers on its own task. The daemon stops on SIGINT or SIGTERM,
+//! when its socket file is deleted (checked every second), or when its interface is deleted
+//! (`ip link del`, as `wg-quick down` does); the last two are clean exits, as in wireguard-go.
+//! On the way out the socket goes first, then addresses and routes, then the device.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -10,20 +22,42 @@ use tokio::sync::mpsc;
 use super::notify;
 use super::reload::{self, Prepared};
 use super::settings::{self, Resolved};
-use crate::config::Config;
-use crate::driver::tun::{TunError, open_tun};
-use crate::driver::{Clock, Driver, UdpSockets};
+use crate::config::{Config, DEFAULT_MTU};
+use crate::control::server::{
+    CONTROL_QUEUE, ControlRequest, PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer,
+};
+use crate::driver::tun::{Tun, TunError, open_tun};
+use crate::driver::{Clock, Driver, DriverError, UdpSockets, sys};
 use crate::keygen::os_random;
 use crate::netconf::{self, Applied, NetConf};
 use crate::proto::Device;
 
-/// The state the main loop keeps besides the driver.
-pub(crate) struct Running {
-    pub driver: Driver,
+/// How often the daemon checks that its socket file is still there (and syncs the MTU).
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The environment variable naming a file to write the interface's name to (wireguard-go's;
+/// removed again on exit).
+pub const TUN_NAME_FILE_ENV: &str = "WG_TUN_NAME_FILE";
+
+/// What a config file manages besides the data plane.
+pub(crate) struct Managed {
     pub netconf: NetConf,
     pub applied: Applied,
     pub config: Config,
     pub path: PathBuf,
+}
+
+/// The state the main loop keeps besides the driver.
+pub(crate) struct Running {
+    pub driver: Driver,
+    /// Sends housekeeping to the event loop's control hook.
+    pub control: mpsc::Sender<ControlRequest>,
+    /// None only in config mode when the socket is served by someone else.
+    pub uapi: Option<UapiServer>,
+    /// Config mode only.
+    pub managed: Option<Managed>,
+    /// The `WG_TUN_NAME_FILE` written at start.
+    pub name_file: Option<PathBuf>,
 }
 
 /// Signals the daemon handles, registered before anything is set up so that none is missed.
@@ -45,37 +79,89 @@ impl Signals {
     }
 }
 
-/// Runs the interface described by the (already checked) `config` read from `path`, until a
-/// signal stops it. Everything set up is taken down on the way out, also after an error.
+/// Runs the interface described by the (already checked) `config` read from `path`, until it
+/// is told to stop. Everything set up is taken down on the way out, also after an error.
 pub async fn up(path: &Path, config: Config) -> anyhow::Result<()> {
     let signals = Signals::new()?;
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }
     let resolved = settings::resolve(config).await?;
-    let mut running = set_up(path, resolved).await?;
+    let running = set_up(path, resolved).await?;
+    run(running, signals).await
+}
+
+/// `tandem -f IFNAME`: creates the TUN device `ifname` (down, MTU 1420, no addresses) and its
+/// UAPI socket, and serves them until told to stop; `wg` configures keys and peers,
+/// `ip`/`wg-quick` addresses, MTU and routes. `detached`: started by `detach::spawn_detached`,
+/// whose parent reads our stderr until the socket is up; then stdio goes to /dev/null.
+pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
+    let signals = Signals::new()?;
+    let tun = open_interface(ifname, true)?;
+    // wireguard-go's default MTU (wg-quick sets its own afterwards).
+    if let Err(e) = tun.device.set_mtu(DEFAULT_MTU) {
+        tracing::warn!(error = %e, "cannot set the interface MTU");
+    }
+    let udp = UdpSockets::bind(None, 0).context("cannot open the UDP sockets")?;
+    let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
+    let mut device = Device::new(None, seed);
+    device.set_mtu(usize::from(DEFAULT_MTU));
+    let mut driver = Driver::new(device, tun, udp, Clock::new());
+    let (control, requests) = mpsc::channel(CONTROL_QUEUE);
+    driver.attach_control(requests);
+    let uapi = UapiServer::start(
+        Path::new(SOCKET_DIR),
+        &driver.tun.name,
+        control.clone(),
+        PeerNames::new(),
+    )
+    .with_context(|| format!("cannot serve the UAPI socket of {}", driver.tun.name))?;
+    let name_file = write_name_file(&driver.tun.name);
+    tracing::info!(
+        interface = %driver.tun.name,
+        port = driver.udp.port(),
+        offload = driver.tun.offload,
+        socket = %uapi.path().display(),
+        "interface created; configure it with wg (e.g. wg setconf) and ip"
+    );
+    notify::ready(&format!(
+        "{} created, waiting for configuration over UAPI",
+        driver.tun.name
+    ));
+    if detached && let Err(e) = sys::detach_stdio() {
+        tracing::warn!(error = %e, "cannot point stdio at /dev/null");
+    }
+    let running = Running {
+        driver,
+        control,
+        uapi: Some(uapi),
+        managed: None,
+        name_file,
+    };
+    run(running, signals).await
+}
+
+async fn run(mut running: Running, signals: Signals) -> anyhow::Result<()> {
     let result = main_loop(&mut running, signals).await;
     notify::stopping();
     tear_down(running).await;
     result
 }
 
-async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
-    let iface = &resolved.config.interface;
-    // Segmentation offload (IFF_VNET_HDR: GSO reads, GRO writes) when asked for; a kernel
-    // that refuses it still gets a working, slower device.
-    let tun = match open_tun(&iface.name, iface.offload) {
+/// Opens the TUN device, with segmentation offload when asked for: a kernel that refuses it
+/// still gets a working, slower device.
+fn open_interface(name: &str, offload: bool) -> anyhow::Result<Tun> {
+    let tun = match open_tun(name, offload) {
         Ok(tun) => Ok(tun),
         Err(TunError::Open { source, .. })
-            if iface.offload
-                && !matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+            if offload && !matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
         {
             tracing::warn!(error = %source, "TUN offload unavailable, running without it");
-            open_tun(&iface.name, false)
+            open_tun(name, false)
         }
         Err(e) => Err(e),
     };
-    let tun = tun.map_err(|e| {
+    tun.map_err(|e| {
         let hint = match &e {
             TunError::Open { source, .. }
                 if matches!(source.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
@@ -84,8 +170,34 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
             }
             _ => "",
         };
-        anyhow::Error::new(e).context(format!("cannot create interface {}{hint}", iface.name))
-    })?;
+        anyhow::Error::new(e).context(format!("cannot create interface {name}{hint}"))
+    })
+}
+
+/// Writes the interface's name to `$WG_TUN_NAME_FILE` when set, as wireguard-go does.
+fn write_name_file(ifname: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var_os(TUN_NAME_FILE_ENV)?);
+    match std::fs::write(&path, format!("{ifname}\n")) {
+        Ok(()) => Some(path),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write {TUN_NAME_FILE_ENV}");
+            None
+        }
+    }
+}
+
+/// The names `get=tandem` reports: the config's peer names.
+fn peer_names(config: &Config) -> PeerNames {
+    config
+        .peers
+        .iter()
+        .filter_map(|p| p.name.clone().map(|name| (p.public_key, name)))
+        .collect()
+}
+
+async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
+    let iface = &resolved.config.interface;
+    let tun = open_interface(&iface.name, iface.offload)?;
     let udp =
         UdpSockets::bind(iface.listen_port, iface.fwmark).context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
@@ -105,6 +217,31 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let applied = netconf::apply(&nc, &plan)
         .await
         .with_context(|| format!("cannot configure interface {}", driver.tun.name))?;
+
+    let (control, requests) = mpsc::channel(CONTROL_QUEUE);
+    driver.attach_control(requests);
+    // The socket is a convenience here (the config file is the source of truth), so a daemon
+    // without it still runs: e.g. one interface name used in two network namespaces, which
+    // share /var/run/wireguard.
+    let uapi = match UapiServer::start(
+        Path::new(SOCKET_DIR),
+        &driver.tun.name,
+        control.clone(),
+        peer_names(&resolved.config),
+    ) {
+        Ok(server) => Some(server),
+        Err(e @ ServerError::InUse { .. }) => {
+            tracing::warn!("no UAPI socket (wg cannot see this interface): {e}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(
+                "no UAPI socket (wg cannot see this interface): {:#}",
+                anyhow::Error::new(e)
+            );
+            None
+        }
+    };
     let status = format!(
         "{} up: listening on UDP port {}, {} peer(s)",
         driver.tun.name,
@@ -122,14 +259,61 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     notify::ready(&status);
     Ok(Running {
         driver,
-        netconf: nc,
-        applied,
-        config: resolved.config,
-        path: path.to_path_buf(),
+        control,
+        uapi,
+        managed: Some(Managed {
+            netconf: nc,
+            applied,
+            config: resolved.config,
+            path: path.to_path_buf(),
+        }),
+        name_file: None,
     })
 }
 
+/// Once a second: stops the daemon when its socket file is gone (or replaced), and asks the
+/// event loop to follow the interface's MTU.
+async fn watch(
+    socket: Option<SocketFile>,
+    control: mpsc::Sender<ControlRequest>,
+    stop: mpsc::Sender<String>,
+) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(file) = &socket
+            && !file.is_present()
+        {
+            let _ = stop
+                .send(format!(
+                    "the UAPI socket {} was removed",
+                    file.path().display()
+                ))
+                .await;
+            return;
+        }
+        // Skipped when the loop is busy: the next tick asks again.
+        let _ = control.try_send(ControlRequest::SyncMtu);
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Result<()> {
+    let (stop_tx, mut stop_rx) = mpsc::channel::<String>(1);
+    let _watcher = AbortOnDrop(tokio::spawn(watch(
+        running.uapi.as_ref().map(UapiServer::file),
+        running.control.clone(),
+        stop_tx,
+    )));
     // Reloads are prepared (file read, checked, names resolved) off the loop, so traffic keeps
     // flowing meanwhile; only the newest one is applied.
     let (prepared_tx, mut prepared_rx) = mpsc::channel::<(u64, anyhow::Result<Prepared>)>(4);
@@ -137,7 +321,7 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
     loop {
         tokio::select! {
             r = running.driver.run() => {
-                return r.context("the data plane stopped");
+                return data_plane_stopped(&running.driver, r);
             }
             _ = signals.interrupt.recv() => {
                 tracing::info!("SIGINT received, shutting down");
@@ -147,12 +331,20 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 tracing::info!("SIGTERM received, shutting down");
                 return Ok(());
             }
+            Some(reason) = stop_rx.recv() => {
+                tracing::info!("{reason}, shutting down");
+                return Ok(());
+            }
             _ = signals.hangup.recv() => {
-                tracing::info!(config = %running.path.display(), "SIGHUP received, reloading");
+                let Some(managed) = &running.managed else {
+                    tracing::info!("SIGHUP ignored: this interface has no config file to reload");
+                    continue;
+                };
+                tracing::info!(config = %managed.path.display(), "SIGHUP received, reloading");
                 notify::reloading();
                 generation += 1;
                 let tx = prepared_tx.clone();
-                let path = running.path.clone();
+                let path = managed.path.clone();
                 let this = generation;
                 tokio::spawn(async move {
                     let result = reload::prepare(&path).await;
@@ -164,10 +356,20 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 if this != generation {
                     continue; // a newer SIGHUP came meanwhile: its result follows
                 }
+                let Some(managed) = running.managed.as_mut() else {
+                    continue;
+                };
                 match result {
                     Ok(prepared) => {
-                        if let Err(e) = reload::apply(running, prepared).await {
-                            tracing::error!("reload failed, configuration unchanged: {e:#}");
+                        match reload::apply(&mut running.driver, managed, prepared).await {
+                            Ok(()) => {
+                                if let Some(uapi) = &running.uapi {
+                                    uapi.set_names(peer_names(&managed.config));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!("reload failed, configuration unchanged: {e:#}");
+                            }
                         }
                     }
                     Err(e) => tracing::error!("reload failed, configuration unchanged: {e:#}"),
@@ -178,15 +380,41 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
     }
 }
 
+/// The event loop ended: a clean stop when the interface was deleted under it (reads then
+/// fail with EBADFD), an error otherwise.
+fn data_plane_stopped(driver: &Driver, result: Result<(), DriverError>) -> anyhow::Result<()> {
+    match result {
+        Err(DriverError::TunRead(e))
+            if e.raw_os_error() == Some(libc::EBADFD)
+                || sys::if_nametoindex(&driver.tun.name) != Some(driver.tun.index) =>
+        {
+            tracing::info!(interface = %driver.tun.name, "the interface was deleted, shutting down");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context("the data plane stopped")),
+    }
+}
+
 async fn tear_down(running: Running) {
     let Running {
         driver,
-        netconf,
-        applied,
+        uapi,
+        managed,
+        name_file,
         ..
     } = running;
-    if let Err(e) = netconf::teardown(&netconf, &applied).await {
+    // The socket first, so `wg` stops listing the interface before it goes.
+    drop(uapi);
+    if let Some(managed) = managed
+        && let Err(e) = netconf::teardown(&managed.netconf, &managed.applied).await
+    {
         tracing::warn!("interface teardown incomplete: {e:#}");
+    }
+    if let Some(path) = name_file
+        && let Err(e) = std::fs::remove_file(&path)
+    {
+        tracing::debug!(file = %path.display(), error = %e, "cannot remove {TUN_NAME_FILE_ENV}");
     }
     let name = driver.tun.name.clone();
     // Closing the TUN descriptor removes the interface, and with it anything left on it.

@@ -21,11 +21,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::clock::Clock;
 use super::tun::Tun;
 use super::udp::UdpSockets;
+use crate::control::server::{self as control, ControlRequest};
 use crate::proto::{
     Decapsulated, Device, Encapsulated, HEADROOM, Now, PeerId, PublicKey, TAILROOM, Transmit,
 };
@@ -146,6 +148,8 @@ enum Wake {
     Udp(Family, io::Result<()>),
     Timer,
     Output,
+    /// A UAPI request (control hook, see [`Driver::attach_control`]).
+    Control(ControlRequest),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +169,9 @@ pub struct Driver {
     stats: DriverStats,
     watch_handshakes_until: Option<Duration>,
     last_handshake: HashMap<PublicKey, Duration>,
+    /// Control hook: UAPI requests, answered on this task between two batches (the device
+    /// has no lock). See `control::server`.
+    control: Option<mpsc::Receiver<ControlRequest>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -205,6 +212,7 @@ impl Driver {
             stats: DriverStats::default(),
             watch_handshakes_until: None,
             last_handshake: HashMap::new(),
+            control: None,
         }
     }
 
@@ -249,6 +257,8 @@ impl Driver {
                     () = sleep_until(&self.clock, deadline) => Wake::Timer,
                     // Output left over from a drain cut short: go round again at once.
                     () = std::future::ready(()), if pending_output => Wake::Output,
+                    // Control hook: one UAPI request per turn.
+                    r = next_control(&mut self.control) => Wake::Control(r),
                 }
             };
             match wake {
@@ -262,6 +272,7 @@ impl Driver {
                 }
                 Wake::Timer => self.device.update_timers(self.clock.now()),
                 Wake::Output => {}
+                Wake::Control(request) => control::handle(self, request),
             }
             self.drain_transmit().await;
             self.watch_handshakes();
@@ -494,10 +505,27 @@ impl Driver {
         self.drain_transmit().await;
     }
 
+    /// Control hook: from now on the loop also answers the requests arriving on `requests`
+    /// (see `control::server`).
+    pub fn attach_control(&mut self, requests: mpsc::Receiver<ControlRequest>) {
+        self.control = Some(requests);
+    }
+
     /// The id of a peer, for callers that only know its key.
     pub fn peer_id(&self, key: &PublicKey) -> Option<PeerId> {
         self.device.peer_id(key)
     }
+}
+
+/// Control hook: the next request, or never when there is no control channel (or it closed).
+async fn next_control(requests: &mut Option<mpsc::Receiver<ControlRequest>>) -> ControlRequest {
+    if let Some(rx) = requests {
+        if let Some(request) = rx.recv().await {
+            return request;
+        }
+        *requests = None;
+    }
+    std::future::pending().await
 }
 
 /// An IPv4-mapped source (from a dual-stack socket elsewhere) becomes plain IPv4, so the

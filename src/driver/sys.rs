@@ -217,6 +217,73 @@ pub fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Sets the process's file mode creation mask and returns the previous one, so a caller can
+/// create one file under a strict mask (the UAPI socket under 077) and restore the old mask.
+/// The mask is process-wide.
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: `umask` takes an integer, cannot fail and touches no memory of ours.
+    unsafe { libc::umask(mask) }
+}
+
+/// The index of network interface `name` in the calling thread's network namespace, or
+/// `None` when there is no such interface (or the name holds a NUL byte).
+pub fn if_nametoindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string that lives for the whole call; the
+    // function only reads it (a name longer than IFNAMSIZ is reported as 0, not read past).
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// The name of the network interface with `index` in the calling thread's network
+/// namespace, or `None` when there is none.
+pub fn if_indextoname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` holds IF_NAMESIZE bytes, the size the function requires; it writes a
+    // NUL-terminated name of at most that length into it, or returns NULL and writes nothing
+    // we read.
+    let found = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    let bytes: Vec<u8> = buf.iter().map(|&c| c as u8).collect();
+    let name = std::ffi::CStr::from_bytes_until_nul(&bytes).ok()?;
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Makes the calling process the leader of a new session without a controlling terminal
+/// (`setsid(2)`), as a daemon that detached from its parent does.
+pub fn new_session() -> io::Result<()> {
+    // SAFETY: `setsid` takes no arguments and touches no memory of ours; failure (EPERM for a
+    // process group leader) is reported through the return value.
+    let rc = unsafe { libc::setsid() };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Points standard input, output and error at `/dev/null`: what a detached daemon does once
+/// the parent that started it stops reading its output (writing to a closed pipe would fail,
+/// and `eprintln!` panics on a failed write).
+pub fn detach_stdio() -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    for target in 0..=2 {
+        // SAFETY: `dup2` takes two descriptors and touches no memory of ours. `null` is open
+        // for the whole call (it is borrowed until the end of this function), and 0, 1 and 2
+        // are the process's standard descriptors, which std reads and writes by number: dup2
+        // replaces each atomically, so no other code ever sees it closed.
+        if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,804 @@
+//! The UAPI socket, `/var/run/wireguard/<iface>.sock`, that `wg` and `wg-quick` talk to.
+//!
+//! Flow: a task accepts connections; a task per connection cuts the byte stream into requests
+//! ([`Framer`]), parses each ([`parse_request`]), resolves IPv6 zones given by interface name
+//! (`if_nametoindex`), and sends it with a oneshot for the reply through a bounded channel to
+//! the event loop, which answers it with [`handle`] between two batches. So the `Device` is
+//! only ever touched by the event loop's task and needs no lock. A `set` that moves the listen
+//! port or changes the fwmark binds or marks first and answers EADDRINUSE when that fails,
+//! with nothing changed.
+//!
+//! Besides wireguard-go's `get=1` and `set=1`, tandem answers `get=tandem` (which `wg` never
+//! sends): the `get=1` reply with a `name=` line after each `public_key=` line of a peer the
+//! config names, for `tandem show`.
+//!
+//! The socket is created under umask 077 (only root may connect), in a directory created
+//! with mode 0755 when missing, as wireguard-go does. A socket file left by a daemon that died
+//! is replaced; one that still answers means the interface is served already.
+
+use std::collections::HashMap;
+use std::fs::DirBuilder;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::uapi::{
+    Frame, Framer, InterfaceState, Request, SET_OK, SetRequest, UapiError, apply_set, format_get,
+    parse_request,
+};
+use crate::driver::{Driver, UdpSockets, sys};
+use crate::proto::PublicKey;
+
+/// Where wireguard-go, the kernel tools and `wg` look for userspace interfaces' sockets.
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// Requests waiting for the event loop; a connection task waits when it is full.
+pub const CONTROL_QUEUE: usize = 16;
+
+/// The operation line of tandem's own request (see the module notes).
+const GET_TANDEM: &[u8] = b"get=tandem\n";
+
+/// Bytes read from a connection at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The largest reply [`query`] reads (a `get` of the largest device is far below this).
+const MAX_REPLY_BYTES: u64 = 512 << 20;
+
+/// The socket of interface `ifname` in `dir` (normally [`SOCKET_DIR`]).
+pub fn socket_path(dir: &Path, ifname: &str) -> PathBuf {
+    dir.join(format!("{ifname}.sock"))
+}
+
+/// A request for the event loop, answered by [`handle`].
+#[derive(Debug)]
+pub enum ControlRequest {
+    /// `get=1`: the reply text, `errno=0` included.
+    Get { reply: oneshot::Sender<String> },
+    /// `set=1`, parsed and with its zones resolved: `errno=0`, or the error, as reply text.
+    Set {
+        request: SetRequest,
+        reply: oneshot::Sender<String>,
+    },
+    /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
+    /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
+    SyncMtu,
+}
+
+/// Peer names from the config, by public key, for `get=tandem`.
+pub type PeerNames = HashMap<PublicKey, String>;
+
+/// Why the socket could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the directory {}", path.display())]
+    Directory {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Another live process answers on the socket: the interface is served already (perhaps
+    /// in another network namespace: the directory is shared between them).
+    #[error("{} is in use by another running daemon", path.display())]
+    InUse { path: PathBuf },
+    #[error("cannot listen on {}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The socket file as created: its path and the (device, inode) it had, so the daemon can
+/// tell that it was deleted (or replaced by another daemon's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketFile {
+    path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the path still holds the file this daemon created. An error other than "not
+    /// found" (which should not happen to root) counts as present, so that a passing glitch
+    /// never stops the daemon.
+    pub fn is_present(&self) -> bool {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()) == self.identity,
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        }
+    }
+}
+
+/// A served UAPI socket. Dropping it stops accepting and removes the socket file (unless it
+/// is no longer this daemon's).
+#[derive(Debug)]
+pub struct UapiServer {
+    file: SocketFile,
+    names: watch::Sender<Arc<PeerNames>>,
+    accept: JoinHandle<()>,
+}
+
+impl UapiServer {
+    /// Creates the socket of `ifname` in `dir` and serves it on the current tokio runtime,
+    /// sending requests to `control` (the event loop's [`Driver::attach_control`] receiver).
+    pub fn start(
+        dir: &Path,
+        ifname: &str,
+        control: mpsc::Sender<ControlRequest>,
+        names: PeerNames,
+    ) -> Result<UapiServer, ServerError> {
+        let path = socket_path(dir, ifname);
+        let listener = bind(dir, &path)?;
+        let bind_err = |source| ServerError::Bind {
+            path: path.clone(),
+            source,
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = UnixListener::from_std(listener).map_err(bind_err)?;
+        let (names, names_rx) = watch::channel(Arc::new(names));
+        let accept = tokio::spawn(accept_loop(listener, control, names_rx));
+        tracing::debug!(socket = %path.display(), "UAPI socket listening");
+        Ok(UapiServer {
+            file: SocketFile {
+                path,
+                identity: (meta.dev(), meta.ino()),
+            },
+            names,
+            accept,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// The socket file, for a watcher that stops the daemon when it is deleted.
+    pub fn file(&self) -> SocketFile {
+        self.file.clone()
+    }
+
+    /// Replaces the peer names `get=tandem` reports (after a reload).
+    pub fn set_names(&self, names: PeerNames) {
+        self.names.send_replace(Arc::new(names));
+    }
+}
+
+impl Drop for UapiServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if self.file.is_present()
+            && let Err(e) = std::fs::remove_file(&self.file.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(socket = %self.file.path.display(), error = %e, "cannot remove the UAPI socket");
+        }
+    }
+}
+
+/// Creates `dir` if needed (0755) and binds `path` under umask 077, replacing a stale socket.
+fn bind(dir: &Path, path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| ServerError::Directory {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    // The mask is process-wide; nothing else creates files while the daemon starts.
+    let previous = sys::set_umask(0o077);
+    let result = bind_replacing_stale(path);
+    sys::set_umask(previous);
+    result
+}
+
+fn bind_replacing_stale(path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Nobody answers: left behind by a daemon that did not exit cleanly.
+            tracing::info!(socket = %path.display(), "replacing a stale UAPI socket");
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(bind_err(e)),
+            }
+            UnixListener::bind(path).map_err(bind_err)
+        }
+        Err(e) => Err(bind_err(e)),
+    }
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    control: mpsc::Sender<ControlRequest>,
+    names: watch::Receiver<Arc<PeerNames>>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream, control.clone(), names.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: wait a little instead of spinning.
+                tracing::warn!(error = %e, "UAPI accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Where the next request in a connection's buffer ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Framed {
+    Incomplete,
+    /// Too large: close the connection.
+    Close,
+    /// A UAPI request of this many bytes, for [`parse_request`].
+    Uapi(usize),
+    /// `get=tandem` and its blank line.
+    TandemGet(usize),
+    /// `get=tandem` followed by something other than the blank line: answer this error.
+    Invalid(usize, UapiError),
+}
+
+fn frame(buf: &[u8], framer: &mut Framer) -> Framed {
+    if buf.starts_with(GET_TANDEM) {
+        let len = GET_TANDEM.len() + 1;
+        return match buf.get(GET_TANDEM.len()) {
+            None => Framed::Incomplete,
+            Some(b'\n') => Framed::TandemGet(len),
+            Some(_) => Framed::Invalid(len, UapiError::invalid("trailing character in get")),
+        };
+    }
+    match framer.poll(buf) {
+        Frame::Incomplete => Framed::Incomplete,
+        Frame::TooLarge => Framed::Close,
+        Frame::Complete(n) => Framed::Uapi(n),
+    }
+}
+
+async fn serve_connection(
+    mut stream: UnixStream,
+    control: mpsc::Sender<ControlRequest>,
+    names: watch::Receiver<Arc<PeerNames>>,
+) {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut framer = Framer::new();
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        // Answer every complete request in the buffer, in order.
+        loop {
+            let (len, reply) = match frame(&buf, &mut framer) {
+                Framed::Incomplete => break,
+                Framed::Close => return,
+                Framed::Invalid(len, e) => (len, Some(e.reply())),
+                Framed::TandemGet(len) => (len, tandem_get(&control, &names).await),
+                Framed::Uapi(len) => {
+                    let text = String::from_utf8_lossy(buf.get(..len).unwrap_or_default());
+                    (len, answer(&text, &control).await)
+                }
+            };
+            buf.drain(..len.min(buf.len()));
+            let Some(reply) = reply else {
+                return; // not an operation, or the event loop is gone: close, as wireguard-go
+            };
+            if stream.write_all(reply.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+        }
+    }
+    // The peer stopped sending: a `set` without its blank line still applies (as in
+    // wireguard-go, whose line scanner ends there too); anything else is dropped.
+    if !buf.is_empty() {
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(reply) = answer(&text, &control).await {
+            let _ = stream.write_all(reply.as_bytes()).await;
+        }
+    }
+}
+
+/// The reply to one UAPI request, or `None` to close the connection.
+async fn answer(text: &str, control: &mpsc::Sender<ControlRequest>) -> Option<String> {
+    match parse_request(text) {
+        Request::Get => ask(control, |reply| ControlRequest::Get { reply }).await,
+        Request::Set(mut request) => {
+            if let Err(e) = request.resolve_zones(sys::if_nametoindex) {
+                tracing::warn!("UAPI set refused, nothing changed: {}", e.message);
+                return Some(e.reply());
+            }
+            ask(control, |reply| ControlRequest::Set { request, reply }).await
+        }
+        Request::Invalid(e) => {
+            tracing::warn!("UAPI request refused: {}", e.message);
+            Some(e.reply())
+        }
+        Request::Close => None,
+    }
+}
+
+async fn tandem_get(
+    control: &mpsc::Sender<ControlRequest>,
+    names: &watch::Receiver<Arc<PeerNames>>,
+) -> Option<String> {
+    let reply = ask(control, |reply| ControlRequest::Get { reply }).await?;
+    let names = Arc::clone(&names.borrow());
+    Some(add_names(&reply, &names))
+}
+
+async fn ask(
+    control: &mpsc::Sender<ControlRequest>,
+    request: impl FnOnce(oneshot::Sender<String>) -> ControlRequest,
+) -> Option<String> {
+    let (tx, rx) = oneshot::channel();
+    control.send(request(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// A `get=1` reply with `name=NAME` after the `public_key=` line of each named peer. Control
+/// characters in a name are dropped, so a name cannot break the line protocol.
+pub fn add_names(get_reply: &str, names: &PeerNames) -> String {
+    let mut out = String::with_capacity(get_reply.len() + names.len() * 24);
+    for line in get_reply.split_inclusive('\n') {
+        out.push_str(line);
+        let name = line
+            .strip_prefix("public_key=")
+            .map(|hex| hex.trim_end_matches('\n'))
+            .and_then(|hex| PublicKey::from_hex(hex).ok())
+            .and_then(|key| names.get(&key));
+        if let Some(name) = name {
+            out.push_str("name=");
+            out.extend(name.chars().filter(|c| !c.is_control()));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Answers one request on the event loop's task (the driver's control hook).
+pub fn handle(driver: &mut Driver, request: ControlRequest) {
+    match request {
+        ControlRequest::Get { reply } => {
+            let state = interface_state(&driver.udp);
+            let _ = reply.send(format_get(&driver.device, &state, driver.now()));
+        }
+        ControlRequest::Set { request, reply } => {
+            let text = match apply(driver, &request) {
+                Ok(()) => SET_OK.to_owned(),
+                Err(e) => {
+                    tracing::warn!("UAPI set refused, nothing changed: {}", e.message);
+                    e.reply()
+                }
+            };
+            let _ = reply.send(text);
+        }
+        ControlRequest::SyncMtu => match driver.tun.device.mtu() {
+            Ok(mtu) if usize::from(mtu) != driver.device.mtu() => {
+                tracing::info!(mtu, "interface MTU changed");
+                driver.device.set_mtu(usize::from(mtu));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the interface MTU"),
+        },
+    }
+}
+
+fn interface_state(udp: &UdpSockets) -> InterfaceState {
+    InterfaceState {
+        listen_port: udp.port(),
+        fwmark: udp.fwmark(),
+    }
+}
+
+/// The error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Applies a `set`: new sockets (a new listen port, or 0 for a fresh random one) or the new
+/// fwmark first, since they can fail; then the device change, which cannot fail halfway. On
+/// any error nothing has changed.
+fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
+    let port = driver.udp.port();
+    let mark = driver.udp.fwmark();
+    let new_mark = request.fwmark().unwrap_or(mark);
+    let new_sockets = match request.listen_port() {
+        // The same port again keeps the sockets (wireguard-go rebinds, to the same effect).
+        Some(wanted) if wanted == 0 || wanted != port => Some(
+            UdpSockets::bind(Some(wanted), new_mark)
+                .map_err(|e| UapiError::addr_in_use(chain(&e)))?,
+        ),
+        _ => None,
+    };
+    let remark = new_sockets.is_none() && new_mark != mark;
+    if remark {
+        driver
+            .udp
+            .set_fwmark(new_mark)
+            .map_err(|e| UapiError::addr_in_use(chain(&e)))?;
+    }
+    let mut state = InterfaceState {
+        listen_port: port,
+        fwmark: mark,
+    };
+    let now = driver.now();
+    if let Err(e) = apply_set(request, &mut driver.device, &mut state, now) {
+        if remark && let Err(undo) = driver.udp.set_fwmark(mark) {
+            tracing::error!("cannot restore the fwmark: {}", chain(&undo));
+        }
+        return Err(e);
+    }
+    if let Some(sockets) = new_sockets {
+        tracing::info!(from = port, to = sockets.port(), "listen port changed");
+        driver.udp = sockets;
+    }
+    if remark {
+        tracing::info!(fwmark = new_mark, "fwmark changed");
+    }
+    tracing::info!(
+        operations = request.len(),
+        "configuration changed over UAPI"
+    );
+    Ok(())
+}
+
+/// Sends `request` (e.g. `"get=1\n\n"`) to the UAPI socket at `path` and returns everything
+/// the daemon writes back until it closes the connection. For `tandem show`.
+pub fn query(path: &Path, request: &str, timeout: Duration) -> io::Result<String> {
+    let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(request.as_bytes())?;
+    // No more requests: the daemon answers this one and closes.
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut reply = Vec::new();
+    stream.take(MAX_REPLY_BYTES).read_to_end(&mut reply)?;
+    Ok(String::from_utf8_lossy(&reply).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::proto::{Device, Now, PrivateKey};
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// A temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("tandem-uapisrv-{tag}-{}-{n}", std::process::id()));
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from_bytes([seed; 32])
+    }
+
+    fn now() -> Now {
+        Now::new(Duration::from_secs(5), Duration::from_secs(1_700_000_000))
+    }
+
+    /// Stands in for the event loop: answers from a device of its own, as `handle` does
+    /// without the sockets.
+    fn fake_event_loop(mut rx: mpsc::Receiver<ControlRequest>) -> JoinHandle<Device> {
+        tokio::spawn(async move {
+            let mut device = Device::new(Some(key(1)), [3; 32]);
+            let mut state = InterfaceState {
+                listen_port: 51820,
+                fwmark: 0,
+            };
+            while let Some(request) = rx.recv().await {
+                match request {
+                    ControlRequest::Get { reply } => {
+                        let _ = reply.send(format_get(&device, &state, now()));
+                    }
+                    ControlRequest::Set { request, reply } => {
+                        let text = match apply_set(&request, &mut device, &mut state, now()) {
+                            Ok(_) => SET_OK.to_owned(),
+                            Err(e) => e.reply(),
+                        };
+                        let _ = reply.send(text);
+                    }
+                    ControlRequest::SyncMtu => {}
+                }
+            }
+            device
+        })
+    }
+
+    async fn exchange(path: &Path, request: &[u8]) -> String {
+        exchange_in_pieces(path, request, request.len().max(1)).await
+    }
+
+    /// Writes the request `piece` bytes at a time, yielding in between, so the server sees
+    /// requests cut at arbitrary points.
+    async fn exchange_in_pieces(path: &Path, request: &[u8], piece: usize) -> String {
+        let mut stream = UnixStream::connect(path).await.expect("connect");
+        for part in request.chunks(piece) {
+            stream.write_all(part).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stream.shutdown().await.expect("shutdown");
+        let mut reply = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut reply))
+            .await
+            .expect("reply within 5 s")
+            .expect("read");
+        reply
+    }
+
+    fn peer_hex(seed: u8) -> String {
+        key(seed).public_key().to_hex()
+    }
+
+    #[test]
+    fn serves_get_set_and_tandem_get_over_the_socket() {
+        let dir = TempDir::new("serve");
+        rt().block_on(async {
+            let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+            let device = fake_event_loop(rx);
+            let mut names = PeerNames::new();
+            names.insert(key(2).public_key(), "site-b\n".into());
+            let server = UapiServer::start(&dir.0, "tnd-test0", tx, names).expect("start");
+            let path = server.path().to_path_buf();
+            assert_eq!(path, dir.0.join("tnd-test0.sock"));
+
+            // The directory is 0755 and the socket 0600 whatever the umask was.
+            let dir_mode = std::fs::metadata(&dir.0).expect("dir").permissions().mode();
+            assert_eq!(dir_mode & 0o777, 0o755);
+            let sock_mode = std::fs::symlink_metadata(&path)
+                .expect("socket")
+                .permissions()
+                .mode();
+            assert_eq!(sock_mode & 0o777, 0o700, "{sock_mode:o}");
+
+            // Three requests on one connection, cut in pieces by the writer.
+            let set = format!(
+                "set=1\npublic_key={}\nallowed_ip=10.0.0.2/32\n\nset=1\npublic_key={}\n\
+                 allowed_ip=10.0.0.3/32\n\nget=1\n\n",
+                peer_hex(2),
+                peer_hex(3)
+            );
+            let reply = exchange_in_pieces(&path, set.as_bytes(), 7).await;
+            assert!(
+                reply.starts_with("errno=0\n\nerrno=0\n\nprivate_key="),
+                "{reply}"
+            );
+            assert!(reply.contains("allowed_ip=10.0.0.3/32\n"), "{reply}");
+
+            let get = exchange(&path, b"get=1\n\n").await;
+            assert!(get.starts_with("private_key="), "{get}");
+            assert!(get.ends_with("errno=0\n\n"), "{get}");
+            assert!(!get.contains("name="), "{get}");
+
+            let named = exchange(&path, b"get=tandem\n\n").await;
+            let expected = get.replace(
+                &format!("public_key={}\n", peer_hex(2)),
+                &format!("public_key={}\nname=site-b\n", peer_hex(2)),
+            );
+            assert_eq!(named, expected);
+            assert_ne!(named, get);
+
+            // Names can be replaced (after a reload).
+            server.set_names(PeerNames::new());
+            assert_eq!(exchange(&path, b"get=tandem\n\n").await, get);
+
+            // A set cut short by the end of the stream still applies, like wireguard-go.
+            let reply = exchange(
+                &path,
+                format!("set=1\npublic_key={}\nremove=true\n", peer_hex(3)).as_bytes(),
+            )
+            .await;
+            assert_eq!(reply, "errno=0\n\n");
+            assert!(!exchange(&path, b"get=1\n\n").await.contains(&peer_hex(3)));
+
+            // Errors: an invalid set changes nothing; a trailing byte after get; an unknown
+            // operation closes without a reply; get without its blank line gets none.
+            let before = exchange(&path, b"get=1\n\n").await;
+            let bad = format!("set=1\npublic_key={}\nallowed_ip=nonsense\n\n", peer_hex(4));
+            assert_eq!(exchange(&path, bad.as_bytes()).await, "errno=-22\n\n");
+            assert_eq!(exchange(&path, b"get=1\n\n").await, before);
+            assert_eq!(exchange(&path, b"get=1\nx").await, "errno=-22\n\n");
+            assert_eq!(exchange(&path, b"get=tandem\nx").await, "errno=-22\n\n");
+            assert_eq!(exchange(&path, b"hello=1\n\nget=1\n\n").await, "");
+            assert_eq!(exchange(&path, b"get=1\n").await, "");
+            // A zone naming no interface is EINVAL; loopback resolves.
+            let zoned = |zone: &str| {
+                format!(
+                    "set=1\npublic_key={}\nendpoint=[fe80::1%{zone}]:51820\n\n",
+                    peer_hex(2)
+                )
+            };
+            assert_eq!(
+                exchange(&path, zoned("tandem-none0").as_bytes()).await,
+                "errno=-22\n\n"
+            );
+            assert_eq!(exchange(&path, zoned("lo").as_bytes()).await, "errno=0\n\n");
+            let lo = sys::if_nametoindex("lo").expect("lo exists");
+            assert!(
+                exchange(&path, b"get=1\n\n")
+                    .await
+                    .contains(&format!("endpoint=[fe80::1%{lo}]:51820\n"))
+            );
+
+            drop(server);
+            assert!(!path.exists(), "the socket is removed on drop");
+            let device = device.await.expect("event loop");
+            assert_eq!(device.peers().len(), 1);
+        });
+    }
+
+    #[test]
+    fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let dir = TempDir::new("stale");
+        rt().block_on(async {
+            let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let first = UapiServer::start(&dir.0, "tnd-test1", tx.clone(), PeerNames::new())
+                .expect("start");
+            let again = UapiServer::start(&dir.0, "tnd-test1", tx.clone(), PeerNames::new());
+            assert!(matches!(again, Err(ServerError::InUse { .. })), "{again:?}");
+            assert!(first.file().is_present(), "the refused start left it alone");
+
+            // A socket file nobody listens on (a daemon that was killed) is replaced.
+            let path = socket_path(&dir.0, "tnd-test2");
+            drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+            assert!(path.exists());
+            let second =
+                UapiServer::start(&dir.0, "tnd-test2", tx, PeerNames::new()).expect("start");
+            assert!(second.file().is_present());
+            assert_eq!(
+                exchange(second.path(), b"nonsense\n").await,
+                "",
+                "the new socket answers"
+            );
+        });
+    }
+
+    #[test]
+    fn deletion_and_replacement_are_noticed_and_drop_spares_a_replacement() {
+        let dir = TempDir::new("gone");
+        rt().block_on(async {
+            let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let server =
+                UapiServer::start(&dir.0, "tnd-test3", tx, PeerNames::new()).expect("start");
+            let file = server.file();
+            assert!(file.is_present());
+            std::fs::remove_file(server.path()).expect("remove");
+            assert!(!file.is_present());
+            // Another daemon's socket now at the path: not ours, so drop leaves it.
+            let other = std::os::unix::net::UnixListener::bind(server.path()).expect("bind");
+            assert!(!file.is_present());
+            let path = server.path().to_path_buf();
+            drop(server);
+            assert!(
+                path.exists(),
+                "another daemon's socket must survive our exit"
+            );
+            drop(other);
+        });
+    }
+
+    #[test]
+    fn query_reads_the_whole_reply() {
+        let dir = TempDir::new("query");
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let runtime = rt();
+        let _guard = runtime.enter();
+        let _device = fake_event_loop(rx);
+        let server = UapiServer::start(&dir.0, "tnd-test4", tx, PeerNames::new()).expect("start");
+        let path = server.path().to_path_buf();
+        // The blocking client runs on its own thread while the runtime serves.
+        let client = std::thread::spawn(move || query(&path, "get=1\n\n", Duration::from_secs(5)));
+        let reply = runtime.block_on(async {
+            loop {
+                if client.is_finished() {
+                    break client.join().expect("client thread");
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        let reply = reply.expect("query");
+        assert!(reply.starts_with("private_key="), "{reply}");
+        assert!(reply.ends_with("listen_port=51820\nerrno=0\n\n"), "{reply}");
+        drop(server);
+    }
+
+    #[test]
+    fn framing_of_tandem_get() {
+        let mut framer = Framer::new();
+        assert_eq!(frame(b"get=tan", &mut framer), Framed::Incomplete);
+        assert_eq!(frame(b"get=tandem\n", &mut framer), Framed::Incomplete);
+        assert_eq!(
+            frame(b"get=tandem\n\nget=1\n\n", &mut framer),
+            Framed::TandemGet(12)
+        );
+        assert!(matches!(
+            frame(b"get=tandem\nx", &mut framer),
+            Framed::Invalid(12, _)
+        ));
+        assert_eq!(frame(b"get=1\n\n", &mut framer), Framed::Uapi(7));
+        assert_eq!(frame(b"get=tandemx\n", &mut framer), Framed::Uapi(12));
+    }
+
+    #[test]
+    fn names_follow_their_public_key_lines_only() {
+        let a = key(2).public_key();
+        let b = key(3).public_key();
+        let mut names = PeerNames::new();
+        names.insert(a, "site\u{7}-a".into());
+        let reply = format!(
+            "private_key={}\nlisten_port=1\npublic_key={}\nrx_bytes=0\npublic_key={}\nrx_bytes=0\nerrno=0\n\n",
+            key(1).to_hex(),
+            a.to_hex(),
+            b.to_hex()
+        );
+        let expected = format!(
+            "private_key={}\nlisten_port=1\npublic_key={}\nname=site-a\nrx_bytes=0\npublic_key={}\nrx_bytes=0\nerrno=0\n\n",
+            key(1).to_hex(),
+            a.to_hex(),
+            b.to_hex()
+        );
+        assert_eq!(add_names(&reply, &names), expected);
+        assert_eq!(add_names(&reply, &PeerNames::new()), reply);
+    }
+
+    #[test]
+    fn sys_helpers_used_here() {
+        assert_eq!(sys::if_nametoindex("lo"), Some(1), "loopback is index 1");
+        assert_eq!(sys::if_nametoindex("tandem-nope9"), None);
+        assert_eq!(sys::if_nametoindex("nul\0byte"), None);
+        assert_eq!(sys::if_indextoname(1).as_deref(), Some("lo"));
+        assert_eq!(sys::if_indextoname(u32::MAX), None);
+    }
+}

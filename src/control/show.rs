@@ -1,0 +1,461 @@
+//! `tandem show`: a UAPI `get` reply printed the way `wg show` prints an interface
+//! (wireguard-tools `show.c`, without colours), plus a `name:` line for each peer the config
+//! names (from tandem's `get=tandem`, see [`server`](super::server)).
+//!
+//! Pure: the reply text and the current time in, the text out.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use crate::proto::{PresharedKey, PrivateKey, PublicKey};
+
+/// A device as a `get` reply describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceStatus {
+    pub private_key: Option<PrivateKey>,
+    pub listen_port: u16,
+    pub fwmark: u32,
+    pub peers: Vec<PeerStatus>,
+}
+
+/// One peer of a `get` reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub public_key: PublicKey,
+    /// tandem's `name=` line (the peer's `name` in the TOML config).
+    pub name: Option<String>,
+    pub has_preshared_key: bool,
+    /// As the daemon wrote it (`192.0.2.1:51820`, `[2001:db8::1]:51820`).
+    pub endpoint: Option<String>,
+    /// As the daemon wrote them, in its order (`10.0.0.0/24`).
+    pub allowed_ips: Vec<String>,
+    /// Unix seconds and nanoseconds of the latest handshake; (0, 0) for none.
+    pub last_handshake: (u64, u32),
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub persistent_keepalive: u16,
+}
+
+impl PeerStatus {
+    fn new(public_key: PublicKey) -> Self {
+        PeerStatus {
+            public_key,
+            name: None,
+            has_preshared_key: false,
+            endpoint: None,
+            allowed_ips: Vec::new(),
+            last_handshake: (0, 0),
+            rx_bytes: 0,
+            tx_bytes: 0,
+            persistent_keepalive: 0,
+        }
+    }
+}
+
+/// Why a reply could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShowError {
+    #[error("the daemon answered errno={0}")]
+    Errno(i32),
+    #[error("the reply ended without its errno line")]
+    Truncated,
+    #[error("reply line {line}: {what}")]
+    Malformed { line: usize, what: String },
+}
+
+/// Reads a `get=1` (or `get=tandem`) reply up to its `errno=` line. Keys this version does
+/// not know are skipped, as `wg` does not either.
+pub fn parse_get_reply(text: &str) -> Result<DeviceStatus, ShowError> {
+    let mut device = DeviceStatus::default();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let bad = |what: &str| ShowError::Malformed {
+            line: number,
+            what: what.to_owned(),
+        };
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(bad("not a key=value line"));
+        };
+        let number_of = |what: &str| value.parse::<u64>().map_err(|_| bad(what));
+        match key {
+            "errno" => {
+                let errno: i32 = value.parse().map_err(|_| bad("errno is not a number"))?;
+                return if errno == 0 {
+                    Ok(device)
+                } else {
+                    Err(ShowError::Errno(errno))
+                };
+            }
+            "public_key" => {
+                let key = PublicKey::from_hex(value).map_err(|_| bad("bad public_key"))?;
+                device.peers.push(PeerStatus::new(key));
+            }
+            _ => match device.peers.last_mut() {
+                None => match key {
+                    "private_key" => {
+                        let key =
+                            PrivateKey::from_hex(value).map_err(|_| bad("bad private_key"))?;
+                        device.private_key = (!key.is_zero()).then_some(key);
+                    }
+                    "listen_port" => {
+                        device.listen_port = u16::try_from(number_of("bad listen_port")?)
+                            .map_err(|_| bad("bad listen_port"))?;
+                    }
+                    "fwmark" => {
+                        device.fwmark = u32::try_from(number_of("bad fwmark")?)
+                            .map_err(|_| bad("bad fwmark"))?;
+                    }
+                    _ => {}
+                },
+                Some(peer) => match key {
+                    "name" => peer.name = Some(value.to_owned()),
+                    "preshared_key" => {
+                        let psk =
+                            PresharedKey::from_hex(value).map_err(|_| bad("bad preshared_key"))?;
+                        peer.has_preshared_key = !psk.is_zero();
+                    }
+                    "endpoint" => peer.endpoint = Some(value.to_owned()),
+                    "allowed_ip" => peer.allowed_ips.push(value.to_owned()),
+                    "last_handshake_time_sec" => {
+                        peer.last_handshake.0 = number_of("bad last_handshake_time_sec")?;
+                    }
+                    "last_handshake_time_nsec" => {
+                        peer.last_handshake.1 = u32::try_from(number_of("bad nsec")?)
+                            .map_err(|_| bad("bad last_handshake_time_nsec"))?;
+                    }
+                    "rx_bytes" => peer.rx_bytes = number_of("bad rx_bytes")?,
+                    "tx_bytes" => peer.tx_bytes = number_of("bad tx_bytes")?,
+                    "persistent_keepalive_interval" => {
+                        peer.persistent_keepalive = u16::try_from(number_of("bad keepalive")?)
+                            .map_err(|_| bad("bad persistent_keepalive_interval"))?;
+                    }
+                    _ => {}
+                },
+            },
+        }
+    }
+    Err(ShowError::Truncated)
+}
+
+/// Writes the zone of link-local IPv6 endpoints (`[fe80::1%3]:51820`) as the interface's name
+/// (`[fe80::1%eth0]:51820`), as `wg` does (glibc's `getnameinfo`), with the caller's lookup
+/// of an interface index. Other endpoints, and indices the lookup does not know, stay as
+/// they are.
+pub fn name_zones(device: &mut DeviceStatus, lookup: impl Fn(u32) -> Option<String>) {
+    for peer in &mut device.peers {
+        let Some(endpoint) = &peer.endpoint else {
+            continue;
+        };
+        let Ok(SocketAddr::V6(addr)) = endpoint.parse::<SocketAddr>() else {
+            continue;
+        };
+        let ip = addr.ip();
+        let link_local = ip.segments()[0] & 0xffc0 == 0xfe80
+            || (ip.octets()[0] == 0xff && ip.octets()[1] & 0x0f == 0x02);
+        if addr.scope_id() == 0 || !link_local {
+            continue;
+        }
+        if let Some(name) = lookup(addr.scope_id()) {
+            peer.endpoint = Some(format!("[{ip}%{name}]:{}", addr.port()));
+        }
+    }
+}
+
+/// `wg show NAME` for `device`, at wall-clock time `now_unix` (seconds), ending in a newline.
+/// Peers go most recent handshake first, those without one last (in the daemon's order).
+pub fn format_interface(name: &str, device: &DeviceStatus, now_unix: u64) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(out, "interface: {name}");
+    if let Some(key) = &device.private_key {
+        let _ = writeln!(out, "  public key: {}", key.public_key().to_base64());
+        out.push_str("  private key: (hidden)\n");
+    }
+    if device.listen_port != 0 {
+        let _ = writeln!(out, "  listening port: {}", device.listen_port);
+    }
+    if device.fwmark != 0 {
+        let _ = writeln!(out, "  fwmark: {:#x}", device.fwmark);
+    }
+    let mut peers: Vec<&PeerStatus> = device.peers.iter().collect();
+    // Stable, like glibc's merge-sort qsort that `wg` relies on for peers that tie.
+    peers.sort_by(|a, b| {
+        let none = |p: &PeerStatus| p.last_handshake == (0, 0);
+        none(a)
+            .cmp(&none(b))
+            .then_with(|| b.last_handshake.cmp(&a.last_handshake))
+    });
+    for peer in peers {
+        out.push('\n');
+        let _ = writeln!(out, "peer: {}", peer.public_key.to_base64());
+        if let Some(name) = &peer.name {
+            let _ = writeln!(out, "  name: {name}");
+        }
+        if peer.has_preshared_key {
+            out.push_str("  preshared key: (hidden)\n");
+        }
+        if let Some(endpoint) = &peer.endpoint {
+            let _ = writeln!(out, "  endpoint: {endpoint}");
+        }
+        if peer.allowed_ips.is_empty() {
+            out.push_str("  allowed ips: (none)\n");
+        } else {
+            let _ = writeln!(out, "  allowed ips: {}", peer.allowed_ips.join(", "));
+        }
+        if peer.last_handshake.0 != 0 {
+            let _ = writeln!(
+                out,
+                "  latest handshake: {}",
+                ago(peer.last_handshake.0, now_unix)
+            );
+        }
+        if peer.rx_bytes != 0 || peer.tx_bytes != 0 {
+            let _ = writeln!(
+                out,
+                "  transfer: {} received, {} sent",
+                bytes(peer.rx_bytes),
+                bytes(peer.tx_bytes)
+            );
+        }
+        if peer.persistent_keepalive != 0 {
+            let _ = writeln!(
+                out,
+                "  persistent keepalive: every {}",
+                pretty_time(u64::from(peer.persistent_keepalive))
+            );
+        }
+    }
+    out
+}
+
+/// `1 year, 2 days, 3 hours, 1 minute, 5 seconds`: non-zero parts only, as `wg`.
+pub fn pretty_time(mut left: u64) -> String {
+    const YEAR: u64 = 365 * 24 * 60 * 60;
+    const DAY: u64 = 24 * 60 * 60;
+    let years = left / YEAR;
+    left %= YEAR;
+    let days = left / DAY;
+    left %= DAY;
+    let hours = left / 3600;
+    left %= 3600;
+    let minutes = left / 60;
+    let seconds = left % 60;
+    let mut parts = Vec::new();
+    for (n, unit) in [
+        (years, "year"),
+        (days, "day"),
+        (hours, "hour"),
+        (minutes, "minute"),
+        (seconds, "second"),
+    ] {
+        if n != 0 {
+            parts.push(format!("{n} {unit}{}", if n == 1 { "" } else { "s" }));
+        }
+    }
+    parts.join(", ")
+}
+
+/// `N seconds ago`, `Now`, or `wg`'s warning when the handshake lies in the future.
+fn ago(then: u64, now: u64) -> String {
+    match now.checked_sub(then) {
+        Some(0) => "Now".to_owned(),
+        Some(delta) => format!("{} ago", pretty_time(delta)),
+        None => "(System clock wound backward; connection problems may ensue.)".to_owned(),
+    }
+}
+
+/// `123 B`, `1.21 KiB`, `4.00 MiB`, ...: two decimals, rounded like C's `%.2f`.
+pub fn bytes(b: u64) -> String {
+    const KIB: u64 = 1024;
+    if b < KIB {
+        return format!("{b} B");
+    }
+    let (divisor, unit) = if b < KIB * KIB {
+        (KIB, "KiB")
+    } else if b < KIB * KIB * KIB {
+        (KIB * KIB, "MiB")
+    } else if b < KIB * KIB * KIB * KIB {
+        (KIB * KIB * KIB, "GiB")
+    } else {
+        (KIB * KIB * KIB * KIB, "TiB")
+    };
+    // As `wg` does, in double precision.
+    format!("{:.2} {unit}", b as f64 / divisor as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private(seed: u8) -> PrivateKey {
+        PrivateKey::from_bytes([seed; 32])
+    }
+
+    fn reply(peers: &str) -> String {
+        format!(
+            "private_key={}\nlisten_port=51820\nfwmark=51820\n{peers}errno=0\n\n",
+            private(1).to_hex()
+        )
+    }
+
+    fn peer(seed: u8, psk: u8, extra: &str) -> String {
+        format!(
+            "public_key={}\n{extra}preshared_key={}\nprotocol_version=1\n",
+            private(seed).public_key().to_hex(),
+            format!("{psk:02x}").repeat(32)
+        )
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    #[test]
+    fn interface_with_named_and_unnamed_peers() {
+        // Peer 3 (no handshake yet) comes first in the reply, but is listed last.
+        let text = reply(&format!(
+            "{}{}{}",
+            peer(3, 0x11, "") + "allowed_ip=fd09::3/128\n",
+            peer(2, 0, "name=site-b\n")
+                + "endpoint=192.0.2.7:51820\nlast_handshake_time_sec=1699999937\n\
+                   last_handshake_time_nsec=5\ntx_bytes=4096\nrx_bytes=1234\n\
+                   persistent_keepalive_interval=25\nallowed_ip=10.9.0.2/32\n\
+                   allowed_ip=192.168.20.0/24\n",
+            peer(4, 0, "")
+                + "endpoint=[2001:db8::4]:4000\nlast_handshake_time_sec=1699999999\n\
+                   rx_bytes=3\ntx_bytes=0\npersistent_keepalive_interval=0\n"
+        ));
+        let device = parse_get_reply(&text).expect("parse");
+        assert_eq!(device.peers.len(), 3);
+        assert_eq!(device.peers[1].name.as_deref(), Some("site-b"));
+        let expected = format!(
+            "interface: tnd0\n\
+             \x20 public key: {pub1}\n\
+             \x20 private key: (hidden)\n\
+             \x20 listening port: 51820\n\
+             \x20 fwmark: 0xca6c\n\
+             \n\
+             peer: {pub4}\n\
+             \x20 endpoint: [2001:db8::4]:4000\n\
+             \x20 allowed ips: (none)\n\
+             \x20 latest handshake: 1 second ago\n\
+             \x20 transfer: 3 B received, 0 B sent\n\
+             \n\
+             peer: {pub2}\n\
+             \x20 name: site-b\n\
+             \x20 endpoint: 192.0.2.7:51820\n\
+             \x20 allowed ips: 10.9.0.2/32, 192.168.20.0/24\n\
+             \x20 latest handshake: 1 minute, 3 seconds ago\n\
+             \x20 transfer: 1.21 KiB received, 4.00 KiB sent\n\
+             \x20 persistent keepalive: every 25 seconds\n\
+             \n\
+             peer: {pub3}\n\
+             \x20 preshared key: (hidden)\n\
+             \x20 allowed ips: fd09::3/128\n",
+            pub1 = private(1).public_key().to_base64(),
+            pub2 = private(2).public_key().to_base64(),
+            pub3 = private(3).public_key().to_base64(),
+            pub4 = private(4).public_key().to_base64(),
+        );
+        assert_eq!(format_interface("tnd0", &device, NOW), expected);
+    }
+
+    #[test]
+    fn bare_interface_shows_only_its_name() {
+        let device = parse_get_reply("errno=0\n\n").expect("parse");
+        assert_eq!(format_interface("wg7", &device, NOW), "interface: wg7\n");
+        let device = parse_get_reply("listen_port=40000\nerrno=0\n\n").expect("parse");
+        assert_eq!(
+            format_interface("wg7", &device, NOW),
+            "interface: wg7\n  listening port: 40000\n"
+        );
+    }
+
+    #[test]
+    fn handshake_times_read_like_wg() {
+        assert_eq!(ago(NOW, NOW), "Now");
+        assert_eq!(ago(NOW - 1, NOW), "1 second ago");
+        assert_eq!(ago(NOW - 59, NOW), "59 seconds ago");
+        assert_eq!(ago(NOW - 60, NOW), "1 minute ago");
+        assert_eq!(ago(NOW - 63, NOW), "1 minute, 3 seconds ago");
+        assert_eq!(ago(NOW - 7322, NOW), "2 hours, 2 minutes, 2 seconds ago");
+        assert_eq!(
+            ago(NOW - (365 + 1) * 86_400 - 3_600, NOW),
+            "1 year, 1 day, 1 hour ago"
+        );
+        assert_eq!(
+            ago(NOW + 5, NOW),
+            "(System clock wound backward; connection problems may ensue.)"
+        );
+        assert_eq!(pretty_time(25), "25 seconds");
+        assert_eq!(pretty_time(65535), "18 hours, 12 minutes, 15 seconds");
+    }
+
+    #[test]
+    fn byte_counts_read_like_wg() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.00 KiB");
+        // An exact tie rounds to even, as C's printf does.
+        assert_eq!(bytes(1024 + 128), "1.12 KiB");
+        assert_eq!(bytes(1024 + 384), "1.38 KiB");
+        assert_eq!(bytes(1_048_575), "1024.00 KiB");
+        assert_eq!(bytes(1_048_576), "1.00 MiB");
+        assert_eq!(bytes(5 * 1_073_741_824 + 536_870_912), "5.50 GiB");
+        assert_eq!(bytes(3 << 40), "3.00 TiB");
+        assert_eq!(bytes(u64::MAX), "16777216.00 TiB");
+    }
+
+    #[test]
+    fn link_local_zones_are_named_like_getnameinfo_does() {
+        let reply = reply(&format!(
+            "{}{}{}{}",
+            peer(2, 0, "") + "endpoint=[fe80::1%3]:51820\n",
+            peer(3, 0, "") + "endpoint=[ff02::9%3]:1\n",
+            peer(4, 0, "") + "endpoint=[2001:db8::1%3]:2\n",
+            peer(5, 0, "") + "endpoint=[fe80::5%9]:3\n",
+        ));
+        let mut device = parse_get_reply(&reply).expect("parse");
+        name_zones(&mut device, |index| (index == 3).then(|| "eth0".to_owned()));
+        let endpoints: Vec<&str> = device
+            .peers
+            .iter()
+            .filter_map(|p| p.endpoint.as_deref())
+            .collect();
+        assert_eq!(
+            endpoints,
+            [
+                "[fe80::1%eth0]:51820",
+                "[ff02::9%eth0]:1",
+                // Not link-local: numeric, as getnameinfo leaves it.
+                "[2001:db8::1%3]:2",
+                // No such interface: numeric.
+                "[fe80::5%9]:3",
+            ]
+        );
+    }
+
+    #[test]
+    fn errors_and_unknown_keys() {
+        assert_eq!(parse_get_reply("errno=-19\n\n"), Err(ShowError::Errno(-19)));
+        assert_eq!(parse_get_reply(""), Err(ShowError::Truncated));
+        assert_eq!(
+            parse_get_reply("listen_port=1\n"),
+            Err(ShowError::Truncated),
+            "a reply cut before errno"
+        );
+        assert!(matches!(
+            parse_get_reply("listen_port=70000\nerrno=0\n\n"),
+            Err(ShowError::Malformed { line: 1, .. })
+        ));
+        assert!(matches!(
+            parse_get_reply("garbage\nerrno=0\n\n"),
+            Err(ShowError::Malformed { line: 1, .. })
+        ));
+        // Keys of newer daemons are skipped.
+        let device = parse_get_reply("new_device_key=1\nerrno=0\n\n").expect("parse");
+        assert_eq!(device, DeviceStatus::default());
+        // A zero private key is no key.
+        let device =
+            parse_get_reply(&format!("private_key={}\nerrno=0\n\n", "00".repeat(32))).unwrap();
+        assert_eq!(device.private_key, None);
+    }
+}
