@@ -548,7 +548,7 @@ fn zeroed_storage() -> libc::sockaddr_storage {
 }
 
 /// What [`recv_mmsg`] learnt about one received message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RecvMeta {
     /// Bytes written into the buffer.
     pub len: usize,
@@ -561,16 +561,6 @@ pub struct RecvMeta {
     pub truncated: bool,
 }
 
-impl Default for RecvMeta {
-    fn default() -> Self {
-        RecvMeta {
-            len: 0,
-            src: None,
-            stride: 0,
-            truncated: false,
-        }
-    }
-}
 
 /// Receives up to `min(bufs.len(), meta.len(), MAX_MMSG)` messages with one `recvmmsg(2)`
 /// without waiting (WouldBlock when there is none); returns how many, each described in
