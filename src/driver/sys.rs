@@ -561,7 +561,6 @@ pub struct RecvMeta {
     pub truncated: bool,
 }
 
-
 /// Receives up to `min(bufs.len(), meta.len(), MAX_MMSG)` messages with one `recvmmsg(2)`
 /// without waiting (WouldBlock when there is none); returns how many, each described in
 /// `meta[i]` and stored at the start of `bufs[i]`.
