@@ -169,6 +169,8 @@ pub struct CryptoPool {
     /// Length of the batch buffers, to replace any lost with a worker that died.
     buf_len: usize,
     min_parallel_bytes: usize,
+    /// Batches that were spread over threads.
+    splits: u64,
 }
 
 impl CryptoPool {
@@ -201,7 +203,7 @@ impl CryptoPool {
         }
         let threads = workers.len() + 1;
         let spare = if threads > 1 {
-            (0..MAX_CHUNKS)
+            (0..(2 * threads).min(MAX_CHUNKS))
                 .map(|_| Chunk {
                     seq: 0,
                     first_buf: 0,
@@ -219,12 +221,18 @@ impl CryptoPool {
             spare,
             buf_len,
             min_parallel_bytes: MIN_PARALLEL_BYTES,
+            splits: 0,
         }
     }
 
     /// Threads that work on a large batch (the loop's included).
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// How many batches were spread over threads so far.
+    pub fn splits(&self) -> u64 {
+        self.splits
     }
 
     /// Sets the smallest batch (in bytes of crypto work) that is spread over threads.
@@ -297,6 +305,7 @@ impl CryptoPool {
             }
         }
         self.shared.work.notify_all();
+        self.splits += 1;
         // Our own chunk (and anything left if the spares ran out, which they cannot).
         for item in items.iter_mut() {
             item.run(bufs);
@@ -340,7 +349,7 @@ impl CryptoPool {
                 *b = vec![0u8; self.buf_len].into_boxed_slice();
             }
             // Chunks lost with their thread are replaced, so later batches can still split.
-            while self.spare.len() < MAX_CHUNKS {
+            while self.spare.len() < (2 * self.threads).min(MAX_CHUNKS) {
                 self.spare.push(Chunk {
                     seq: 0,
                     first_buf: 0,
@@ -518,14 +527,84 @@ mod tests {
         }
     }
 
+    /// `n` open jobs on `n` buffers (the jobs fail: the data is not a real message; only
+    /// where they run matters here).
+    fn dummy_items(n: usize, len: usize) -> (Vec<Box<[u8]>>, Vec<Item>) {
+        let (_, mut b, addr_a, _) = pair();
+        let now = Now {
+            monotonic: Duration::from_secs(2),
+            unix: Duration::from_secs(1_700_000_001),
+        };
+        // A transport header for b's current session, taken from a real message of a.
+        let (mut a2, _, _, _) = pair();
+        let mut msg = vec![0u8; BUF];
+        let p = ipv4_packet(
+            "10.0.0.1".parse().expect("ip"),
+            "10.0.0.2".parse().expect("ip"),
+            0,
+            len,
+        );
+        msg[HEADROOM..HEADROOM + len].copy_from_slice(&p);
+        let crate::proto::Encapsulated::Send { len: mlen, .. } = a2.encapsulate(&mut msg, len, now)
+        else {
+            panic!("no session");
+        };
+        let mut bufs = Vec::new();
+        let mut items = Vec::new();
+        for i in 0..n {
+            let mut buf = vec![0u8; BUF].into_boxed_slice();
+            buf[..mlen].copy_from_slice(&msg[..mlen]);
+            // Distinct counters, so the replay check lets every one through to a job.
+            buf[8..16].copy_from_slice(&(i as u64 + 1000).to_le_bytes());
+            if let PreparedReceive::Open(job) = b.prepare_decapsulate(addr_a, &mut buf, mlen, now) {
+                items.push(Item {
+                    buf: i,
+                    range: 0..mlen,
+                    job: Job::Open(job),
+                    result: Some(1),
+                });
+            }
+            bufs.push(buf);
+        }
+        assert_eq!(items.len(), n);
+        (bufs, items)
+    }
+
     #[test]
-    fn small_batches_and_unordered_items_stay_on_the_loop_thread() {
-        let mut pool = CryptoPool::new(2, 4, 4, BUF);
-        let mut bufs: Vec<Box<[u8]>> = (0..2).map(|_| vec![0u8; BUF].into_boxed_slice()).collect();
-        // No items: nothing happens, nothing breaks.
+    fn only_large_ordered_batches_are_split() {
+        let mut pool = CryptoPool::new(2, 64, 64, BUF);
+        // Empty: nothing happens, nothing breaks.
+        let mut bufs: Vec<Box<[u8]>> = Vec::new();
         let mut items = Vec::new();
         pool.run(&mut bufs, &mut items);
-        assert!(items.is_empty());
+        assert_eq!(pool.splits(), 0);
+        // Small: stays here, every job still runs (and fails: wrong key material).
+        let (mut bufs, mut items) = dummy_items(4, 100);
+        pool.run(&mut bufs, &mut items);
+        assert_eq!(pool.splits(), 0);
+        assert!(items.iter().all(|it| it.result.is_none()));
+        // Large and ordered: split, and everything comes back in order.
+        let (mut bufs, mut items) = dummy_items(48, 1400);
+        pool.run(&mut bufs, &mut items);
+        assert_eq!(pool.splits(), 1);
+        assert_eq!(items.len(), 48);
+        assert!(
+            items
+                .iter()
+                .enumerate()
+                .all(|(i, it)| it.buf == i && it.result.is_none())
+        );
         assert!(bufs.iter().all(|b| b.len() == BUF));
+        // Large but out of order: stays here.
+        let (mut bufs, mut items) = dummy_items(48, 1400);
+        items.swap(0, 47);
+        pool.run(&mut bufs, &mut items);
+        assert_eq!(pool.splits(), 1);
+        assert_eq!(items[0].buf, 47);
+        // One thread: never split.
+        let mut single = CryptoPool::new(1, 64, 64, BUF);
+        let (mut bufs, mut items) = dummy_items(48, 1400);
+        single.run(&mut bufs, &mut items);
+        assert_eq!(single.splits(), 0);
     }
 }
