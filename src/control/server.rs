@@ -463,6 +463,8 @@ fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
     if let Some(sockets) = new_sockets {
         tracing::info!(from = port, to = sockets.port(), "listen port changed");
         driver.udp = sockets;
+        // New sockets get the same offloads and buffer sizes as the ones they replace.
+        driver.configure_udp();
     }
     if remark {
         tracing::info!(fwmark = new_mark, "fwmark changed");

@@ -9,7 +9,15 @@
 //! With TUN offload (IFF_VNET_HDR), one TUN read may be a 64 KiB GSO packet that tun-rs splits
 //! into MTU-sized segments in the pool, and the packets decrypted from one UDP batch are
 //! written with one `send_multiple`, which coalesces TCP segments (GRO) before the kernel sees
-//! them. UDP still goes one datagram per system call (no sendmmsg/GSO yet).
+//! them.
+//!
+//! The fast path (see `batch`, `crypto_pool`): both directions first prepare the whole batch
+//! in order (the core's sequential half), then seal or open it, spread over the crypto
+//! threads when it is large, then send or finish it in the original order. UDP goes out in
+//! `sendmmsg` batches with GSO (equal-length datagrams to one endpoint as one send) and comes
+//! in through `recvmmsg` with GRO (a receive split by its stride). `offload = false` (a TUN
+//! device without IFF_VNET_HDR) turns the UDP offloads off too; `TANDEM_CRYPTO_THREADS`
+//! (1 = only the loop's thread) overrides the number of crypto threads.
 //!
 //! [`Driver::run`] is cancel safe in the sense the daemon needs: it only waits at points where
 //! no half-processed state is held, so the daemon can drop the future (on a signal), change
@@ -17,19 +25,24 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tun_rs::{GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
 
+use super::batch::{self, Sealed};
 use super::clock::Clock;
+use super::crypto_pool::{CryptoPool, Item, Job};
+use super::sys::{self, RecvMeta};
 use super::tun::Tun;
-use super::udp::UdpSockets;
+use super::udp::{UdpOffloads, UdpSockets};
 use crate::control::server::{self as control, ControlRequest};
 use crate::proto::{
-    Decapsulated, Device, Encapsulated, HEADROOM, Now, PeerId, PublicKey, TAILROOM, Transmit,
+    Decapsulated, Device, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
+    TAILROOM, Transmit,
 };
 
 /// Most packets read from one source before they are processed and output is drained.
@@ -44,6 +57,18 @@ const MAX_PACKET: usize = 65535;
 
 /// One buffer: room for a whole transport message around the largest packet.
 const BUF_LEN: usize = HEADROOM + MAX_PACKET + TAILROOM;
+
+/// Most datagrams one UDP_GRO receive holds (the kernel's UDP_GRO_CNT_MAX).
+const MAX_GRO_SEGMENTS: usize = 64;
+
+/// Most packets one UDP batch may carry: every message of the batch a full GRO batch.
+const MAX_UDP_ITEMS: usize = BATCH * MAX_GRO_SEGMENTS;
+
+/// Decrypted packets gathered for one `send_multiple` to the TUN device (with offload).
+const TUN_OUT: usize = 2 * BATCH;
+
+/// Environment variable that sets the number of crypto threads (the loop's included).
+pub const CRYPTO_THREADS_ENV: &str = "TANDEM_CRYPTO_THREADS";
 
 /// Most datagrams sent from one `poll_transmit` drain before the loop looks at its inputs
 /// again (the rest go on the next turn).
@@ -76,6 +101,10 @@ pub struct DriverStats {
     pub handshakes: u64,
     /// Batches in which the core was told it is under load.
     pub under_load_batches: u64,
+    /// UDP sends that carried several datagrams (GSO).
+    pub udp_gso_sends: u64,
+    /// UDP receives that held several datagrams (GRO).
+    pub udp_gro_receives: u64,
 }
 
 /// Why the event loop stopped.
@@ -102,14 +131,17 @@ struct Pool {
     tun_lens: Vec<usize>,
     /// Offload only: one raw TUN read, virtio-net header and up to 64 KiB of packet.
     tun_raw: Vec<u8>,
-    /// UDP reads.
+    /// UDP reads (with GRO, each may hold several datagrams back to back).
     udp: Vec<Box<[u8]>>,
-    udp_lens: [usize; BATCH],
-    udp_srcs: [SocketAddr; BATCH],
+    udp_meta: [RecvMeta; BATCH],
     /// Offload only: decrypted packets gathered for one `send_multiple`, each at HEADROOM
     /// (room for the virtio-net header), as growable buffers since GRO appends to them.
     tun_out: Vec<Vec<u8>>,
     gro: GROTable,
+    /// The crypto jobs of the current batch, in order.
+    items: Vec<Item>,
+    /// Sealed datagrams of the current TUN batch, in order.
+    sealed: Vec<Sealed>,
 }
 
 fn boxed_buffers(n: usize) -> Vec<Box<[u8]>> {
@@ -130,14 +162,15 @@ impl Pool {
                 Vec::new()
             },
             udp: boxed_buffers(BATCH),
-            udp_lens: [0; BATCH],
-            udp_srcs: [SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)); BATCH],
+            udp_meta: [RecvMeta::default(); BATCH],
             tun_out: if offload {
-                (0..BATCH).map(|_| Vec::with_capacity(BUF_LEN)).collect()
+                (0..TUN_OUT).map(|_| Vec::with_capacity(BUF_LEN)).collect()
             } else {
                 Vec::new()
             },
             gro: GROTable::new(),
+            items: Vec::with_capacity(MAX_UDP_ITEMS.max(tun_count)),
+            sealed: Vec::with_capacity(tun_count),
         }
     }
 }
@@ -165,6 +198,13 @@ pub struct Driver {
     pub udp: UdpSockets,
     clock: Clock,
     pool: Pool,
+    crypto: CryptoPool,
+    /// Whether UDP offloads are wanted (they follow the TUN device's `offload`).
+    offload: bool,
+    /// Most datagrams per GSO send now (0: off, also after the kernel refused GSO).
+    udp_gso: usize,
+    /// The kernel refused a GSO send: no more GSO, even on new sockets.
+    gso_refused: bool,
     out: Box<[u8]>,
     stats: DriverStats,
     watch_handshakes_until: Option<Duration>,
@@ -200,10 +240,56 @@ async fn sleep_until(clock: &Clock, deadline: Option<Duration>) {
     }
 }
 
+/// Crypto threads (the loop's included): `TANDEM_CRYPTO_THREADS` if set and valid, else one
+/// per core up to two (the loop's thread and one worker).
+fn crypto_threads() -> usize {
+    if let Ok(v) = std::env::var(CRYPTO_THREADS_ENV) {
+        match v.trim().parse::<usize>() {
+            Ok(n) if n >= 1 => return n,
+            _ => tracing::warn!(value = %v, "ignoring {CRYPTO_THREADS_ENV}: not a positive number"),
+        }
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+fn on_off(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
+}
+
 impl Driver {
-    pub fn new(device: Device, tun: Tun, udp: UdpSockets, clock: Clock) -> Self {
+    /// A driver for `device` over `tun` and `udp`. The UDP offloads (GSO, GRO) are used when
+    /// the TUN device has offload on (the config's `offload`) and the kernel has them; one
+    /// log line says what is in force.
+    pub fn new(device: Device, tun: Tun, mut udp: UdpSockets, clock: Clock) -> Self {
+        let offload = tun.offload;
+        let found = udp.configure_offloads(offload);
+        let pool = Pool::new(tun.offload);
+        let crypto = CryptoPool::new(
+            crypto_threads(),
+            pool.tun.len().max(BATCH),
+            MAX_UDP_ITEMS.max(pool.tun.len()),
+            BUF_LEN,
+        );
+        let gso = if found.gso_segments > 1 {
+            format!("on({})", found.gso_segments)
+        } else {
+            "off".to_owned()
+        };
+        tracing::info!(
+            "offloads: tun_vnet_hdr={} udp_gso={gso} udp_gro={} crypto_threads={} \
+             udp_rcvbuf={}KiB udp_sndbuf={}KiB",
+            on_off(tun.offload),
+            on_off(found.gro),
+            crypto.threads(),
+            found.rcvbuf / 1024,
+            found.sndbuf / 1024,
+        );
         Driver {
-            pool: Pool::new(tun.offload),
+            pool,
+            crypto,
+            offload,
+            udp_gso: found.gso_segments,
+            gso_refused: false,
             device,
             tun,
             udp,
@@ -214,6 +300,18 @@ impl Driver {
             last_handshake: HashMap::new(),
             control: None,
         }
+    }
+
+    /// Applies the offload setting to the current sockets (new ones after a reload start
+    /// without GRO) and returns what is in force.
+    pub(crate) fn configure_udp(&mut self) -> UdpOffloads {
+        let found = self.udp.configure_offloads(self.offload);
+        self.udp_gso = if self.gso_refused {
+            0
+        } else {
+            found.gso_segments
+        };
+        found
     }
 
     pub fn now(&self) -> Now {
@@ -227,6 +325,7 @@ impl Driver {
     /// Runs until the TUN device fails. Dropping the future stops it between two steps (see
     /// the module notes).
     pub async fn run(&mut self) -> Result<(), DriverError> {
+        self.configure_udp();
         loop {
             let now = self.clock.now();
             if self
@@ -289,19 +388,58 @@ impl Driver {
         };
         self.stats.tun_rx_packets += count as u64;
         let now = self.clock.now();
-        for i in 0..count {
-            let len = self.pool.tun_lens[i];
-            let buf = &mut self.pool.tun[i];
-            match self.device.encapsulate(buf, len, now) {
-                Encapsulated::Send { endpoint, len } => {
-                    let datagram = &self.pool.tun[i][..len];
-                    send_datagram(&self.udp, &mut self.stats, endpoint, datagram).await;
-                }
+        // Sequential half, in order: routing, counters, timers.
+        let items = &mut self.pool.items;
+        items.clear();
+        for (i, (buf, &len)) in self
+            .pool
+            .tun
+            .iter()
+            .zip(&self.pool.tun_lens)
+            .take(count)
+            .enumerate()
+        {
+            match self.device.prepare_encapsulate(buf, len, now) {
+                PreparedSend::Seal { endpoint, job } => items.push(Item {
+                    buf: i,
+                    range: 0..buf.len(),
+                    job: Job::Seal { job, endpoint },
+                    result: None,
+                }),
                 // Queued: an initiation may now wait in poll_transmit; drained after the batch.
-                Encapsulated::Queued | Encapsulated::Dropped(_) => {}
+                PreparedSend::Queued | PreparedSend::Dropped(_) => {}
             }
         }
+        // Sealing, on several cores for a large batch.
+        self.crypto.run(&mut self.pool.tun, items);
+        let sealed = &mut self.pool.sealed;
+        sealed.clear();
+        for item in items.iter() {
+            match (&item.job, item.result) {
+                (Job::Seal { endpoint, .. }, Some(len)) => sealed.push(Sealed {
+                    buf: item.buf,
+                    len,
+                    endpoint: *endpoint,
+                }),
+                // prepare_encapsulate checked the room: cannot happen.
+                _ => tracing::debug!("a packet could not be sealed"),
+            }
+        }
+        // Sending, in the order prepared (per-peer counters ascend).
+        let outcome =
+            batch::send_sealed(&self.udp, &mut self.udp_gso, &self.pool.tun, sealed).await;
+        self.count_sent(outcome);
         Ok(())
+    }
+
+    fn count_sent(&mut self, outcome: batch::SendOutcome) {
+        self.stats.udp_tx_datagrams += outcome.sent;
+        self.stats.udp_tx_errors += outcome.errors;
+        self.stats.udp_gso_sends += outcome.gso_messages;
+        if self.udp_gso == 0 && !self.gso_refused && self.offload {
+            // send_sealed turned GSO off: the kernel refused it; keep it off.
+            self.gso_refused = true;
+        }
     }
 
     fn read_tun_plain(&mut self) -> Result<usize, DriverError> {
@@ -352,8 +490,9 @@ impl Driver {
         Ok(count)
     }
 
-    /// Reads up to BATCH datagrams from one socket, tells the core about a handshake backlog,
-    /// then decrypts each and writes the packets to the TUN device.
+    /// Reads up to BATCH messages (with GRO, each possibly several datagrams) from one socket,
+    /// tells the core about a handshake backlog, then decrypts every datagram and writes the
+    /// packets to the TUN device, in arrival order.
     async fn udp_batch(&mut self, family: Family) {
         let socket = match family {
             Family::V4 => self.udp.v4.as_ref(),
@@ -362,29 +501,39 @@ impl Driver {
         let Some(socket) = socket else {
             return;
         };
-        let mut count = 0;
+        let received = socket.try_io(Interest::READABLE, || {
+            sys::recv_mmsg(socket, &mut self.pool.udp, &mut self.pool.udp_meta)
+        });
+        let count = match received {
+            Ok(n) => n,
+            // WouldBlock: readiness is cleared, the loop waits again. EINTR: it comes back.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            Err(e) => {
+                // ICMP errors reported on the socket and the like: not fatal.
+                tracing::debug!(error = %e, "UDP receive error");
+                return;
+            }
+        };
+        let mut datagrams = 0u64;
         let mut handshakes = 0;
-        while count < BATCH {
-            let buf = &mut self.pool.udp[count];
-            match socket.try_recv_from(buf) {
-                Ok((n, src)) => {
-                    if n == 148 && buf[0] == MSG_INITIATION || n == 92 && buf[0] == MSG_RESPONSE {
-                        handshakes += 1;
-                    }
-                    self.pool.udp_lens[count] = n;
-                    self.pool.udp_srcs[count] = src;
-                    count += 1;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // ICMP errors reported on the socket and the like: not fatal.
-                    tracing::debug!(error = %e, "UDP receive error");
-                    break;
+        for (buf, meta) in self.pool.udp.iter().zip(&self.pool.udp_meta).take(count) {
+            if meta.truncated || meta.src.is_none() {
+                continue;
+            }
+            if meta.stride < meta.len {
+                self.stats.udp_gro_receives += 1;
+            }
+            for seg in batch::segments(meta.len, meta.stride) {
+                datagrams += 1;
+                let (kind, n) = (buf.get(seg.start).copied(), seg.len());
+                if n == 148 && kind == Some(MSG_INITIATION) || n == 92 && kind == Some(MSG_RESPONSE)
+                {
+                    handshakes += 1;
                 }
             }
         }
-        self.stats.udp_rx_datagrams += count as u64;
+        self.stats.udp_rx_datagrams += datagrams;
         let now = self.clock.now();
         if handshakes > UNDER_LOAD_HANDSHAKES {
             if !self.device.is_under_load(now) {
@@ -399,54 +548,99 @@ impl Driver {
         if handshakes > 0 {
             self.watch_handshakes_until = Some(now.monotonic + HANDSHAKE_WATCH);
         }
-        let mut gathered = 0;
-        for i in 0..count {
-            let len = self.pool.udp_lens[i];
-            let src = normalize(self.pool.udp_srcs[i]);
-            let buf = &mut self.pool.udp[i];
-            let Decapsulated::Deliver { range, .. } = self.device.decapsulate(src, buf, len, now)
-            else {
+        // Sequential half, in arrival order: framing, handshakes, replay check.
+        let items = &mut self.pool.items;
+        items.clear();
+        for (i, (buf, meta)) in self
+            .pool
+            .udp
+            .iter_mut()
+            .zip(&self.pool.udp_meta)
+            .take(count)
+            .enumerate()
+        {
+            let Some(src) = meta.src.filter(|_| !meta.truncated).map(normalize) else {
                 continue;
             };
-            let Some(packet) = self.pool.udp[i].get(range) else {
-                continue;
-            };
-            if self.tun.offload {
-                // Gathered for one send_multiple, which coalesces TCP segments (GRO).
-                let Some(out) = self.pool.tun_out.get_mut(gathered) else {
+            for seg in batch::segments(meta.len, meta.stride) {
+                let Some(datagram) = buf.get_mut(seg.clone()) else {
                     continue;
                 };
-                out.clear();
-                out.extend_from_slice(&[0u8; HEADROOM]);
-                out.extend_from_slice(packet);
-                gathered += 1;
-                continue;
-            }
-            match self.tun.device.send(packet).await {
-                Ok(_) => self.stats.tun_tx_packets += 1,
-                Err(e) => {
-                    self.stats.tun_tx_errors += 1;
-                    tracing::debug!(error = %e, "TUN write failed");
+                let len = datagram.len();
+                if let PreparedReceive::Open(job) =
+                    self.device.prepare_decapsulate(src, datagram, len, now)
+                {
+                    items.push(Item {
+                        buf: i,
+                        range: seg,
+                        job: Job::Open(job),
+                        result: None,
+                    });
                 }
             }
         }
-        if gathered > 0 {
-            let result = self
-                .tun
-                .device
-                .send_multiple(
+        // Decryption, on several cores for a large batch.
+        self.crypto.run(&mut self.pool.udp, items);
+        // Finishing in arrival order: replay window, session, roaming, cryptokey routing.
+        let mut gathered = 0;
+        for item in items.iter() {
+            let Job::Open(job) = &item.job else {
+                continue;
+            };
+            let Some(datagram) = self
+                .pool
+                .udp
+                .get(item.buf)
+                .and_then(|b| b.get(item.range.clone()))
+            else {
+                continue;
+            };
+            let Decapsulated::Deliver { range, .. } =
+                self.device
+                    .finish_decapsulate(job, item.result, datagram, now)
+            else {
+                continue;
+            };
+            let Some(packet) = datagram.get(range) else {
+                continue;
+            };
+            if !self.tun.offload {
+                match self.tun.device.send(packet).await {
+                    Ok(_) => self.stats.tun_tx_packets += 1,
+                    Err(e) => {
+                        self.stats.tun_tx_errors += 1;
+                        tracing::debug!(error = %e, "TUN write failed");
+                    }
+                }
+                continue;
+            }
+            // Gathered for one send_multiple, which coalesces TCP segments (GRO).
+            let Some(out) = self.pool.tun_out.get_mut(gathered) else {
+                continue;
+            };
+            out.clear();
+            out.extend_from_slice(&[0u8; HEADROOM]);
+            out.extend_from_slice(packet);
+            gathered += 1;
+            if gathered == self.pool.tun_out.len() {
+                write_tun_multiple(
+                    &self.tun.device,
                     &mut self.pool.gro,
                     &mut self.pool.tun_out[..gathered],
-                    HEADROOM,
+                    &mut self.stats,
                 )
                 .await;
-            match result {
-                Ok(_) => self.stats.tun_tx_packets += gathered as u64,
-                Err(e) => {
-                    self.stats.tun_tx_errors += gathered as u64;
-                    tracing::debug!(error = %e, "TUN write failed");
-                }
+                gathered = 0;
             }
+        }
+        if gathered > 0 {
+            write_tun_multiple(
+                &self.tun.device,
+                &mut self.pool.gro,
+                &mut self.pool.tun_out[..gathered],
+                &mut self.stats,
+            )
+            .await;
         }
     }
 
@@ -537,6 +731,24 @@ fn normalize(src: SocketAddr) -> SocketAddr {
             None => src,
         },
         SocketAddr::V4(_) => src,
+    }
+}
+
+/// Writes decrypted packets (each at HEADROOM in its buffer) to the TUN device with one
+/// `send_multiple`, which coalesces TCP segments of one flow (GRO) first.
+async fn write_tun_multiple(
+    device: &AsyncDevice,
+    gro: &mut GROTable,
+    bufs: &mut [Vec<u8>],
+    stats: &mut DriverStats,
+) {
+    let n = bufs.len() as u64;
+    match device.send_multiple(gro, bufs, HEADROOM).await {
+        Ok(_) => stats.tun_tx_packets += n,
+        Err(e) => {
+            stats.tun_tx_errors += n;
+            tracing::debug!(error = %e, "TUN write failed");
+        }
     }
 }
 

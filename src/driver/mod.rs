@@ -1,4 +1,6 @@
+pub mod batch;
 pub mod clock;
+pub mod crypto_pool;
 pub mod event_loop;
 pub mod sys;
 pub mod tun;

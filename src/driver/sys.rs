@@ -395,3 +395,460 @@ mod tests {
         send_signal(std::process::id(), 0).expect("own process exists");
     }
 }
+
+// ------------------------------------------------------------------ UDP fast path
+//
+// Batched UDP I/O with segmentation offload: `sendmmsg(2)` with a `UDP_SEGMENT` control
+// message per message (GSO: the kernel cuts one large send into equal datagrams, the last
+// may be shorter), and `recvmmsg(2)` on a socket with `UDP_GRO` on (the kernel hands over
+// several datagrams of one flow back to back, with their common size, the stride, in a
+// `UDP_GRO` control message).
+
+/// Most messages one [`send_mmsg`] or [`recv_mmsg`] call passes to the kernel.
+pub const MAX_MMSG: usize = 64;
+
+/// Most `iovec`s one [`send_mmsg`] call passes (over all its messages).
+pub const MAX_SEND_IOV: usize = 256;
+
+/// Room for one control message carrying an integer (UDP_GRO's stride, UDP_SEGMENT's size),
+/// with margin for the kernel adding another one we did not ask for.
+const CMSG_BUF_LEN: usize = 64;
+
+/// A control-message buffer aligned as `cmsghdr` requires.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct CmsgBuf([u8; CMSG_BUF_LEN]);
+
+/// A socket address as the kernel takes it, for either family.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union RawSockAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+    storage: libc::sockaddr_storage,
+}
+
+fn raw_sockaddr(addr: SocketAddr) -> (RawSockAddr, libc::socklen_t) {
+    match addr {
+        SocketAddr::V4(a) => (
+            RawSockAddr {
+                v4: libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                },
+            },
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ),
+        SocketAddr::V6(a) => (
+            RawSockAddr {
+                v6: libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                },
+            },
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        ),
+    }
+}
+
+/// The address the kernel wrote into `raw`, if it is IPv4 or IPv6.
+fn socket_addr(raw: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(raw.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote an AF_INET address, so the storage holds a
+            // sockaddr_in; sockaddr_storage is larger than and aligned for it.
+            let sin =
+                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for an AF_INET6 address and sockaddr_in6.
+            let sin6 =
+                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Turns UDP receive offload (UDP_GRO, Linux 5.0+) on or off for a socket.
+pub fn set_udp_gro<F: AsFd>(fd: &F, on: bool) -> io::Result<()> {
+    setsockopt_int(fd, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+}
+
+/// Whether the kernel knows UDP send offload (UDP_SEGMENT, Linux 4.18+) on this socket:
+/// reading the option fails with ENOPROTOOPT where it does not.
+pub fn udp_gso_supported<F: AsFd>(fd: &F) -> bool {
+    getsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
+}
+
+/// Sets the socket buffers to `bytes` past `net.core.[rw]mem_max` (SO_RCVBUFFORCE /
+/// SO_SNDBUFFORCE); needs CAP_NET_ADMIN, and fails with EPERM without it.
+pub fn force_buffer_sizes<F: AsFd>(fd: &F, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, bytes)?;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
+}
+
+/// The socket's receive and send buffer sizes as the kernel reports them (it doubles what
+/// was asked for, to account for its bookkeeping).
+pub fn buffer_sizes<F: AsFd>(fd: &F) -> io::Result<(usize, usize)> {
+    let rcv = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+    let snd = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    Ok((
+        usize::try_from(rcv).unwrap_or(0),
+        usize::try_from(snd).unwrap_or(0),
+    ))
+}
+
+/// One message for [`send_mmsg`]: the concatenation of `iov` goes to `to`. With a
+/// `segment_size` (GSO), the kernel sends it as datagrams of that size, the last one
+/// possibly shorter; 0 sends it as one datagram.
+#[derive(Debug, Clone, Copy)]
+pub struct SendMsg<'a> {
+    pub to: SocketAddr,
+    pub iov: &'a [io::IoSlice<'a>],
+    pub segment_size: u16,
+}
+
+/// Sends up to [`MAX_MMSG`] messages (and [`MAX_SEND_IOV`] iovecs in all) with one
+/// `sendmmsg(2)`; returns how many the kernel took, in order. An error means the first
+/// message failed (later ones were not tried); a count short of `msgs.len()` means the one
+/// after the last taken failed or the socket buffer is full, which the caller finds out by
+/// trying it again.
+pub fn send_mmsg<F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Result<usize> {
+    let mut count = 0;
+    let mut iovs_used = 0;
+    for m in msgs.iter().take(MAX_MMSG) {
+        if iovs_used + m.iov.len() > MAX_SEND_IOV {
+            break;
+        }
+        iovs_used += m.iov.len();
+        count += 1;
+    }
+    if count == 0 {
+        return if msgs.is_empty() {
+            Ok(0)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a message with too many iovecs",
+            ))
+        };
+    }
+    // SAFETY (CMSG_SPACE/CMSG_LEN): pure arithmetic on a length, no memory is touched.
+    const SEGMENT_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
+    const SEGMENT_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
+    const _: () = assert!(SEGMENT_SPACE <= CMSG_BUF_LEN);
+
+    let mut names = [RawSockAddr {
+        storage: zeroed_storage(),
+    }; MAX_MMSG];
+    let mut controls = [CmsgBuf([0; CMSG_BUF_LEN]); MAX_MMSG];
+    // SAFETY: mmsghdr is a plain C struct of integers and raw pointers, for which all-zero
+    // bytes are a valid value (null pointers, zero lengths).
+    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { std::mem::zeroed() };
+    for (i, m) in msgs.iter().take(count).enumerate() {
+        let (name, name_len) = raw_sockaddr(m.to);
+        names[i] = name;
+        let hdr = &mut hdrs[i].msg_hdr;
+        hdr.msg_name = (&raw mut names[i]).cast::<libc::c_void>();
+        hdr.msg_namelen = name_len;
+        // IoSlice is documented to be ABI compatible with iovec on Unix; the kernel only
+        // reads through this pointer for a send.
+        hdr.msg_iov = m.iov.as_ptr().cast::<libc::iovec>().cast_mut();
+        hdr.msg_iovlen = m.iov.len() as _;
+        if m.segment_size > 0 {
+            hdr.msg_control = (&raw mut controls[i]).cast::<libc::c_void>();
+            hdr.msg_controllen = SEGMENT_SPACE as _;
+            // SAFETY: msg_control points at `controls[i]`, which is CMSG_BUF_LEN >=
+            // SEGMENT_SPACE bytes, aligned for cmsghdr and alive until the end of this
+            // function, and msg_controllen says so; CMSG_FIRSTHDR therefore returns a pointer
+            // to its start (never null, since the buffer holds a whole cmsghdr), and the u16
+            // written at CMSG_DATA lies within SEGMENT_LEN <= SEGMENT_SPACE bytes of it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(hdr);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = SEGMENT_LEN as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), m.segment_size);
+            }
+        }
+    }
+    // SAFETY: `hdrs[..count]` are initialised above; every pointer in them (names, iovecs
+    // borrowed from `msgs`, control buffers) points at memory that stays alive and unmoved
+    // for the whole call, with the lengths given; the kernel only reads them (and writes
+    // `msg_len` into the headers, which we own mutably). The descriptor is borrowed.
+    let rc = unsafe {
+        libc::sendmmsg(
+            fd.as_fd().as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            count as libc::c_uint,
+            0,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain bytes; all zeros is a valid (AF_UNSPEC) value.
+    unsafe { std::mem::zeroed() }
+}
+
+/// What [`recv_mmsg`] learnt about one received message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer.
+    pub len: usize,
+    /// Sender; None for an address family other than IPv4/IPv6.
+    pub src: Option<SocketAddr>,
+    /// With UDP_GRO, the size of each coalesced datagram (the last may be shorter);
+    /// otherwise `len`.
+    pub stride: usize,
+    /// The message did not fit the buffer (its tail was cut off).
+    pub truncated: bool,
+}
+
+/// Receives up to `min(bufs.len(), meta.len(), MAX_MMSG)` messages with one `recvmmsg(2)`
+/// without waiting (WouldBlock when there is none); returns how many, each described in
+/// `meta[i]` and stored at the start of `bufs[i]`.
+pub fn recv_mmsg<F: AsFd, B: AsMut<[u8]>>(
+    fd: &F,
+    bufs: &mut [B],
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let count = bufs.len().min(meta.len()).min(MAX_MMSG);
+    if count == 0 {
+        return Ok(0);
+    }
+    let mut names = [zeroed_storage(); MAX_MMSG];
+    let mut controls = [CmsgBuf([0; CMSG_BUF_LEN]); MAX_MMSG];
+    let mut iovs = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX_MMSG];
+    // SAFETY: as in `send_mmsg`, all-zero bytes are a valid mmsghdr.
+    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { std::mem::zeroed() };
+    for (i, buf) in bufs.iter_mut().take(count).enumerate() {
+        let buf = buf.as_mut();
+        iovs[i] = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast::<libc::c_void>(),
+            iov_len: buf.len(),
+        };
+        let hdr = &mut hdrs[i].msg_hdr;
+        hdr.msg_name = (&raw mut names[i]).cast::<libc::c_void>();
+        hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_iov = &raw mut iovs[i];
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = (&raw mut controls[i]).cast::<libc::c_void>();
+        hdr.msg_controllen = CMSG_BUF_LEN as _;
+    }
+    // SAFETY: `hdrs[..count]` point at name storage, one iovec each (covering exactly the
+    // caller's buffer `bufs[i]`, mutably borrowed for this whole call) and control buffers,
+    // all alive and unmoved during the call, with their true lengths; the kernel writes at
+    // most those lengths into them. MSG_DONTWAIT keeps the call from blocking; the null
+    // timeout is allowed.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd.as_fd().as_raw_fd(),
+            hdrs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let received = (rc as usize).min(count);
+    for (i, m) in meta.iter_mut().take(received).enumerate() {
+        let hdr = &hdrs[i];
+        let len = hdr.msg_len as usize;
+        let mut stride = len;
+        // SAFETY: the kernel set msg_controllen to the bytes of control data it wrote into
+        // `controls[i]` (at most CMSG_BUF_LEN, or it would have set MSG_CTRUNC and cut it);
+        // CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying whole inside that range, or
+        // null, so each header and the int read at its CMSG_DATA are within the buffer.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_UDP
+                    && (*cmsg).cmsg_type == libc::UDP_GRO
+                    && (*cmsg).cmsg_len as usize
+                        >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
+                {
+                    let size =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+                    if let Ok(size) = usize::try_from(size)
+                        && size > 0
+                    {
+                        stride = size;
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
+            }
+        }
+        *m = RecvMeta {
+            len,
+            src: socket_addr(&names[i]),
+            stride,
+            truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        };
+    }
+    Ok(received)
+}
+
+#[cfg(test)]
+mod fastpath_tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::time::{Duration, Instant};
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = bind_udp("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+        let b = bind_udp("127.0.0.1:0".parse().expect("addr"), false).expect("bind");
+        (a, b)
+    }
+
+    /// Receives until `want` datagrams (GRO segments counted by stride) arrived, or 5 s.
+    fn recv_all(sock: &UdpSocket, want: usize) -> Vec<(Vec<u8>, RecvMeta)> {
+        let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 65536]).collect();
+        let mut meta = [RecvMeta::default(); 8];
+        let mut got = Vec::new();
+        let mut datagrams = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while datagrams < want {
+            match recv_mmsg(sock, &mut bufs, &mut meta) {
+                Ok(n) => {
+                    for i in 0..n {
+                        let m = meta[i];
+                        datagrams += m.len.div_ceil(m.stride.max(1));
+                        got.push((bufs[i][..m.len].to_vec(), m));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "only {datagrams} of {want} arrived"
+                    );
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn sendmmsg_and_recvmmsg_carry_several_messages_in_order() {
+        let (a, b) = pair();
+        let to = b.local_addr().expect("addr");
+        let payloads: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 10 + usize::from(i)]).collect();
+        let iovs: Vec<[IoSlice<'_>; 1]> = payloads.iter().map(|p| [IoSlice::new(p)]).collect();
+        let msgs: Vec<SendMsg<'_>> = iovs
+            .iter()
+            .map(|iov| SendMsg {
+                to,
+                iov,
+                segment_size: 0,
+            })
+            .collect();
+        assert_eq!(send_mmsg(&a, &msgs).expect("sendmmsg"), 5);
+        let got = recv_all(&b, 5);
+        let from = a.local_addr().expect("addr");
+        for (i, (data, meta)) in got.iter().enumerate() {
+            assert_eq!(data, &payloads[i]);
+            assert_eq!(meta.src, Some(from));
+            assert_eq!(meta.stride, meta.len);
+            assert!(!meta.truncated);
+        }
+    }
+
+    #[test]
+    fn gso_send_arrives_as_separate_datagrams_or_a_gro_batch() {
+        let (a, b) = pair();
+        assert!(
+            udp_gso_supported(&a),
+            "this kernel lacks UDP_SEGMENT (4.18+)"
+        );
+        // Three 100-byte segments and a 40-byte tail, from four separate buffers.
+        let parts: Vec<Vec<u8>> = vec![vec![1; 100], vec![2; 100], vec![3; 100], vec![4; 40]];
+        let iov: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let to = b.local_addr().expect("addr");
+        let msg = SendMsg {
+            to,
+            iov: &iov,
+            segment_size: 100,
+        };
+        // Without GRO on the receiver: four datagrams.
+        assert_eq!(send_mmsg(&a, &[msg]).expect("sendmmsg with GSO"), 1);
+        let got = recv_all(&b, 4);
+        let lens: Vec<usize> = got.iter().map(|(d, _)| d.len()).collect();
+        assert_eq!(lens, [100, 100, 100, 40]);
+        for (i, (d, _)) in got.iter().enumerate() {
+            assert!(d.iter().all(|&x| usize::from(x) == i + 1));
+        }
+        // With GRO on: the same data, possibly coalesced, split back by the stride.
+        set_udp_gro(&b, true).expect("UDP_GRO");
+        assert_eq!(send_mmsg(&a, &[msg]).expect("sendmmsg with GSO"), 1);
+        let got = recv_all(&b, 4);
+        let mut segments = Vec::new();
+        for (d, m) in &got {
+            assert!(m.stride > 0);
+            segments.extend(d.chunks(m.stride).map(<[u8]>::to_vec));
+        }
+        assert_eq!(segments, parts);
+    }
+
+    #[test]
+    fn truncation_is_reported() {
+        let (a, b) = pair();
+        a.send_to(&[7u8; 300], b.local_addr().expect("addr"))
+            .expect("send");
+        let mut bufs = [vec![0u8; 100]];
+        let mut meta = [RecvMeta::default(); 1];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match recv_mmsg(&b, &mut bufs, &mut meta) {
+                Ok(1) => break,
+                Ok(n) => panic!("{n} messages"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => panic!("recvmmsg: {e}"),
+            }
+        }
+        assert!(meta[0].truncated);
+    }
+
+    #[test]
+    fn buffers_can_be_read_back() {
+        let (a, _) = pair();
+        set_buffer_sizes(&a, 1 << 20).expect("setsockopt");
+        let (rcv, snd) = buffer_sizes(&a).expect("getsockopt");
+        assert!(rcv > 0 && snd > 0);
+        match force_buffer_sizes(&a, 8 << 20) {
+            Ok(()) => assert!(buffer_sizes(&a).expect("getsockopt").0 >= 8 << 20),
+            Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}"),
+        }
+    }
+}

@@ -6,10 +6,14 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::net::UdpSocket;
 
+use super::batch::GSO_MAX_SEGMENTS;
 use super::sys;
 
-/// Socket buffer size asked for: a few hundred full-size datagrams.
-const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// Socket buffer size asked for: thousands of full-size datagrams, so that the kernel does
+/// not drop a burst that arrives while the loop is busy with the previous batch (the same
+/// order as wireguard-go's 7 MiB). Past `net.core.[rw]mem_max` only with CAP_NET_ADMIN
+/// (SO_RCVBUFFORCE); without it the kernel caps the request there.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 /// Why the UDP sockets could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,8 @@ pub struct UdpSockets {
     pub v6: Option<UdpSocket>,
     port: u16,
     fwmark: u32,
+    /// What `configure_offloads` found, and for which setting.
+    offloads: Option<(bool, UdpOffloads)>,
 }
 
 /// The family is not compiled into (or is disabled in) the kernel.
@@ -49,10 +55,25 @@ fn family_unavailable(e: &io::Error) -> bool {
 }
 
 fn register(socket: std::net::UdpSocket) -> Result<UdpSocket, UdpError> {
-    if let Err(e) = sys::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES) {
+    if sys::force_buffer_sizes(&socket, SOCKET_BUFFER_BYTES).is_err()
+        && let Err(e) = sys::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES)
+    {
         tracing::debug!(error = %e, "cannot enlarge UDP socket buffers");
     }
     UdpSocket::from_std(socket).map_err(UdpError::Register)
+}
+
+/// The UDP offloads in force on a set of sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UdpOffloads {
+    /// Most datagrams per GSO send (UDP_SEGMENT); 0 when off.
+    pub gso_segments: usize,
+    /// UDP_GRO is on for every socket: a receive may hold several datagrams.
+    pub gro: bool,
+    /// Receive and send buffer of the sockets, as the kernel reports them (the smallest
+    /// over the sockets; the kernel counts twice what was asked, for its bookkeeping).
+    pub rcvbuf: usize,
+    pub sndbuf: usize,
 }
 
 impl UdpSockets {
@@ -137,6 +158,7 @@ impl UdpSockets {
             v6: v6.map(register).transpose()?,
             port,
             fwmark: 0,
+            offloads: None,
         };
         let mut sockets = sockets;
         sockets.set_fwmark(fwmark)?;
@@ -162,6 +184,43 @@ impl UdpSockets {
         }
         self.fwmark = mark;
         Ok(())
+    }
+
+    /// Turns UDP segmentation offload on (`on`) or off for these sockets and reports what is
+    /// in force: GSO is a per-send option, so it is only probed; GRO is a socket option,
+    /// turned on or off here. Cheap when nothing changed since the last call.
+    pub fn configure_offloads(&mut self, on: bool) -> UdpOffloads {
+        if let Some((was, found)) = self.offloads
+            && was == on
+        {
+            return found;
+        }
+        let sockets: Vec<&UdpSocket> = self.v4.iter().chain(self.v6.iter()).collect();
+        let gso = on && sockets.iter().all(|s| sys::udp_gso_supported(*s));
+        let mut gro = on;
+        for s in &sockets {
+            if let Err(e) = sys::set_udp_gro(*s, on) {
+                if on {
+                    tracing::debug!(error = %e, "UDP GRO unavailable");
+                }
+                gro = false;
+            }
+        }
+        let (mut rcvbuf, mut sndbuf) = (usize::MAX, usize::MAX);
+        for s in &sockets {
+            if let Ok((r, w)) = sys::buffer_sizes(*s) {
+                rcvbuf = rcvbuf.min(r);
+                sndbuf = sndbuf.min(w);
+            }
+        }
+        let found = UdpOffloads {
+            gso_segments: if gso { GSO_MAX_SEGMENTS } else { 0 },
+            gro,
+            rcvbuf: if rcvbuf == usize::MAX { 0 } else { rcvbuf },
+            sndbuf: if sndbuf == usize::MAX { 0 } else { sndbuf },
+        };
+        self.offloads = Some((on, found));
+        found
     }
 
     /// The socket that sends to `to`: by its family. An IPv4-mapped IPv6 address goes out
@@ -205,6 +264,22 @@ mod tests {
             // The same fixed port again is refused: it is really held.
             let again = UdpSockets::bind(Some(s.port()), 0);
             assert!(matches!(again, Err(UdpError::Bind { .. })), "{again:?}");
+        });
+    }
+
+    #[test]
+    fn offloads_are_probed_and_can_be_turned_off() {
+        rt().block_on(async {
+            let mut s = UdpSockets::bind(None, 0).expect("bind");
+            let on = s.configure_offloads(true);
+            // This kernel (4.18+ / 5.0+) has both; the buffers were enlarged past the default.
+            assert_eq!(on.gso_segments, GSO_MAX_SEGMENTS, "{on:?}");
+            assert!(on.gro, "{on:?}");
+            assert!(on.rcvbuf >= 256 * 1024 && on.sndbuf >= 256 * 1024, "{on:?}");
+            let off = s.configure_offloads(false);
+            assert_eq!(off.gso_segments, 0);
+            assert!(!off.gro);
+            assert_eq!(s.configure_offloads(false), off);
         });
     }
 

@@ -1,0 +1,341 @@
+//! Batched UDP output and input around the kernel's segmentation offload.
+//!
+//! Sending: sealed datagrams go out in `sendmmsg` batches. Consecutive datagrams of equal
+//! length to the same endpoint (the usual case: the segments of one TCP burst) form one
+//! message with UDP_SEGMENT set, whose buffers the kernel reads through an `iovec` each
+//! (no copy), and cuts into datagrams as late as possible, often only at the receiving
+//! socket. Receiving: one `recvmmsg` message may be several datagrams back to back (UDP_GRO);
+//! [`segments`] splits it by the stride the kernel reported.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::ops::Range;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use super::sys::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
+use super::udp::UdpSockets;
+
+/// Most bytes of payload one UDP send may carry: a 16-bit IPv4 total length less the IPv4
+/// and UDP headers (IPv6 allows a little more; the smaller limit serves both).
+pub const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
+
+/// Most segments of one GSO send: the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.11, 128
+/// since); the older, smaller value is safe everywhere.
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// One sealed datagram waiting to be sent: `bufs[buf][..len]` goes to `endpoint`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed {
+    pub buf: usize,
+    pub len: usize,
+    pub endpoint: SocketAddr,
+}
+
+/// What a [`send_sealed`] call did, in datagrams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOutcome {
+    pub sent: u64,
+    pub errors: u64,
+    /// Messages sent with GSO (several datagrams each).
+    pub gso_messages: u64,
+}
+
+/// The end (exclusive) of the run of datagrams starting at `start` that can go as one GSO
+/// send: same endpoint, same length (the last may be shorter, and then ends the run), at most
+/// `max_segments` of them and [`GSO_MAX_BYTES`] in all. `start + 1` when GSO is off
+/// (`max_segments` <= 1) or nothing can join.
+pub fn gso_run_end(sealed: &[Sealed], start: usize, max_segments: usize) -> usize {
+    let Some(first) = sealed.get(start) else {
+        return start;
+    };
+    let mut end = start + 1;
+    let mut total = first.len;
+    while let Some(next) = sealed.get(end) {
+        if end - start >= max_segments
+            || next.endpoint != first.endpoint
+            || next.len > first.len
+            || next.len == 0
+            || total + next.len > GSO_MAX_BYTES
+        {
+            break;
+        }
+        total += next.len;
+        end += 1;
+        if next.len < first.len {
+            break;
+        }
+    }
+    end
+}
+
+/// The datagrams in a received message of `len` bytes with the kernel's `stride` (UDP_GRO):
+/// consecutive ranges of `stride` bytes, the last possibly shorter.
+pub fn segments(len: usize, stride: usize) -> impl Iterator<Item = Range<usize>> {
+    let stride = if stride == 0 { len.max(1) } else { stride };
+    (0..len)
+        .step_by(stride)
+        .map(move |start| start..(start + stride).min(len))
+}
+
+/// Whether a failed GSO send means this path or kernel cannot do GSO at all (EIO: the
+/// outgoing device has no checksum offload), rather than this one message being unsendable
+/// as one (then it is retried datagram by datagram).
+fn gso_unsupported(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EIO)
+}
+
+/// Sends `sealed` (in order) from `bufs` through the socket of each endpoint's family.
+/// `gso_segments` is the most datagrams per GSO message (0 or 1: no GSO); it is set to 0
+/// when the kernel turns out to refuse GSO. Waits while a socket's buffer is full.
+pub async fn send_sealed(
+    udp: &UdpSockets,
+    gso_segments: &mut usize,
+    bufs: &[Box<[u8]>],
+    sealed: &[Sealed],
+) -> SendOutcome {
+    let mut out = SendOutcome::default();
+    let mut next = 0;
+    while next < sealed.len() {
+        let Some((socket, _)) = sealed.get(next).and_then(|s| udp.route(s.endpoint)) else {
+            out.errors += 1;
+            tracing::debug!("no UDP socket of this address family");
+            next += 1;
+            continue;
+        };
+        // One sendmmsg worth of messages for this socket: (first datagram, end, target).
+        let mut runs = [(0usize, 0usize, None::<SocketAddr>); MAX_MMSG];
+        let mut nruns = 0;
+        let mut niov = 0;
+        while nruns < MAX_MMSG && next < sealed.len() {
+            let Some((s, to)) = sealed.get(next).and_then(|d| udp.route(d.endpoint)) else {
+                break; // handled at the top of the outer loop
+            };
+            if !std::ptr::eq(s, socket) {
+                break;
+            }
+            let end = gso_run_end(sealed, next, *gso_segments).min(next + MAX_SEND_IOV - niov);
+            if end <= next {
+                break; // iovecs used up
+            }
+            runs[nruns] = (next, end, Some(to));
+            nruns += 1;
+            niov += end - next;
+            next = end;
+        }
+        let mut iov = [IoSlice::new(&[]); MAX_SEND_IOV];
+        for (k, d) in sealed[runs[0].0..next].iter().enumerate() {
+            iov[k] = IoSlice::new(bufs.get(d.buf).and_then(|b| b.get(..d.len)).unwrap_or(&[]));
+        }
+        let base = runs[0].0;
+        let mut msgs = [SendMsg {
+            to: SocketAddr::from(([0, 0, 0, 0], 0)),
+            iov: &[],
+            segment_size: 0,
+        }; MAX_MMSG];
+        for (m, &(start, end, to)) in msgs.iter_mut().zip(&runs[..nruns]) {
+            let Some(to) = to else { continue };
+            let segment_size = if end - start > 1 {
+                u16::try_from(sealed[start].len).unwrap_or(0)
+            } else {
+                0
+            };
+            *m = SendMsg {
+                to,
+                iov: &iov[start - base..end - base],
+                segment_size,
+            };
+        }
+        send_messages(socket, &msgs[..nruns], gso_segments, &mut out).await;
+    }
+    out
+}
+
+/// Sends `msgs` (all through `socket`), waiting for room in the socket buffer as needed.
+async fn send_messages(
+    socket: &UdpSocket,
+    msgs: &[SendMsg<'_>],
+    gso_segments: &mut usize,
+    out: &mut SendOutcome,
+) {
+    let mut done = 0;
+    while done < msgs.len() {
+        let result = socket
+            .async_io(Interest::WRITABLE, || sys::send_mmsg(socket, &msgs[done..]))
+            .await;
+        match result {
+            Ok(k) if k > 0 => {
+                for m in &msgs[done..done + k] {
+                    out.sent += m.iov.len() as u64;
+                    if m.segment_size > 0 {
+                        out.gso_messages += 1;
+                    }
+                }
+                done += k;
+            }
+            Ok(_) => {
+                // The kernel took nothing and reported nothing: skip the message rather
+                // than try it forever.
+                out.errors += msgs[done].iov.len() as u64;
+                done += 1;
+            }
+            Err(e) => {
+                let m = msgs[done];
+                done += 1;
+                if m.segment_size == 0 {
+                    out.errors += m.iov.len() as u64;
+                    tracing::debug!(endpoint = %m.to, error = %e, "UDP send failed");
+                    continue;
+                }
+                if gso_unsupported(&e) && *gso_segments > 1 {
+                    tracing::warn!(error = %e, "UDP GSO refused by the kernel, sending without it");
+                    *gso_segments = 0;
+                } else {
+                    tracing::debug!(endpoint = %m.to, error = %e, "UDP GSO send failed, sending datagram by datagram");
+                }
+                // The same datagrams, one message each.
+                let mut singles = [m; GSO_MAX_SEGMENTS];
+                let n = m.iov.len().min(GSO_MAX_SEGMENTS);
+                for (s, one) in singles.iter_mut().zip(m.iov.chunks(1)) {
+                    *s = SendMsg {
+                        to: m.to,
+                        iov: one,
+                        segment_size: 0,
+                    };
+                }
+                out.errors += (m.iov.len() - n) as u64;
+                Box::pin(send_messages(socket, &singles[..n], gso_segments, out)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed(lens: &[usize], endpoint: &str) -> Vec<Sealed> {
+        let endpoint: SocketAddr = endpoint.parse().expect("addr");
+        lens.iter()
+            .enumerate()
+            .map(|(buf, &len)| Sealed { buf, len, endpoint })
+            .collect()
+    }
+
+    /// The GSO runs `gso_run_end` cuts `s` into, as (start, end) pairs.
+    fn runs(s: &[Sealed], max: usize) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < s.len() {
+            let end = gso_run_end(s, i, max);
+            assert!(end > i, "no progress at {i}");
+            out.push((i, end));
+            i = end;
+        }
+        out
+    }
+
+    #[test]
+    fn equal_lengths_to_one_endpoint_form_one_run_and_a_shorter_one_ends_it() {
+        let s = sealed(&[100, 100, 100, 60, 100, 100], "192.0.2.1:1");
+        assert_eq!(runs(&s, 64), [(0, 4), (4, 6)]);
+        // A longer datagram cannot join a run of shorter ones.
+        let s = sealed(&[60, 100, 100], "192.0.2.1:1");
+        assert_eq!(runs(&s, 64), [(0, 1), (1, 3)]);
+    }
+
+    #[test]
+    fn gso_off_gives_single_datagrams() {
+        let s = sealed(&[100, 100, 100], "192.0.2.1:1");
+        assert_eq!(runs(&s, 0), [(0, 1), (1, 2), (2, 3)]);
+        assert_eq!(runs(&s, 1), [(0, 1), (1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn runs_respect_the_segment_and_byte_limits_and_endpoints() {
+        let s = sealed(&[10; 10], "192.0.2.1:1");
+        assert_eq!(runs(&s, 4), [(0, 4), (4, 8), (8, 10)]);
+        // 1452-byte datagrams: 45 fit in 65507 bytes.
+        let s = sealed(&[1452; 100], "192.0.2.1:1");
+        let r = runs(&s, 64);
+        assert_eq!(r[0], (0, 45));
+        assert!(r.iter().all(|&(a, b)| (b - a) * 1452 <= GSO_MAX_BYTES));
+        let mut s = sealed(&[100; 4], "192.0.2.1:1");
+        s[2].endpoint = "192.0.2.2:1".parse().expect("addr");
+        assert_eq!(runs(&s, 64), [(0, 2), (2, 3), (3, 4)]);
+    }
+
+    /// Sends a mixed batch through real sockets on loopback and checks that every receiver
+    /// gets exactly its datagrams, in order.
+    fn send_mixed(gso: usize) -> SendOutcome {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let udp = UdpSockets::bind(None, 0).expect("bind");
+            let r1 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let r2 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let (e1, e2) = (r1.local_addr().expect("a"), r2.local_addr().expect("a"));
+            // Lengths and endpoints: a GSO run with a short tail, a lone one to e2, a run to
+            // e2, then longer ones to e1 again.
+            let plan: Vec<(usize, SocketAddr)> = [100, 100, 100, 60]
+                .iter()
+                .map(|&l| (l, e1))
+                .chain([(80, e2), (90, e2), (90, e2), (300, e1), (300, e1)])
+                .collect();
+            let bufs: Vec<Box<[u8]>> = plan
+                .iter()
+                .enumerate()
+                .map(|(i, &(len, _))| vec![i as u8 + 1; len].into_boxed_slice())
+                .collect();
+            let sealed: Vec<Sealed> = plan
+                .iter()
+                .enumerate()
+                .map(|(buf, &(len, endpoint))| Sealed { buf, len, endpoint })
+                .collect();
+            let mut gso_segments = gso;
+            let out = send_sealed(&udp, &mut gso_segments, &bufs, &sealed).await;
+            assert_eq!(gso_segments, gso, "GSO stays on over loopback");
+            for (r, ep) in [(&r1, e1), (&r2, e2)] {
+                r.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut buf = [0u8; 2048];
+                for (i, &(len, to)) in plan.iter().enumerate() {
+                    if to != ep {
+                        continue;
+                    }
+                    let n = r.recv(&mut buf).expect("datagram");
+                    assert_eq!(n, len, "datagram {i}");
+                    assert!(buf[..n].iter().all(|&b| b == i as u8 + 1), "datagram {i}");
+                }
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn mixed_batches_arrive_whole_and_in_order_with_and_without_gso() {
+        let with = send_mixed(GSO_MAX_SEGMENTS);
+        assert_eq!(with.sent, 9);
+        assert_eq!(with.errors, 0);
+        // [100 100 100 60] to e1, [90 90] to e2 and [300 300] to e1 go as GSO sends.
+        assert_eq!(with.gso_messages, 3);
+        let without = send_mixed(0);
+        assert_eq!(without.sent, 9);
+        assert_eq!(without.gso_messages, 0);
+    }
+
+    #[test]
+    fn segments_split_by_stride() {
+        let v: Vec<_> = segments(250, 100).collect();
+        assert_eq!(v, [0..100, 100..200, 200..250]);
+        let v: Vec<_> = segments(200, 100).collect();
+        assert_eq!(v, [0..100, 100..200]);
+        let v: Vec<_> = segments(80, 0).collect();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0], 0..80);
+        assert_eq!(segments(0, 100).count(), 0);
+    }
+}
