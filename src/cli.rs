@@ -74,6 +74,9 @@ pub enum Command {
     Up {
         /// TOML config, or a wg-quick `.conf` file.
         config: PathBuf,
+        /// Turn every offload off (TUN GSO/GRO and UDP GSO/GRO), whatever the config says.
+        #[arg(long)]
+        no_offload: bool,
     },
     /// Check CONFIG and print every problem (exit status 78 when it is invalid).
     Check { config: PathBuf },
@@ -156,7 +159,7 @@ mod tests {
         .expect("parse");
         assert_eq!(cli.log_level.as_deref(), Some("debug"));
         assert!(
-            matches!(cli.command, Some(Command::Up { config }) if config.ends_with("wg0.toml"))
+            matches!(cli.command, Some(Command::Up { config, no_offload: false }) if config.ends_with("wg0.toml"))
         );
         let cli = Cli::try_parse_from(["tandem", "check", "x.conf", "--log-level", "warn"])
             .expect("global flag after the subcommand");

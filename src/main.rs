@@ -80,13 +80,16 @@ fn load(path: &Path) -> anyhow::Result<config::Config> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up { config } => {
-            let loaded = load(&config)?;
+        Command::Up { config, no_offload } => {
+            let mut loaded = load(&config)?;
+            if no_offload {
+                loaded.interface.offload = false;
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            rt.block_on(daemon::up(&config, loaded))
+            rt.block_on(daemon::up(&config, loaded, no_offload))
         }
         Command::Check { config } => {
             let loaded = load(&config)?;

@@ -128,8 +128,11 @@ impl Tunnel {
         } else {
             "offload = false\n"
         };
+        // Side a turns offloads off with `tandem up --no-offload` over a config that leaves
+        // them on; side b with `offload = false` in its config.
         let config = |me: &PrivateKey, port: u16, addr: &str, peer: &PrivateKey, ep: String| {
             let peer_ip = if addr == A4 { B4 } else { A4 };
+            let offload = if addr == A4 { "" } else { offload };
             format!(
                 "[interface]\nname = \"{ifname}\"\nprivate_key = \"{}\"\nlisten_port = {port}\n\
                  {offload}address = [\"{addr}/24\"]\n\n[[peer]]\npublic_key = \"{}\"\n\
@@ -148,8 +151,8 @@ impl Tunnel {
             config(&kb, port_b, B4, &ka, format!("10.98.0.1:{port_a}")),
         )
         .expect("write b.toml");
-        let da = start_daemon(&a, &dir.path("a.toml"), mode);
-        let db = start_daemon(&b, &dir.path("b.toml"), mode);
+        let da = start_daemon(&a, &dir.path("a.toml"), mode, !mode.offload);
+        let db = start_daemon(&b, &dir.path("b.toml"), mode, false);
         let t = Tunnel {
             da,
             db,
@@ -274,8 +277,13 @@ impl Tunnel {
     }
 }
 
-fn start_daemon(ns: &Netns, config: &std::path::Path, mode: Mode) -> Daemon {
-    let mut cmd = ns.command(BIN, &["up", &config.to_string_lossy()]);
+fn start_daemon(ns: &Netns, config: &std::path::Path, mode: Mode, no_offload_flag: bool) -> Daemon {
+    let config = config.to_string_lossy();
+    let mut args = vec!["up", &config];
+    if no_offload_flag {
+        args.push("--no-offload");
+    }
+    let mut cmd = ns.command(BIN, &args);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

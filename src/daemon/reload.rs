@@ -21,18 +21,22 @@ pub struct Prepared {
 }
 
 /// Reads, checks and resolves the config at `path` (runs beside the data plane).
-pub async fn prepare(path: &Path) -> anyhow::Result<Prepared> {
+/// `no_offload` (from `tandem up --no-offload`) overrides the file's `offload`.
+pub async fn prepare(path: &Path, no_offload: bool) -> anyhow::Result<Prepared> {
     let owned = path.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || config::load(&owned))
         .await
         .context("the config loader stopped")?;
-    let config = loaded.map_err(|errors| {
+    let mut config = loaded.map_err(|errors| {
         anyhow::anyhow!(
             "{} has {} problem(s):\n{errors}",
             path.display(),
             errors.len()
         )
     })?;
+    if no_offload {
+        config.interface.offload = false;
+    }
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }

@@ -45,6 +45,8 @@ pub(crate) struct Managed {
     pub applied: Applied,
     pub config: Config,
     pub path: PathBuf,
+    /// `tandem up --no-offload`: reloaded configs keep offloads off too.
+    pub no_offload: bool,
 }
 
 /// The state the main loop keeps besides the driver.
@@ -81,13 +83,16 @@ impl Signals {
 
 /// Runs the interface described by the (already checked) `config` read from `path`, until it
 /// is told to stop. Everything set up is taken down on the way out, also after an error.
-pub async fn up(path: &Path, config: Config) -> anyhow::Result<()> {
+pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result<()> {
     let signals = Signals::new()?;
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }
     let resolved = settings::resolve(config).await?;
-    let running = set_up(path, resolved).await?;
+    let mut running = set_up(path, resolved).await?;
+    if let Some(managed) = running.managed.as_mut() {
+        managed.no_offload = no_offload;
+    }
     run(running, signals).await
 }
 
@@ -266,6 +271,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
             applied,
             config: resolved.config,
             path: path.to_path_buf(),
+            no_offload: false,
         }),
         name_file: None,
     })
@@ -345,9 +351,10 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 generation += 1;
                 let tx = prepared_tx.clone();
                 let path = managed.path.clone();
+                let no_offload = managed.no_offload;
                 let this = generation;
                 tokio::spawn(async move {
-                    let result = reload::prepare(&path).await;
+                    let result = reload::prepare(&path, no_offload).await;
                     // The loop holds the receiver for as long as it runs.
                     let _ = tx.send((this, result)).await;
                 });
