@@ -3,158 +3,23 @@
 //! otherwise. Every namespace, process and temporary file is removed even when a test fails,
 //! every wait is bounded, and traffic stays inside the namespaces each test creates.
 
+#[path = "common/kit.rs"]
+mod kit;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kit::{
+    BIN, Daemon, TempDir, Transfer, key, ping_once, rx_packets, start_transfer, unique, wait_until,
+    write_pattern_file,
+};
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use sha2::{Digest, Sha256};
-use tandem::daemon::helper::Pattern;
 use tandem::proto::{self, Device, HEADROOM, Now, PresharedKey, PrivateKey, TAILROOM};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique within this test binary, for names and ports.
-fn unique() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn key(seed: u8) -> PrivateKey {
-    // Distinct, valid keys without an RNG: any 32 bytes are a private key.
-    let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(7).wrapping_add(1);
-    bytes[31] = 0x40 | (seed & 0x3f);
-    PrivateKey::from_bytes(bytes)
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-e2e-{tag}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Polls `check` every 50 ms for at most `limit`.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A running `tandem up` whose stderr (the log) is collected by a thread.
-struct Daemon {
-    guard: ChildGuard,
-    log: Arc<Mutex<String>>,
-    name: String,
-}
-
-impl Daemon {
-    fn start(ns: &Netns, config: &Path, notify_socket: Option<&Path>) -> Daemon {
-        let mut cmd = ns.command(BIN, &["up", &config.to_string_lossy()]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
-        if let Some(sock) = notify_socket {
-            cmd.env("NOTIFY_SOCKET", sock);
-        }
-        let child = cmd.spawn().expect("start tandem up");
-        let mut guard = ChildGuard::new(child);
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = guard.child_mut().stderr.take() {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        Daemon {
-            guard,
-            log,
-            name: format!("tandem in {}", ns.name()),
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    /// Waits until the log contains `needle` `times` times; panics with the log otherwise.
-    fn wait_log_n(&mut self, needle: &str, times: usize, limit: Duration) {
-        let ok = wait_until(limit, || {
-            self.count(needle) >= times || matches!(self.guard.child_mut().try_wait(), Ok(Some(_)))
-        }) && self.count(needle) >= times;
-        assert!(
-            ok,
-            "{}: {needle:?} not logged {times} time(s) within {limit:?}; log:\n{}",
-            self.name,
-            self.log()
-        );
-    }
-
-    fn wait_log(&mut self, needle: &str, limit: Duration) {
-        self.wait_log_n(needle, 1, limit);
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.guard.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {sig} {} failed", self.guard.id());
-    }
-
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        match self.guard.wait_timeout(limit) {
-            Some(s) => s,
-            None => panic!(
-                "{} still running {limit:?} after it was told to stop; log:\n{}",
-                self.name,
-                self.log()
-            ),
-        }
-    }
-}
 
 /// Options of a two-site tunnel.
 #[derive(Clone, Default)]
@@ -327,13 +192,13 @@ impl Tunnel {
     }
 
     fn start_a(&mut self) {
-        let mut d = Daemon::start(&self.a, &self.dir.path("a.toml"), None);
+        let mut d = Daemon::up(&self.a, &self.dir.path("a.toml"));
         d.wait_log("interface up", Duration::from_secs(15));
         self.da = Some(d);
     }
 
     fn start_b(&mut self) {
-        let mut d = Daemon::start(&self.b, &self.dir.path("b.toml"), None);
+        let mut d = Daemon::up(&self.b, &self.dir.path("b.toml"));
         d.wait_log("interface up", Duration::from_secs(15));
         self.db = Some(d);
     }
@@ -349,10 +214,7 @@ impl Tunnel {
 
     /// One ping (1 s timeout) from a or b.
     fn ping_once(&self, from_a: bool, to: &str) -> bool {
-        self.ns(from_a)
-            .exec("ping", &["-n", "-c", "1", "-W", "1", to])
-            .status
-            .success()
+        ping_once(self.ns(from_a), to)
     }
 
     /// Pings until one answer comes, for at most `limit`; panics with both logs otherwise.
@@ -403,10 +265,7 @@ impl Tunnel {
 
     /// Received packets on b's veth end.
     fn veth_b_rx_packets(&self) -> u64 {
-        let shown = self.b.ip_json(&["-s", "link", "show", "dev", &self.veth_b]);
-        shown[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .expect("rx packet counter")
+        rx_packets(&self.b, &self.veth_b)
     }
 }
 
@@ -472,41 +331,10 @@ fn tcp_transfer_of_64_mib_arrives_intact() {
 fn transfer_checked(t: &Tunnel, size: usize) {
     let src = t.dir.path("send.bin");
     let dst = t.dir.path("recv.bin");
-    let mut data = vec![0u8; size];
-    Pattern::new(0x5eed).fill(&mut data);
-    std::fs::write(&src, &data).expect("write data");
-    let want = Sha256::digest(&data);
-    drop(data);
+    let want = write_pattern_file(&src, size, 0x5eed);
 
     let listen = format!("{B4}:5001");
-    let dst_s = dst.to_string_lossy().into_owned();
-    let receiver = t.b.spawn(
-        BIN,
-        &[
-            "demo-helper",
-            "recv",
-            "--listen",
-            &listen,
-            "--out",
-            &dst_s,
-            "--timeout",
-            "60",
-        ],
-    );
-    let src_s = src.to_string_lossy().into_owned();
-    let sender = t.a.spawn(
-        BIN,
-        &[
-            "demo-helper",
-            "send",
-            "--connect",
-            &listen,
-            "--file",
-            &src_s,
-            "--timeout",
-            "60",
-        ],
-    );
+    let Transfer { sender, receiver } = start_transfer(&t.a, &t.b, &listen, &src, &dst, 60);
     let sent = sender.output_timeout(Duration::from_secs(120));
     assert!(
         sent.status.success(),
@@ -804,7 +632,9 @@ fn sigterm_removes_interface_and_routes_and_notifies_systemd() {
     let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
     sock.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
-    let mut d = Daemon::start(&t.a, &t.dir.path("a.toml"), Some(&sock_path));
+    let config = t.dir.path("a.toml").to_string_lossy().into_owned();
+    let notify = sock_path.to_string_lossy().into_owned();
+    let mut d = Daemon::start(&t.a, &["up", &config], &[("NOTIFY_SOCKET", &*notify)]);
     let mut buf = [0u8; 512];
     let n = sock.recv(&mut buf).expect("a notification within 15 s");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();

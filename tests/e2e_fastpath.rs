@@ -7,86 +7,23 @@
 //! Namespaces, processes and files are removed even when a test fails, every wait is bounded,
 //! and traffic stays inside the namespaces each test creates.
 
+#[path = "common/kit.rs"]
+mod kit;
 #[path = "common/netns.rs"]
 mod netns;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netns::{ChildGuard, Netns, require_root, veth_pair};
+use kit::{
+    BIN, Daemon, TempDir, Transfer, key, ping_once, rx_packets, start_transfer, unique, wait_until,
+    write_pattern_file,
+};
+use netns::{Netns, require_root, veth_pair};
 use sha2::{Digest, Sha256};
 use tandem::daemon::helper::Pattern;
 use tandem::proto::PrivateKey;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn unique() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn key(seed: u8) -> PrivateKey {
-    let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(11).wrapping_add(3);
-    bytes[31] = 0x40 | (seed & 0x3f);
-    PrivateKey::from_bytes(bytes)
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-fastpath-{tag}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A running `tandem up` whose log (stderr) a thread collects.
-struct Daemon {
-    /// Kills the daemon (by PID) when the test ends.
-    _guard: ChildGuard,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
 
 /// How the daemons run.
 #[derive(Clone, Copy, Debug)]
@@ -163,11 +100,7 @@ impl Tunnel {
             veth_b: veth.b,
         };
         t.wait_log_both("interface up");
-        let ok = wait_until(Duration::from_secs(10), || {
-            t.a.exec("ping", &["-n", "-c", "1", "-W", "1", B4])
-                .status
-                .success()
-        });
+        let ok = wait_until(Duration::from_secs(10), || ping_once(&t.a, B4));
         assert!(ok, "no ping through the tunnel\n{}", t.logs());
         t
     }
@@ -203,10 +136,7 @@ impl Tunnel {
         } else {
             (&self.b, &self.veth_b)
         };
-        let shown = ns.ip_json(&["-s", "link", "show", "dev", dev]);
-        shown[0]["stats64"]["rx"]["packets"]
-            .as_u64()
-            .expect("rx packet counter")
+        rx_packets(ns, dev)
     }
 
     /// Sends `size` pseudo-random bytes over TCP through the tunnel, from a to b or b to a,
@@ -220,40 +150,9 @@ impl Tunnel {
         let tag = if from_a { "ab" } else { "ba" };
         let src = self.dir.path(&format!("send-{tag}.bin"));
         let dst = self.dir.path(&format!("recv-{tag}.bin"));
-        let mut data = vec![0u8; size];
-        Pattern::new(0xfa57 + u64::from(port)).fill(&mut data);
-        std::fs::write(&src, &data).expect("write data");
-        let want = Sha256::digest(&data);
-        drop(data);
+        let want = write_pattern_file(&src, size, 0xfa57 + u64::from(port));
         let listen = format!("{dst_ip}:{port}");
-        let dst_s = dst.to_string_lossy().into_owned();
-        let receiver = dst_ns.spawn(
-            BIN,
-            &[
-                "demo-helper",
-                "recv",
-                "--listen",
-                &listen,
-                "--out",
-                &dst_s,
-                "--timeout",
-                "60",
-            ],
-        );
-        let src_s = src.to_string_lossy().into_owned();
-        let sender = src_ns.spawn(
-            BIN,
-            &[
-                "demo-helper",
-                "send",
-                "--connect",
-                &listen,
-                "--file",
-                &src_s,
-                "--timeout",
-                "60",
-            ],
-        );
+        let Transfer { sender, receiver } = start_transfer(src_ns, dst_ns, &listen, &src, &dst, 60);
         let sent = sender.output_timeout(Duration::from_secs(120));
         assert!(
             sent.status.success(),
@@ -284,27 +183,11 @@ fn start_daemon(ns: &Netns, config: &std::path::Path, mode: Mode, no_offload_fla
         args.push("--no-offload");
     }
     let mut cmd = ns.command(BIN, &args);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env("RUST_LOG", "info")
-        .env_remove("TANDEM_CRYPTO_THREADS");
+    cmd.env_remove("TANDEM_CRYPTO_THREADS");
     if let Some(n) = mode.crypto_threads {
         cmd.env("TANDEM_CRYPTO_THREADS", n.to_string());
     }
-    let mut guard = ChildGuard::new(cmd.spawn().expect("start tandem up"));
-    let log = Arc::new(Mutex::new(String::new()));
-    if let Some(stderr) = guard.child_mut().stderr.take() {
-        let log = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    Daemon { _guard: guard, log }
+    Daemon::spawn(cmd, &format!("tandem in {}", ns.name()))
 }
 
 /// Datagrams of the flood: sequence number, then bytes derived from it, then a checksum.

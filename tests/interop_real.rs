@@ -15,25 +15,24 @@
 //! what is missing. Every namespace, process and socket file is removed even when a test
 //! fails, every wait is bounded, and traffic stays inside the namespaces each test creates.
 
+#[path = "common/kit.rs"]
+mod kit;
 #[path = "common/netns.rs"]
 mod netns;
 #[path = "common/peers.rs"]
 mod peers;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use netns::{ChildGuard, Netns, require_root, veth_pair};
+use kit::{
+    Daemon, TempDir, Transfer, key, ping_once, start_transfer, unique, wait_until,
+    write_pattern_file,
+};
+use netns::{Netns, require_root, veth_pair};
 use peers::{PeerKind, RealPeer, WgConf, require_wg};
 use sha2::{Digest, Sha256};
-use tandem::daemon::helper::Pattern;
 use tandem::proto::{PresharedKey, PrivateKey};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
 /// Inner (tunnel) addresses: tandem's and the peer's.
 const T4: &str = "10.78.0.1";
@@ -49,136 +48,6 @@ const P6_OUT: &str = "fd98::2";
 /// Bytes moved through each tunnel by TCP.
 const TRANSFER: usize = 16 << 20;
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique within this test binary, for names and keys.
-fn unique() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-fn key(seed: u8) -> PrivateKey {
-    // Distinct, valid keys without an RNG: any 32 bytes are a private key.
-    let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(11).wrapping_add(3);
-    bytes[31] = 0x40 | (seed & 0x3f);
-    PrivateKey::from_bytes(bytes)
-}
-
-/// Polls `check` every 50 ms for at most `limit`.
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-interop-{tag}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running `tandem up` whose stderr (the log) is collected by a thread.
-struct Tandem {
-    guard: ChildGuard,
-    log: Arc<Mutex<String>>,
-}
-
-impl Tandem {
-    /// Starts `tandem up CONFIG` in `ns` and waits until it reports the interface up.
-    fn start(ns: &Netns, config: &Path) -> Tandem {
-        let child = ns
-            .command(BIN, &["up", &config.to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {BIN} up: {e}"));
-        let mut guard = ChildGuard::new(child);
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = guard.child_mut().stderr.take() {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let mut t = Tandem { guard, log };
-        t.wait_log("interface up", 1, Duration::from_secs(15));
-        t
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.log().matches(needle).count()
-    }
-
-    /// Waits until the log holds `needle` `times` times; panics with the log otherwise.
-    fn wait_log(&mut self, needle: &str, times: usize, limit: Duration) {
-        let ok = wait_until(limit, || {
-            self.count(needle) >= times || matches!(self.guard.child_mut().try_wait(), Ok(Some(_)))
-        }) && self.count(needle) >= times;
-        assert!(
-            ok,
-            "tandem: {needle:?} not logged {times} time(s) within {limit:?}; log:\n{}",
-            self.log()
-        );
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.guard.id().to_string()])
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(status.success(), "kill -s {sig} {} failed", self.guard.id());
-    }
-
-    /// SIGTERM, then waits (bounded) for a clean exit.
-    fn stop(mut self) {
-        self.signal("TERM");
-        match self.guard.wait_timeout(Duration::from_secs(10)) {
-            Some(s) => assert!(s.success(), "tandem exited with {s}; log:\n{}", self.log()),
-            None => panic!(
-                "tandem still running 10 s after SIGTERM; log:\n{}",
-                self.log()
-            ),
-        }
-    }
-}
-
 /// Which side has the other's endpoint and so starts the first handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Initiator {
@@ -189,7 +58,7 @@ enum Initiator {
 /// Two namespaces joined by veth: tandem in `t`, a real peer in `p`.
 /// Field order is drop order: processes stop before their namespaces go.
 struct Case {
-    tandem: Option<Tandem>,
+    tandem: Option<Daemon>,
     peer: Option<RealPeer>,
     t: Netns,
     p: Netns,
@@ -337,11 +206,13 @@ impl Case {
 
     fn start_tandem(&mut self) {
         let config = self.write_tandem_config();
-        self.tandem = Some(Tandem::start(&self.t, &config));
+        let mut tandem = Daemon::up(&self.t, &config);
+        tandem.wait_log("interface up", Duration::from_secs(15));
+        self.tandem = Some(tandem);
         self.step(&format!("tandem up on port {}", self.t_port));
     }
 
-    fn tandem(&mut self) -> &mut Tandem {
+    fn tandem(&mut self) -> &mut Daemon {
         self.tandem.as_mut().expect("tandem started")
     }
 
@@ -350,7 +221,7 @@ impl Case {
     }
 
     fn start_peer(&mut self) {
-        let peer = RealPeer::start(self.kind, &self.p, &self.p_if, &self.dir.0);
+        let peer = RealPeer::start(self.kind, &self.p, &self.p_if, self.dir.root());
         self.peer = Some(peer);
         self.configure_peer();
     }
@@ -368,7 +239,7 @@ impl Case {
     fn diagnostics(&self) -> String {
         format!(
             "--- tandem log:\n{}\n--- {} `wg show dump`:\n{}\n--- {} output:\n{}",
-            self.tandem.as_ref().map(Tandem::log).unwrap_or_default(),
+            self.tandem.as_ref().map(Daemon::log).unwrap_or_default(),
             self.kind.label(),
             self.peer.as_ref().map(RealPeer::dump).unwrap_or_default(),
             self.kind.label(),
@@ -377,10 +248,7 @@ impl Case {
     }
 
     fn ping_once(&self, from_tandem: bool, to: &str) -> bool {
-        let ns = if from_tandem { &self.t } else { &self.p };
-        ns.exec("ping", &["-n", "-c", "1", "-W", "1", to])
-            .status
-            .success()
+        ping_once(if from_tandem { &self.t } else { &self.p }, to)
     }
 
     /// Pings until one answer comes, for at most `limit`; returns how long it took, or
@@ -439,11 +307,7 @@ impl Case {
     fn transfer_checked(&self, from_tandem: bool) {
         let src = self.dir.path("send.bin");
         let dst = self.dir.path("recv.bin");
-        let mut data = vec![0u8; TRANSFER];
-        Pattern::new(0x1e7e_7ea1).fill(&mut data);
-        std::fs::write(&src, &data).unwrap_or_else(|e| panic!("write {}: {e}", src.display()));
-        let want = Sha256::digest(&data);
-        drop(data);
+        let want = write_pattern_file(&src, TRANSFER, 0x1e7e_7ea1);
 
         let (send_ns, recv_ns, recv_addr) = if from_tandem {
             (&self.t, &self.p, P4)
@@ -451,36 +315,8 @@ impl Case {
             (&self.p, &self.t, T4)
         };
         let listen = format!("{recv_addr}:5001");
-        let dst_s = dst.to_string_lossy().into_owned();
-        let receiver = recv_ns.spawn(
-            BIN,
-            &[
-                "demo-helper",
-                "recv",
-                "--listen",
-                &listen,
-                "--out",
-                &dst_s,
-                "--timeout",
-                "30",
-            ],
-        );
-        let src_s = src.to_string_lossy().into_owned();
-        // The receiver listens within milliseconds; the sender's connect waits and retries
-        // up to its timeout.
-        let sender = send_ns.spawn(
-            BIN,
-            &[
-                "demo-helper",
-                "send",
-                "--connect",
-                &listen,
-                "--file",
-                &src_s,
-                "--timeout",
-                "30",
-            ],
-        );
+        let Transfer { sender, receiver } =
+            start_transfer(send_ns, recv_ns, &listen, &src, &dst, 30);
         let sent = sender.output_timeout(Duration::from_secs(60));
         assert!(
             sent.status.success(),
@@ -520,6 +356,18 @@ impl Case {
         ));
     }
 
+    /// Waits (2 s) until tandem logged a completed handshake with the peer, at the peer's
+    /// outer endpoint.
+    fn wait_handshake_logged(&mut self) {
+        let want = format!(
+            "handshake completed peer={}",
+            self.key_p.public_key().fingerprint()
+        );
+        self.tandem().wait_log(&want, Duration::from_secs(2));
+        let want = format!("endpoint={}", self.outer_endpoint(false));
+        self.tandem().wait_log(&want, Duration::from_secs(2));
+    }
+
     /// Kills the peer (SIGKILL: it says goodbye to nobody), starts it again and configures
     /// it the same way.
     fn restart_peer(&mut self) {
@@ -542,13 +390,7 @@ fn tandem_initiates(kind: PeerKind) {
 
     // The first packet from tandem starts the handshake.
     c.ping_within(true, P4, Duration::from_secs(10));
-    let want = format!(
-        "handshake completed peer={}",
-        c.key_p.public_key().fingerprint()
-    );
-    c.tandem().wait_log(&want, 1, Duration::from_secs(2));
-    let want = format!("endpoint={}", c.outer_endpoint(false));
-    c.tandem().wait_log(&want, 1, Duration::from_secs(2));
+    c.wait_handshake_logged();
     c.ping_all_ways();
     // The peer learned tandem's address and port from the handshake.
     c.wait_peer_follows(Duration::from_secs(2));
@@ -557,7 +399,10 @@ fn tandem_initiates(kind: PeerKind) {
     // tandem restarts on another port: its first packet is a new initiation from there, and
     // the peer's endpoint follows.
     let old_port = c.t_port;
-    c.tandem.take().expect("tandem started").stop();
+    c.tandem
+        .take()
+        .expect("tandem started")
+        .stop(Duration::from_secs(10));
     c.t_port += 500;
     c.start_tandem();
     let took = c.ping_within(true, P4, Duration::from_secs(10));
@@ -596,13 +441,7 @@ fn peer_initiates(kind: PeerKind) {
 
     c.ping_within(false, T4, Duration::from_secs(10));
     // tandem learned the peer's address and port from the initiation.
-    let want = format!(
-        "handshake completed peer={}",
-        c.key_p.public_key().fingerprint()
-    );
-    c.tandem().wait_log(&want, 1, Duration::from_secs(2));
-    let want = format!("endpoint={}", c.outer_endpoint(false));
-    c.tandem().wait_log(&want, 1, Duration::from_secs(2));
+    c.wait_handshake_logged();
     c.ping_all_ways();
     c.transfer_checked(false);
 
@@ -614,7 +453,7 @@ fn peer_initiates(kind: PeerKind) {
     c.write_tandem_config();
     c.tandem().signal("HUP");
     c.tandem()
-        .wait_log("configuration reloaded", 1, Duration::from_secs(10));
+        .wait_log("configuration reloaded", Duration::from_secs(10));
     let log = c.tandem().log();
     assert!(
         log.contains("listen port changed") && log.contains(&format!("to={}", c.t_port)),
@@ -643,7 +482,7 @@ fn peer_initiates(kind: PeerKind) {
     c.restart_peer();
     let took = c.ping_within(false, T4, Duration::from_secs(10));
     c.tandem()
-        .wait_log("handshake completed", hs + 1, Duration::from_secs(2));
+        .wait_log_n("handshake completed", hs + 1, Duration::from_secs(2));
     c.ping_within(true, P4, Duration::from_secs(5));
     c.ping_within(true, P6, Duration::from_secs(5));
     c.step(&format!(

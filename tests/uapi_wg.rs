@@ -8,30 +8,25 @@
 //! namespace and file is removed even when a test fails; every wait is bounded; traffic stays
 //! in the namespaces a test creates.
 
+#[path = "common/kit.rs"]
+mod kit;
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
+use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use kit::{BIN, Daemon, TempDir, key, ping_once, unique, wait_until_every};
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use tandem::config;
-use tandem::proto::{PresharedKey, PrivateKey};
+use tandem::proto::PresharedKey;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const SOCKET_DIR: &str = "/var/run/wireguard";
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-fn unique() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
 
 /// An interface name no other test (in this or another test process) uses: the socket
 /// directory is shared between namespaces.
@@ -41,13 +36,6 @@ fn ifname(tag: char) -> String {
 
 fn socket(ifname: &str) -> PathBuf {
     Path::new(SOCKET_DIR).join(format!("{ifname}.sock"))
-}
-
-fn key(seed: u8) -> PrivateKey {
-    let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(13).wrapping_add(8) & 248;
-    bytes[31] = 0x40 | (seed & 0x3f);
-    PrivateKey::from_bytes(bytes)
 }
 
 fn public(seed: u8) -> String {
@@ -70,111 +58,61 @@ fn require_tools() {
     }
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-uapi-{tag}-{}-{}",
-            std::process::id(),
-            unique()
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    /// Writes `text` to NAME in the directory with mode 0600 (keys and configs).
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).expect("write temp file");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+/// Polls `check` every 25 ms for at most `limit`: sockets and links come and go quickly.
+fn wait_until(limit: Duration, check: impl FnMut() -> bool) -> bool {
+    wait_until_every(limit, Duration::from_millis(25), check)
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A tandem process (started by the test, in a namespace) with its stderr collected. Drop
-/// stops it (SIGTERM, then SIGKILL by PID) and removes a socket file it may have left.
-struct Daemon {
-    guard: Option<ChildGuard>,
-    log: Arc<Mutex<String>>,
+/// A tandem process (started by the test, in a namespace) serving the UAPI socket of
+/// `ifname`, with its stderr collected. Drop stops it (SIGTERM, then SIGKILL by PID) and
+/// removes a socket file it may have left.
+struct Served {
+    daemon: Daemon,
     ifname: String,
 }
 
-impl Daemon {
-    fn spawn(ns: &Netns, args: &[&str], ifname: &str) -> Daemon {
-        Daemon::spawn_env(ns, args, ifname, &[])
+impl Deref for Served {
+    type Target = Daemon;
+
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+}
+
+impl Served {
+    fn spawn(ns: &Netns, args: &[&str], ifname: &str) -> Served {
+        Served::spawn_env(ns, args, ifname, &[])
     }
 
-    fn spawn_env(ns: &Netns, args: &[&str], ifname: &str, env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = ns.command(BIN, args);
-        cmd.envs(env.iter().copied());
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .env("RUST_LOG", "info");
-        let mut guard = ChildGuard::new(cmd.spawn().expect("start tandem"));
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = guard.child_mut().stderr.take() {
-            let log = Arc::clone(&log);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        Daemon {
-            guard: Some(guard),
-            log,
+    fn spawn_env(ns: &Netns, args: &[&str], ifname: &str, env: &[(&str, &str)]) -> Served {
+        Served {
+            daemon: Daemon::start(ns, args, env),
             ifname: ifname.to_owned(),
         }
     }
 
     /// `tandem -f IFNAME`, waiting until its socket answers.
-    fn bare(ns: &Netns, ifname: &str) -> Daemon {
-        let mut d = Daemon::spawn(ns, &["-f", ifname], ifname);
+    fn bare(ns: &Netns, ifname: &str) -> Served {
+        let mut d = Served::spawn(ns, &["-f", ifname], ifname);
         d.wait_socket();
         d
     }
 
     /// `tandem up CONFIG`, waiting until its socket answers.
-    fn up(ns: &Netns, config: &Path, ifname: &str) -> Daemon {
-        let mut d = Daemon::spawn(ns, &["up", &config.to_string_lossy()], ifname);
+    fn up(ns: &Netns, config: &Path, ifname: &str) -> Served {
+        let mut d = Served::spawn(ns, &["up", &config.to_string_lossy()], ifname);
         d.wait_socket();
         d
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn pid(&self) -> u32 {
-        self.guard.as_ref().map_or(0, ChildGuard::id)
     }
 
     fn wait_socket(&mut self) {
@@ -189,46 +127,11 @@ impl Daemon {
             self.log()
         );
     }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.guard
-            .as_mut()
-            .and_then(|g| g.child_mut().try_wait().ok().flatten())
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {sig} {} failed", self.pid());
-    }
-
-    /// Waits for the daemon to exit by itself; panics with its log if it does not.
-    fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let status = self.guard.as_mut().and_then(|g| g.wait_timeout(limit));
-        match status {
-            Some(s) => s,
-            None => panic!(
-                "tandem for {} still running after {limit:?}; log:\n{}",
-                self.ifname,
-                self.log()
-            ),
-        }
-    }
 }
 
-impl Drop for Daemon {
+impl Drop for Served {
     fn drop(&mut self) {
-        if let Some(mut guard) = self.guard.take() {
-            if guard.child_mut().try_wait().ok().flatten().is_none() {
-                let _ = Command::new("kill")
-                    .args(["-s", "TERM", &guard.id().to_string()])
-                    .status();
-                let _ = guard.wait_timeout(Duration::from_secs(3));
-            }
-            drop(guard); // SIGKILL by PID if still running
-        }
+        self.daemon.terminate(Duration::from_secs(3));
         // A daemon killed hard leaves its socket: the name was this test's.
         let path = socket(&self.ifname);
         if UnixStream::connect(&path).is_err() {
@@ -346,7 +249,7 @@ fn wg_show_dump_and_showconf_against_a_config_file_daemon() {
     let name = ifname('s');
     let psk = PresharedKey::from_bytes([9; 32]);
     let conf = dir.file("a.toml", &named_config(&name, &psk));
-    let daemon = Daemon::up(&ns, &conf, &name);
+    let daemon = Served::up(&ns, &conf, &name);
 
     // The socket: owned by root, srwx------, in a 0755 directory.
     let meta = std::fs::metadata(socket(&name)).expect("socket");
@@ -472,7 +375,7 @@ fn wg_set_every_key_and_refused_sets_change_nothing() {
     let ns = Netns::new("tuw-set");
     let dir = TempDir::new("set");
     let name = ifname('e');
-    let _daemon = Daemon::bare(&ns, &name);
+    let _daemon = Served::bare(&ns, &name);
 
     // A fresh interface: no key, a random port, no peers.
     let (iface, peers) = dump(&ns, &name);
@@ -681,7 +584,7 @@ fn wg_setconf_and_syncconf_on_a_bare_daemon() {
     let ns = Netns::new("tuw-conf");
     let dir = TempDir::new("conf");
     let name = ifname('c');
-    let _daemon = Daemon::bare(&ns, &name);
+    let _daemon = Served::bare(&ns, &name);
 
     let first = dir.file(
         "first.conf",
@@ -760,8 +663,8 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
     // (and the WG_TUN_NAME_FILE it wrote, as wireguard-go does).
     let name = ifname('l');
     let dir = TempDir::new("life");
-    let name_file = dir.0.join("name");
-    let mut d = Daemon::spawn_env(
+    let name_file = dir.path("name");
+    let mut d = Served::spawn_env(
         &ns,
         &["-f", &name],
         &name,
@@ -806,7 +709,7 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
 
     // Deleting the socket file stops the daemon (cleanly) within a few seconds.
     let name = ifname('l');
-    let mut d = Daemon::bare(&ns, &name);
+    let mut d = Served::bare(&ns, &name);
     std::fs::remove_file(socket(&name)).expect("delete the socket");
     assert!(d.wait_exit(Duration::from_secs(5)).success(), "{}", d.log());
     assert!(d.log().contains("was removed"), "{}", d.log());
@@ -818,16 +721,16 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
 
     // Deleting the interface (as `wg-quick down` does) stops it and removes the socket.
     let name = ifname('l');
-    let mut d = Daemon::bare(&ns, &name);
+    let mut d = Served::bare(&ns, &name);
     ok(&ns, "ip", &["link", "del", "dev", &name]);
     assert!(d.wait_exit(Duration::from_secs(5)).success(), "{}", d.log());
     assert!(!socket(&name).exists(), "socket removed on exit");
 
     // A second daemon for a served interface fails and leaves the first alone.
     let name = ifname('l');
-    let _first = Daemon::bare(&ns, &name);
+    let _first = Served::bare(&ns, &name);
     let other = Netns::new("tuw-life2");
-    let mut second = Daemon::spawn(&other, &["-f", &name], &name);
+    let mut second = Served::spawn(&other, &["-f", &name], &name);
     let status = second.wait_exit(Duration::from_secs(10));
     assert!(!status.success());
     assert!(second.log().contains("in use"), "{}", second.log());
@@ -947,8 +850,8 @@ fn two_bare_daemons_configured_by_wg_and_ip_pass_a_ping() {
     veth_pair(&a, &b, &["10.88.0.1/24"], &["10.88.0.2/24"]);
     let dir = TempDir::new("ping");
     let (name_a, name_b) = (ifname('a'), ifname('b'));
-    let da = Daemon::bare(&a, &name_a);
-    let db = Daemon::bare(&b, &name_b);
+    let da = Served::bare(&a, &name_a);
+    let db = Served::bare(&b, &name_b);
     let conf_a = dir.file(
         "a.conf",
         &wg_conf(31, 44001, &[(32, "10.89.0.2/32", Some("10.88.0.2:44002"))]),
@@ -965,11 +868,7 @@ fn two_bare_daemons_configured_by_wg_and_ip_pass_a_ping() {
         ok(ns, "ip", &["address", "add", addr, "dev", name]);
         ok(ns, "ip", &["link", "set", "mtu", "1420", "up", "dev", name]);
     }
-    let pinged = wait_until(Duration::from_secs(15), || {
-        a.exec("ping", &["-n", "-c", "1", "-W", "1", "10.89.0.2"])
-            .status
-            .success()
-    });
+    let pinged = wait_until(Duration::from_secs(15), || ping_once(&a, "10.89.0.2"));
     assert!(
         pinged,
         "no ping through two bare tandems\n--- a:\n{}\n--- b:\n{}",
@@ -1000,7 +899,7 @@ fn wg_quick_conf(
 }
 
 /// A peer for the tunnels of the wg-quick tests: `tandem up` with a TOML config in `ns`.
-fn toml_peer(dir: &TempDir, ns: &Netns, name: &str, me: u8, peer: u8, endpoint: &str) -> Daemon {
+fn toml_peer(dir: &TempDir, ns: &Netns, name: &str, me: u8, peer: u8, endpoint: &str) -> Served {
     let conf = dir.file(
         "peer.toml",
         &format!(
@@ -1011,7 +910,7 @@ fn toml_peer(dir: &TempDir, ns: &Netns, name: &str, me: u8, peer: u8, endpoint: 
             public(peer)
         ),
     );
-    Daemon::up(ns, &conf, name)
+    Served::up(ns, &conf, name)
 }
 
 #[test]
@@ -1069,11 +968,7 @@ fn wg_quick_up_and_down_with_tandem_as_userspace_implementation() {
         text(&host.stdout).trim().is_empty(),
         "no route in the host namespace"
     );
-    let pinged = wait_until(Duration::from_secs(15), || {
-        a.exec("ping", &["-n", "-c", "1", "-W", "1", "10.91.0.2"])
-            .status
-            .success()
-    });
+    let pinged = wait_until(Duration::from_secs(15), || ping_once(&a, "10.91.0.2"));
     assert!(pinged, "no ping through the wg-quick tunnel");
 
     let down = a
@@ -1122,7 +1017,7 @@ fn tandem_up_runs_a_wg_quick_file() {
     );
     let name_b = ifname('v');
     let _db = toml_peer(&dir, &b, &name_b, 52, 51, "10.90.0.1:45001");
-    let da = Daemon::up(&a, &conf, &name);
+    let da = Served::up(&a, &conf, &name);
     assert!(
         da.log().contains("DNS"),
         "the ignored DNS is reported: {}",
@@ -1135,11 +1030,7 @@ fn tandem_up_runs_a_wg_quick_file() {
         routes.contains("10.93.0.0/16") && routes.contains("10.91.0.2"),
         "{routes}"
     );
-    let pinged = wait_until(Duration::from_secs(15), || {
-        a.exec("ping", &["-n", "-c", "1", "-W", "1", "10.91.0.2"])
-            .status
-            .success()
-    });
+    let pinged = wait_until(Duration::from_secs(15), || ping_once(&a, "10.91.0.2"));
     assert!(pinged, "no ping; log:\n{}", da.log());
     // wg sees the interface of a config-file daemon too.
     let shown = assert_show_matches_wg(&a, &name);

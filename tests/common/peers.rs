@@ -1,8 +1,9 @@
 //! Test kit: real WireGuard peers (`wireguard-go`, `boringtun-cli`) run inside a test's
 //! network namespace and configured with the stock `wg` tool, for interop tests against tandem.
 //!
-//! Include it next to the namespace kit, which it uses:
-//! `#[path = "common/netns.rs"] mod netns;` and `#[path = "common/peers.rs"] mod peers;`.
+//! Include it next to the namespace kit and the shared test kit, which it uses:
+//! `#[path = "common/netns.rs"] mod netns;`, `#[path = "common/kit.rs"] mod kit;` and
+//! `#[path = "common/peers.rs"] mod peers;`.
 //!
 //! Both implementations create `/var/run/wireguard/IFACE.sock`. That directory is shared by
 //! every network namespace (one mount namespace), so each peer needs an interface name no
@@ -11,12 +12,12 @@
 // Each test binary uses its own part of the kit.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::kit::collect_lines;
 use crate::netns::{ChildGuard, Netns};
 
 /// Where the userspace implementations put their UAPI sockets.
@@ -226,8 +227,8 @@ impl RealPeer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let mut guard = ChildGuard::new(child);
         let tag = format!("[{} start {}] ", self.kind.label(), self.starts);
-        collect(guard.child_mut().stdout.take(), &self.log, &tag);
-        collect(guard.child_mut().stderr.take(), &self.log, &tag);
+        collect_lines(guard.child_mut().stdout.take(), &self.log, &tag);
+        collect_lines(guard.child_mut().stderr.take(), &self.log, &tag);
         self.guard = Some(guard);
         self.wait_ready(Duration::from_secs(10));
     }
@@ -361,19 +362,4 @@ impl Drop for RealPeer {
         // A killed daemon leaves its socket file behind in the shared directory.
         let _ = std::fs::remove_file(self.socket_path());
     }
-}
-
-/// Appends each line of `r` (prefixed by `tag`) to `log`, on its own thread.
-fn collect<R: Read + Send + 'static>(r: Option<R>, log: &Arc<Mutex<String>>, tag: &str) {
-    let Some(r) = r else { return };
-    let log = Arc::clone(log);
-    let tag = tag.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            let mut l = log.lock().unwrap_or_else(|e| e.into_inner());
-            l.push_str(&tag);
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
 }
