@@ -299,33 +299,29 @@ pub fn start_transfer(
     timeout_secs: u32,
 ) -> Transfer {
     let timeout = timeout_secs.to_string();
-    let dst = dst.to_string_lossy();
-    let receiver = recv_ns.spawn(
-        BIN,
-        &[
-            "demo-helper",
-            "recv",
-            "--listen",
-            listen,
-            "--out",
-            &dst,
-            "--timeout",
-            &timeout,
-        ],
+    // `demo-helper ROLE ADDR_FLAG LISTEN FILE_FLAG FILE --timeout SECS`.
+    let helper = |ns: &Netns, [role, addr_flag, file_flag, file]: [&str; 4]| {
+        ns.spawn(
+            BIN,
+            &[
+                "demo-helper",
+                role,
+                addr_flag,
+                listen,
+                file_flag,
+                file,
+                "--timeout",
+                &timeout,
+            ],
+        )
+    };
+    let receiver = helper(
+        recv_ns,
+        ["recv", "--listen", "--out", &dst.to_string_lossy()],
     );
-    let src = src.to_string_lossy();
-    let sender = send_ns.spawn(
-        BIN,
-        &[
-            "demo-helper",
-            "send",
-            "--connect",
-            listen,
-            "--file",
-            &src,
-            "--timeout",
-            &timeout,
-        ],
+    let sender = helper(
+        send_ns,
+        ["send", "--connect", "--file", &src.to_string_lossy()],
     );
     Transfer { sender, receiver }
 }
