@@ -363,3 +363,37 @@ fn split_jobs_on_other_threads_match_the_one_call_path() {
         PreparedReceive::Dropped(DropReason::ReplayedCounter)
     ));
 }
+
+#[test]
+fn handshake_completion_is_reported_once_per_side() {
+    use tandem::proto::Event;
+    let mut p = Pair::new(None, true);
+    let pkt = p.packet(true, b"hello");
+    p.send_ip(true, &pkt);
+    p.run();
+    let a_events: Vec<_> = std::iter::from_fn(|| p.a.dev.poll_event()).collect();
+    let b_events: Vec<_> = std::iter::from_fn(|| p.b.dev.poll_event()).collect();
+    assert_eq!(
+        a_events,
+        vec![Event::HandshakeCompleted {
+            peer: p.a.peer,
+            public_key: p.b.public,
+            endpoint: Some(p.b.addr)
+        }]
+    );
+    // The responder's session is confirmed by the initiator's first packet.
+    assert_eq!(
+        b_events,
+        vec![Event::HandshakeCompleted {
+            peer: p.b.peer,
+            public_key: p.a.public,
+            endpoint: Some(p.a.addr)
+        }]
+    );
+    // Data under the session reports nothing more.
+    let pkt = p.packet(false, b"again");
+    p.send_ip(false, &pkt);
+    p.run();
+    assert_eq!(p.a.dev.poll_event(), None);
+    assert_eq!(p.b.dev.poll_event(), None);
+}

@@ -108,9 +108,6 @@ pub(crate) async fn apply(
     }
     device.set_mtu(usize::from(new.mtu));
     let changes = settings::sync_peers(device, &resolved, now)?;
-    for key in &changes.removed {
-        driver.forget_peer(key);
-    }
     let mtu_changed = new.mtu != old.mtu;
     sync_interface(&managed.netconf, &mut managed.applied, &plan, mtu_changed).await;
     // A peer whose keepalive was just turned on has a keepalive or initiation waiting.

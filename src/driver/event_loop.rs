@@ -23,7 +23,6 @@
 //! no half-processed state is held, so the daemon can drop the future (on a signal), change
 //! the device or sockets, and call `run` again.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,7 +40,7 @@ use super::tun::Tun;
 use super::udp::{UdpOffloads, UdpSockets};
 use crate::control::server::{self as control, ControlRequest};
 use crate::proto::{
-    Decapsulated, Device, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
+    Decapsulated, Device, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
     TAILROOM, Transmit,
 };
 
@@ -73,10 +72,6 @@ pub const CRYPTO_THREADS_ENV: &str = "TANDEM_CRYPTO_THREADS";
 /// Most datagrams sent from one `poll_transmit` drain before the loop looks at its inputs
 /// again (the rest go on the next turn).
 const MAX_DRAIN: usize = 4 * BATCH;
-
-/// How long after a handshake message the driver watches for the handshake to complete (to
-/// log it): a responder's session is confirmed by the initiator's first data packet.
-const HANDSHAKE_WATCH: Duration = Duration::from_secs(15);
 
 /// How long the loop waits before firing timers again when the core reports a deadline that
 /// is already past right after firing them.
@@ -207,8 +202,6 @@ pub struct Driver {
     gso_refused: bool,
     out: Box<[u8]>,
     stats: DriverStats,
-    watch_handshakes_until: Option<Duration>,
-    last_handshake: HashMap<PublicKey, Duration>,
     /// Control hook: UAPI requests, answered on this task between two batches (the device
     /// has no lock). See `control::server`.
     control: Option<mpsc::Receiver<ControlRequest>>,
@@ -296,8 +289,6 @@ impl Driver {
             clock,
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             stats: DriverStats::default(),
-            watch_handshakes_until: None,
-            last_handshake: HashMap::new(),
             control: None,
         }
     }
@@ -374,7 +365,7 @@ impl Driver {
                 Wake::Control(request) => control::handle(self, request),
             }
             self.drain_transmit().await;
-            self.watch_handshakes();
+            self.log_events();
         }
     }
 
@@ -545,9 +536,6 @@ impl Driver {
             self.stats.under_load_batches += 1;
             self.device.set_under_load(now);
         }
-        if handshakes > 0 {
-            self.watch_handshakes_until = Some(now.monotonic + HANDSHAKE_WATCH);
-        }
         // Sequential half, in arrival order: framing, handshakes, replay check.
         let items = &mut self.pool.items;
         items.clear();
@@ -662,35 +650,25 @@ impl Driver {
 
     /// Logs handshakes that completed since the last look, while handshake messages were
     /// recently seen (the scan reads every peer, so it is not done all the time).
-    fn watch_handshakes(&mut self) {
-        let Some(until) = self.watch_handshakes_until else {
-            return;
-        };
-        let now = self.clock.now();
-        if now.monotonic > until {
-            self.watch_handshakes_until = None;
-        }
-        for peer in self.device.peers() {
-            let Some(at) = peer.stats.last_handshake else {
-                continue;
-            };
-            if self.last_handshake.insert(peer.public_key, at) != Some(at) {
-                self.stats.handshakes += 1;
-                match peer.endpoint {
-                    Some(endpoint) => tracing::info!(
-                        peer = %peer.public_key,
-                        %endpoint,
-                        "handshake completed"
-                    ),
-                    None => tracing::info!(peer = %peer.public_key, "handshake completed"),
+    /// Logs the handshakes the core completed since the last turn (no scan of the peers).
+    fn log_events(&mut self) {
+        while let Some(event) = self.device.poll_event() {
+            match event {
+                Event::HandshakeCompleted {
+                    public_key,
+                    endpoint,
+                    ..
+                } => {
+                    self.stats.handshakes += 1;
+                    match endpoint {
+                        Some(endpoint) => {
+                            tracing::info!(peer = %public_key, %endpoint, "handshake completed")
+                        }
+                        None => tracing::info!(peer = %public_key, "handshake completed"),
+                    }
                 }
             }
         }
-    }
-
-    /// Forgets what `watch_handshakes` knew of a removed peer.
-    pub fn forget_peer(&mut self, key: &PublicKey) {
-        self.last_handshake.remove(key);
     }
 
     /// Fires due timers and sends their output: for use right after a reconfiguration (a

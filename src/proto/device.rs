@@ -111,6 +111,21 @@ impl ReceiveJob {
     }
 }
 
+/// Something the driver may want to know (and log), drained with [`Device::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A handshake completed: as initiator when the response arrived, as responder when the
+    /// initiator's first packet confirmed the session.
+    HandshakeCompleted {
+        peer: PeerId,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+    },
+}
+
+/// Events kept for the driver; beyond this the oldest is dropped (they are informational).
+const MAX_EVENTS: usize = 256;
+
 /// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
@@ -153,6 +168,7 @@ pub struct Device {
     flush: VecDeque<PeerId>,
     /// Recycled staging buffers.
     spare: Vec<Vec<u8>>,
+    events: VecDeque<Event>,
     drops: DropCounters,
     rng: StdRng,
 }
@@ -179,6 +195,7 @@ impl Device {
             control: VecDeque::new(),
             flush: VecDeque::new(),
             spare: Vec::new(),
+            events: VecDeque::new(),
             drops: DropCounters::default(),
             rng,
         }
@@ -498,6 +515,18 @@ impl Device {
         }
     }
 
+    fn push_event(&mut self, event: Event) {
+        if self.events.len() >= MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    /// The next event (handshakes completed), oldest first.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
     fn recycle(&mut self, buffer: Vec<u8>) {
         if self.spare.len() < MAX_SPARE_BUFFERS {
             self.spare.push(buffer);
@@ -702,10 +731,16 @@ impl Device {
         peer.timers.on_authenticated_received();
         peer.timers.on_authenticated_traversal(now.monotonic, ka);
         tracing::debug!(peer = %peer.public_key, "handshake complete (initiator)");
+        let completed = Event::HandshakeCompleted {
+            peer: id,
+            public_key: peer.public_key,
+            endpoint: peer.endpoint,
+        };
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {
             self.index.remove(k.local_index);
         }
+        self.push_event(completed);
         // Confirm the session at once: send what waited, or else a keepalive.
         if has_staged {
             self.schedule_flush(id);
@@ -864,11 +899,19 @@ impl Device {
             peer.timers.sent_lastminute_handshake = true;
         }
         let has_staged = !peer.staged.is_empty();
+        let peer_key = peer.public_key;
         if let Some(k) = dropped {
             self.index.remove(k.local_index);
         }
-        if confirmed && has_staged {
-            self.schedule_flush(id);
+        if confirmed {
+            self.push_event(Event::HandshakeCompleted {
+                peer: id,
+                public_key: peer_key,
+                endpoint: Some(src),
+            });
+            if has_staged {
+                self.schedule_flush(id);
+            }
         }
         if rekey {
             self.send_initiation(id, false, now);

@@ -21,7 +21,7 @@ pub mod timers;
 pub mod transport;
 
 pub use device::{
-    ConfigureError, Decapsulated, Device, Encapsulated, HEADROOM, PeerInfo, PreparedReceive,
+    ConfigureError, Decapsulated, Device, Encapsulated, Event, HEADROOM, PeerInfo, PreparedReceive,
     PreparedSend, ReceiveJob, TAILROOM, Transmit,
 };
 pub use error::{DropCounters, DropReason};
