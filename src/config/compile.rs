@@ -181,6 +181,46 @@ fn read_key_file(diag: &mut Diagnostics, at: &At<String>) -> Option<(String, Pat
     Some((text, path))
 }
 
+/// The result of a key given inline or in a file (exactly one of the two).
+enum KeySource<K> {
+    /// Neither was given; the caller decides whether that is an error.
+    Absent,
+    /// An error was reported (both given, bad base64, unreadable file).
+    Invalid,
+    /// The key, and the file it came from when it came from one.
+    Found(K, Option<PathBuf>),
+}
+
+/// Decodes the key of `inline` or `file`, reporting "give either X or Y, not both" with
+/// `inline_name` (the inline key's name in the file's dialect) when both are there.
+fn key_or_file<K>(
+    diag: &mut Diagnostics,
+    inline: &Option<At<String>>,
+    file: &Option<At<String>>,
+    inline_name: String,
+    decode: fn(&str) -> Result<K, KeyError>,
+) -> KeySource<K> {
+    match (inline, file) {
+        (Some(_), Some(file)) => {
+            diag.error(
+                file.line,
+                &file.key,
+                format!("give either {inline_name} or {}, not both", file.key),
+            );
+            KeySource::Invalid
+        }
+        (None, None) => KeySource::Absent,
+        (Some(at), None) => match decode_inline_key(diag, at, decode) {
+            Some(k) => KeySource::Found(k, None),
+            None => KeySource::Invalid,
+        },
+        (None, Some(at)) => match decode_file_key(diag, at, decode) {
+            Some((k, path)) => KeySource::Found(k, Some(path)),
+            None => KeySource::Invalid,
+        },
+    }
+}
+
 fn decode_file_key<K>(
     diag: &mut Diagnostics,
     at: &At<String>,
@@ -372,20 +412,14 @@ fn compile_interface(
     };
 
     let mut private_key_file = None;
-    let private_key = match (&d.private_key, &d.private_key_file) {
-        (Some(_), Some(file)) => {
-            diag.error(
-                file.line,
-                &file.key,
-                format!(
-                    "give either {} or {}, not both",
-                    dialect.interface_key("private_key"),
-                    file.key
-                ),
-            );
-            None
-        }
-        (None, None) => {
+    let private_key = match key_or_file(
+        diag,
+        &d.private_key,
+        &d.private_key_file,
+        dialect.interface_key("private_key"),
+        PrivateKey::from_base64,
+    ) {
+        KeySource::Absent => {
             let what = match dialect {
                 Dialect::Toml => "missing private_key (or private_key_file)",
                 Dialect::WgQuick => "missing PrivateKey",
@@ -393,11 +427,11 @@ fn compile_interface(
             diag.missing(d.line, dialect.interface_key("private_key"), what);
             None
         }
-        (Some(at), None) => decode_inline_key(diag, at, PrivateKey::from_base64),
-        (None, Some(at)) => decode_file_key(diag, at, PrivateKey::from_base64).map(|(k, path)| {
-            private_key_file = Some(path);
-            k
-        }),
+        KeySource::Invalid => None,
+        KeySource::Found(k, path) => {
+            private_key_file = path;
+            Some(k)
+        }
     };
     let private_key = private_key.and_then(|k| {
         if k.is_zero() {
@@ -566,38 +600,22 @@ fn compile_peer(
     };
 
     let mut preshared_key_file = None;
-    let preshared_key = match (&d.preshared_key, &d.preshared_key_file) {
-        (Some(_), Some(file)) => {
-            diag.error(
-                file.line,
-                &file.key,
-                format!(
-                    "give either {} or {}, not both",
-                    dialect.peer_key(d.index, "preshared_key"),
-                    file.key
-                ),
-            );
+    let preshared_key = match key_or_file(
+        diag,
+        &d.preshared_key,
+        &d.preshared_key_file,
+        dialect.peer_key(d.index, "preshared_key"),
+        PresharedKey::from_base64,
+    ) {
+        KeySource::Absent => None,
+        KeySource::Invalid => {
             ok = false;
             None
         }
-        (None, None) => None,
-        (Some(at), None) => match decode_inline_key(diag, at, PresharedKey::from_base64) {
-            Some(k) => Some(k),
-            None => {
-                ok = false;
-                None
-            }
-        },
-        (None, Some(at)) => match decode_file_key(diag, at, PresharedKey::from_base64) {
-            Some((k, path)) => {
-                preshared_key_file = Some(path);
-                Some(k)
-            }
-            None => {
-                ok = false;
-                None
-            }
-        },
+        KeySource::Found(k, path) => {
+            preshared_key_file = path;
+            Some(k)
+        }
     };
 
     let endpoint = match &d.endpoint {

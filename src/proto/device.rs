@@ -352,13 +352,6 @@ impl Device {
         true
     }
 
-    pub fn remove_all_peers(&mut self) {
-        let keys: Vec<PublicKey> = self.by_key.keys().copied().collect();
-        for k in keys {
-            self.remove_peer(&k);
-        }
-    }
-
     pub fn peer_id(&self, key: &PublicKey) -> Option<PeerId> {
         self.by_key.get(key).copied()
     }

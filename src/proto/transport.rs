@@ -173,18 +173,13 @@ impl Keypair {
     }
 
     /// Decrypts `message` (a whole transport message) in place. On success returns the
-    /// padded plaintext length (plaintext at `message[HEADROOM..]`) and marks the counter.
+    /// padded plaintext length (plaintext at `message[HEADROOM..]`) and marks the counter:
+    /// the one-call form of [`Keypair::prepare_open`], [`OpenJob::open`], [`Keypair::mark`].
     pub fn open(&mut self, counter: u64, message: &mut [u8]) -> Result<usize, OpenError> {
-        if !self.replay.check(counter) {
-            return Err(OpenError::Replayed);
-        }
-        let body = message.get_mut(HEADROOM..).ok_or(OpenError::Decrypt)?;
-        let len = self
-            .receiving
-            .open(counter, body)
-            .ok_or(OpenError::Decrypt)?;
+        let job = self.prepare_open(counter)?;
+        let len = job.open(message).ok_or(OpenError::Decrypt)?;
         // Marked only after authentication: a forged packet cannot move the window.
-        if !self.replay.mark(counter) {
+        if !self.mark(counter) {
             return Err(OpenError::Replayed);
         }
         Ok(len)
