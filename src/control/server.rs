@@ -57,7 +57,6 @@ pub fn socket_path(dir: &Path, ifname: &str) -> PathBuf {
 }
 
 /// A request for the event loop, answered by [`handle`].
-#[derive(Debug)]
 pub enum ControlRequest {
     /// `get=1`: the reply text, `errno=0` included.
     Get { reply: oneshot::Sender<String> },
@@ -69,6 +68,81 @@ pub enum ControlRequest {
     /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
     /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
     SyncMtu,
+    /// The daemon's own change (a reload): runs on the data plane's thread, between two
+    /// batches, with the driver to itself.
+    Run(Box<dyn FnOnce(&mut Driver) + Send>),
+    /// Stop the event loop (the daemon is shutting down); `Driver::run` returns.
+    Stop,
+}
+
+impl std::fmt::Debug for ControlRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlRequest::Get { .. } => f.write_str("Get"),
+            ControlRequest::Set { request, .. } => {
+                f.debug_struct("Set").field("request", request).finish()
+            }
+            ControlRequest::SyncMtu => f.write_str("SyncMtu"),
+            ControlRequest::Run(_) => f.write_str("Run"),
+            ControlRequest::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
+/// The sending end of the event loop's control channel: a bounded queue, and the waker that
+/// interrupts the loop's `epoll_wait` so that it looks at the queue.
+#[derive(Debug, Clone)]
+pub struct ControlSender {
+    tx: mpsc::Sender<ControlRequest>,
+    waker: Option<Arc<mio::Waker>>,
+}
+
+/// The event loop is gone: its channel is closed.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the data plane has stopped")]
+pub struct LoopGone;
+
+impl ControlSender {
+    /// `waker`: None for a receiver that does not sleep in epoll (tests).
+    pub fn new(tx: mpsc::Sender<ControlRequest>, waker: Option<Arc<mio::Waker>>) -> Self {
+        ControlSender { tx, waker }
+    }
+
+    /// Queues `request`, waiting while the queue is full.
+    pub async fn send(&self, request: ControlRequest) -> Result<(), LoopGone> {
+        self.tx.send(request).await.map_err(|_| LoopGone)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `request` unless the queue is full (then it is dropped: for housekeeping that
+    /// the next tick asks for again).
+    pub fn try_send(&self, request: ControlRequest) {
+        if self.tx.try_send(request).is_ok() {
+            self.wake();
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(waker) = &self.waker
+            && let Err(e) = waker.wake()
+        {
+            tracing::debug!(error = %e, "cannot wake the event loop");
+        }
+    }
+
+    /// Runs `f` on the event loop's thread, with the driver, and returns what it returns.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Driver) -> R + Send + 'static,
+    ) -> Result<R, LoopGone> {
+        let (tx, rx) = oneshot::channel();
+        self.send(ControlRequest::Run(Box::new(move |driver| {
+            let _ = tx.send(f(driver));
+        })))
+        .await?;
+        rx.await.map_err(|_| LoopGone)
+    }
 }
 
 /// Peer names from the config, by public key, for `get=tandem`.
@@ -130,11 +204,11 @@ pub struct UapiServer {
 
 impl UapiServer {
     /// Creates the socket of `ifname` in `dir` and serves it on the current tokio runtime,
-    /// sending requests to `control` (the event loop's [`Driver::attach_control`] receiver).
+    /// sending requests to `control` (from [`Driver::control_channel`]).
     pub fn start(
         dir: &Path,
         ifname: &str,
-        control: mpsc::Sender<ControlRequest>,
+        control: ControlSender,
         names: PeerNames,
     ) -> Result<UapiServer, ServerError> {
         let path = socket_path(dir, ifname);
@@ -232,7 +306,7 @@ fn bind_replacing_stale(path: &Path) -> Result<std::os::unix::net::UnixListener,
 
 async fn accept_loop(
     listener: UnixListener,
-    control: mpsc::Sender<ControlRequest>,
+    control: ControlSender,
     names: watch::Receiver<Arc<PeerNames>>,
 ) {
     loop {
@@ -281,7 +355,7 @@ fn frame(buf: &[u8], framer: &mut Framer) -> Framed {
 
 async fn serve_connection(
     mut stream: UnixStream,
-    control: mpsc::Sender<ControlRequest>,
+    control: ControlSender,
     names: watch::Receiver<Arc<PeerNames>>,
 ) {
     let mut buf: Vec<u8> = Vec::new();
@@ -324,7 +398,7 @@ async fn serve_connection(
 }
 
 /// The reply to one UAPI request, or `None` to close the connection.
-async fn answer(text: &str, control: &mpsc::Sender<ControlRequest>) -> Option<String> {
+async fn answer(text: &str, control: &ControlSender) -> Option<String> {
     match parse_request(text) {
         Request::Get => ask(control, |reply| ControlRequest::Get { reply }).await,
         Request::Set(mut request) => {
@@ -343,7 +417,7 @@ async fn answer(text: &str, control: &mpsc::Sender<ControlRequest>) -> Option<St
 }
 
 async fn tandem_get(
-    control: &mpsc::Sender<ControlRequest>,
+    control: &ControlSender,
     names: &watch::Receiver<Arc<PeerNames>>,
 ) -> Option<String> {
     let reply = ask(control, |reply| ControlRequest::Get { reply }).await?;
@@ -352,7 +426,7 @@ async fn tandem_get(
 }
 
 async fn ask(
-    control: &mpsc::Sender<ControlRequest>,
+    control: &ControlSender,
     request: impl FnOnce(oneshot::Sender<String>) -> ControlRequest,
 ) -> Option<String> {
     let (tx, rx) = oneshot::channel();
@@ -380,11 +454,11 @@ pub fn add_names(get_reply: &str, names: &PeerNames) -> String {
     out
 }
 
-/// Answers one request on the event loop's task (the driver's control hook).
+/// Answers one request on the event loop's thread (the driver's control hook).
 pub fn handle(driver: &mut Driver, request: ControlRequest) {
     match request {
         ControlRequest::Get { reply } => {
-            let state = interface_state(&driver.udp);
+            let state = interface_state(driver.udp());
             let _ = reply.send(format_get(&driver.device, &state, driver.now()));
         }
         ControlRequest::Set { request, reply } => {
@@ -397,6 +471,9 @@ pub fn handle(driver: &mut Driver, request: ControlRequest) {
             };
             let _ = reply.send(text);
         }
+        ControlRequest::Run(f) => f(driver),
+        // The event loop stops before it gets here.
+        ControlRequest::Stop => {}
         ControlRequest::SyncMtu => match driver.tun.device.mtu() {
             Ok(mtu) if usize::from(mtu) != driver.device.mtu() => {
                 tracing::info!(mtu, "interface MTU changed");
@@ -431,13 +508,14 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// fwmark first, since they can fail; then the device change, which cannot fail halfway. On
 /// any error nothing has changed.
 fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
-    let port = driver.udp.port();
-    let mark = driver.udp.fwmark();
+    let port = driver.udp().port();
+    let mark = driver.udp().fwmark();
     let new_mark = request.fwmark().unwrap_or(mark);
     let new_sockets = match request.listen_port() {
         // The same port again keeps the sockets (wireguard-go rebinds, to the same effect).
         Some(wanted) if wanted == 0 || wanted != port => Some(
             UdpSockets::bind(Some(wanted), new_mark)
+                .and_then(|sockets| driver.register_udp(sockets))
                 .map_err(|e| UapiError::addr_in_use(chain(&e)))?,
         ),
         _ => None,
@@ -445,7 +523,6 @@ fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
     let remark = new_sockets.is_none() && new_mark != mark;
     if remark {
         driver
-            .udp
             .set_fwmark(new_mark)
             .map_err(|e| UapiError::addr_in_use(chain(&e)))?;
     }
@@ -455,16 +532,15 @@ fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
     };
     let now = driver.now();
     if let Err(e) = apply_set(request, &mut driver.device, &mut state, now) {
-        if remark && let Err(undo) = driver.udp.set_fwmark(mark) {
+        if remark && let Err(undo) = driver.set_fwmark(mark) {
             tracing::error!("cannot restore the fwmark: {}", chain(&undo));
         }
         return Err(e);
     }
     if let Some(sockets) = new_sockets {
         tracing::info!(from = port, to = sockets.port(), "listen port changed");
-        driver.udp = sockets;
         // New sockets get the same offloads and buffer sizes as the ones they replace.
-        driver.configure_udp();
+        driver.install_udp(sockets);
     }
     if remark {
         tracing::info!(fwmark = new_mark, "fwmark changed");
@@ -552,7 +628,7 @@ mod tests {
                         };
                         let _ = reply.send(text);
                     }
-                    ControlRequest::SyncMtu => {}
+                    ControlRequest::SyncMtu | ControlRequest::Run(_) | ControlRequest::Stop => {}
                 }
             }
             device
@@ -589,6 +665,7 @@ mod tests {
         let dir = TempDir::new("serve");
         rt().block_on(async {
             let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+            let tx = ControlSender::new(tx, None);
             let device = fake_event_loop(rx);
             let mut names = PeerNames::new();
             names.insert(key(2).public_key(), "site-b\n".into());
@@ -686,6 +763,7 @@ mod tests {
         let dir = TempDir::new("stale");
         rt().block_on(async {
             let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let tx = ControlSender::new(tx, None);
             let first = UapiServer::start(&dir.0, "tnd-test1", tx.clone(), PeerNames::new())
                 .expect("start");
             let again = UapiServer::start(&dir.0, "tnd-test1", tx.clone(), PeerNames::new());
@@ -712,6 +790,7 @@ mod tests {
         let dir = TempDir::new("gone");
         rt().block_on(async {
             let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let tx = ControlSender::new(tx, None);
             let server =
                 UapiServer::start(&dir.0, "tnd-test3", tx, PeerNames::new()).expect("start");
             let file = server.file();
@@ -735,6 +814,7 @@ mod tests {
     fn query_reads_the_whole_reply() {
         let dir = TempDir::new("query");
         let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let tx = ControlSender::new(tx, None);
         let runtime = rt();
         let _guard = runtime.enter();
         let _device = fake_event_loop(rx);

@@ -8,9 +8,9 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use super::run::Managed;
-use super::settings::{self, Resolved};
+use super::settings::{self, PeerChanges, Resolved};
 use crate::config;
-use crate::driver::{Driver, UdpSockets};
+use crate::driver::{DataPlane, Driver, UdpSockets};
 use crate::netconf::prefix::network;
 use crate::netconf::{Applied, NetConf};
 
@@ -46,56 +46,82 @@ pub async fn prepare(path: &Path, no_offload: bool) -> anyhow::Result<Prepared> 
 
 /// Applies a prepared config. Everything that can fail without side effects (interface name,
 /// plan check, new sockets, fwmark) is done first; on error nothing has changed. Then the
-/// core's keys and peers are swapped in, and the interface's MTU, addresses and routes are
-/// brought in line (a kernel refusal there is logged and the rest still applied).
+/// core's keys and peers are swapped in (on the data plane's thread, between two batches),
+/// and the interface's MTU, addresses and routes are brought in line (a kernel refusal there
+/// is logged and the rest still applied).
 pub(crate) async fn apply(
-    driver: &mut Driver,
+    plane: &DataPlane,
+    ifname: &str,
     managed: &mut Managed,
     prepared: Prepared,
 ) -> anyhow::Result<()> {
     let resolved = prepared.resolved;
     let new = &resolved.config.interface;
     let old = &managed.config.interface;
-    if new.name != driver.tun.name {
+    if new.name != ifname {
         bail!(
-            "the interface name changed from {} to {}: restart the daemon for that",
-            driver.tun.name,
+            "the interface name changed from {ifname} to {}: restart the daemon for that",
             new.name
         );
     }
-    let (plan, warnings) = settings::interface_plan(&resolved.config, &driver.tun.name);
+    let (plan, warnings) = settings::interface_plan(&resolved.config, ifname);
     plan.check()
         .context("the new interface settings are invalid")?;
+    let offload_changed = new.offload != old.offload;
+    let mtu_changed = new.mtu != old.mtu;
 
+    let (resolved, changes) = plane
+        .run(move |driver| {
+            let changes = apply_to_data_plane(driver, &resolved);
+            (resolved, changes)
+        })
+        .await?;
+    let changes = changes?;
+
+    // Committed: from here on the new config is the running one.
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if offload_changed {
+        tracing::warn!("a change of `offload` takes effect when the daemon restarts");
+    }
+    sync_interface(&managed.netconf, &mut managed.applied, &plan, mtu_changed).await;
+    tracing::info!(
+        peers = resolved.config.peers.len(),
+        added = changes.added.len(),
+        removed = changes.removed.len(),
+        kept = changes.updated.len(),
+        "configuration reloaded"
+    );
+    managed.config = resolved.config;
+    Ok(())
+}
+
+/// The data plane's part of a reload, run on its thread: new sockets (when the port changes)
+/// or the fwmark first, since they can fail; then keys and peers.
+fn apply_to_data_plane(driver: &mut Driver, resolved: &Resolved) -> anyhow::Result<PeerChanges> {
+    let new = &resolved.config.interface;
     // New sockets when the port changes (a config without a port keeps the current one).
     let new_sockets = match new.listen_port {
-        Some(port) if port != 0 && port != driver.udp.port() => Some(
+        Some(port) if port != 0 && port != driver.udp().port() => Some(
             UdpSockets::bind(Some(port), new.fwmark)
+                .and_then(|sockets| driver.register_udp(sockets))
                 .with_context(|| format!("cannot listen on UDP port {port}"))?,
         ),
         _ => None,
     };
-    if new_sockets.is_none() && new.fwmark != driver.udp.fwmark() {
+    if new_sockets.is_none() && new.fwmark != driver.udp().fwmark() {
         driver
-            .udp
             .set_fwmark(new.fwmark)
             .context("cannot change the fwmark")?;
     }
-
-    // Commit: from here on the new config is the running one.
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
-    if new.offload != old.offload {
-        tracing::warn!("a change of `offload` takes effect when the daemon restarts");
-    }
     if let Some(sockets) = new_sockets {
         tracing::info!(
-            from = driver.udp.port(),
+            from = driver.udp().port(),
             to = sockets.port(),
             "listen port changed"
         );
-        driver.udp = sockets;
+        driver.install_udp(sockets);
     }
     let now = driver.now();
     let device = &mut driver.device;
@@ -107,20 +133,10 @@ pub(crate) async fn apply(
         device.set_private_key(Some(new.private_key.clone()));
     }
     device.set_mtu(usize::from(new.mtu));
-    let changes = settings::sync_peers(device, &resolved, now)?;
-    let mtu_changed = new.mtu != old.mtu;
-    sync_interface(&managed.netconf, &mut managed.applied, &plan, mtu_changed).await;
+    let changes = settings::sync_peers(device, resolved, now)?;
     // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
-    driver.flush().await;
-    tracing::info!(
-        peers = resolved.config.peers.len(),
-        added = changes.added.len(),
-        removed = changes.removed.len(),
-        kept = changes.updated.len(),
-        "configuration reloaded"
-    );
-    managed.config = resolved.config;
-    Ok(())
+    driver.flush();
+    Ok(changes)
 }
 
 /// Brings the interface from what `applied` records to `plan`: MTU, then addresses and routes

@@ -7,7 +7,8 @@
 //!   the UAPI socket; `wg` and `wg-quick` configure the rest. SIGHUP is ignored.
 //!
 //! Both serve the UAPI socket `/var/run/wireguard/IFNAME.sock` (see `control::server`), whose
-//! requests the event loop answers on its own task. The daemon stops on SIGINT or SIGTERM,
+//! requests the event loop answers on its own thread (the data plane, see `driver::plane`);
+//! this tokio runtime keeps signals, the socket's connections, netlink and reloads. The daemon stops on SIGINT or SIGTERM,
 //! when its socket file is deleted (checked every second), or when its interface is deleted
 //! (`ip link del`, as `wg-quick down` does); the last two are clean exits, as in wireguard-go.
 //! On the way out the socket goes first, then addresses and routes, then the device.
@@ -24,10 +25,10 @@ use super::reload::{self, Prepared};
 use super::settings::{self, Resolved};
 use crate::config::{Config, DEFAULT_MTU};
 use crate::control::server::{
-    CONTROL_QUEUE, ControlRequest, PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer,
+    ControlRequest, ControlSender, PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer,
 };
 use crate::driver::tun::{Tun, TunError, open_tun};
-use crate::driver::{Clock, Driver, DriverError, UdpSockets, sys};
+use crate::driver::{Clock, DataPlane, Driver, DriverError, UdpSockets, sys};
 use crate::keygen::os_random;
 use crate::netconf::{self, Applied, NetConf};
 use crate::proto::Device;
@@ -51,9 +52,11 @@ pub(crate) struct Managed {
 
 /// The state the main loop keeps besides the driver.
 pub(crate) struct Running {
-    pub driver: Driver,
-    /// Sends housekeeping to the event loop's control hook.
-    pub control: mpsc::Sender<ControlRequest>,
+    /// The event loop, on its own thread.
+    pub plane: DataPlane,
+    /// The interface's kernel name and index.
+    pub ifname: String,
+    pub ifindex: u32,
     /// None only in config mode when the socket is served by someone else.
     pub uapi: Option<UapiServer>,
     /// Config mode only.
@@ -111,9 +114,8 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut device = Device::new(None, seed);
     device.set_mtu(usize::from(DEFAULT_MTU));
-    let mut driver = Driver::new(device, tun, udp, Clock::new());
-    let (control, requests) = mpsc::channel(CONTROL_QUEUE);
-    driver.attach_control(requests);
+    let mut driver = Driver::new(device, tun, udp, Clock::new())?;
+    let control = control_channel(&mut driver)?;
     let uapi = UapiServer::start(
         Path::new(SOCKET_DIR),
         &driver.tun.name,
@@ -124,7 +126,7 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
     let name_file = write_name_file(&driver.tun.name);
     tracing::info!(
         interface = %driver.tun.name,
-        port = driver.udp.port(),
+        port = driver.udp().port(),
         offload = driver.tun.offload,
         socket = %uapi.path().display(),
         "interface created; configure it with wg (e.g. wg setconf) and ip"
@@ -136,14 +138,27 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
     if detached && let Err(e) = sys::detach_stdio() {
         tracing::warn!(error = %e, "cannot point stdio at /dev/null");
     }
+    let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
     let running = Running {
-        driver,
-        control,
+        plane: start_data_plane(driver, control)?,
+        ifname,
+        ifindex,
         uapi: Some(uapi),
         managed: None,
         name_file,
     };
     run(running, signals).await
+}
+
+/// The event loop's control channel (made before the loop starts, for the UAPI server).
+fn control_channel(driver: &mut Driver) -> anyhow::Result<ControlSender> {
+    driver
+        .control_channel()
+        .context("cannot set up the event loop's control channel")
+}
+
+fn start_data_plane(driver: Driver, control: ControlSender) -> anyhow::Result<DataPlane> {
+    DataPlane::spawn(driver, control).context("cannot start the data plane thread")
 }
 
 async fn run(mut running: Running, signals: Signals) -> anyhow::Result<()> {
@@ -208,7 +223,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut device = Device::new(Some(iface.private_key.clone()), seed);
     device.set_mtu(usize::from(iface.mtu));
-    let mut driver = Driver::new(device, tun, udp, Clock::new());
+    let mut driver = Driver::new(device, tun, udp, Clock::new())?;
     let now = driver.now();
     settings::sync_peers(&mut driver.device, &resolved, now)?;
 
@@ -223,8 +238,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot configure interface {}", driver.tun.name))?;
 
-    let (control, requests) = mpsc::channel(CONTROL_QUEUE);
-    driver.attach_control(requests);
+    let control = control_channel(&mut driver)?;
     // The socket is a convenience here (the config file is the source of truth), so a daemon
     // without it still runs: e.g. one interface name used in two network namespaces, which
     // share /var/run/wireguard.
@@ -250,21 +264,24 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let status = format!(
         "{} up: listening on UDP port {}, {} peer(s)",
         driver.tun.name,
-        driver.udp.port(),
+        driver.udp().port(),
         resolved.config.peers.len()
     );
     tracing::info!(
         interface = %driver.tun.name,
         public_key = %iface.private_key.public_key(),
-        port = driver.udp.port(),
+        port = driver.udp().port(),
         offload = driver.tun.offload,
         peers = resolved.config.peers.len(),
         "interface up"
     );
+    let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
+    let plane = start_data_plane(driver, control)?;
     notify::ready(&status);
     Ok(Running {
-        driver,
-        control,
+        plane,
+        ifname,
+        ifindex,
         uapi,
         managed: Some(Managed {
             netconf: nc,
@@ -279,11 +296,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
 
 /// Once a second: stops the daemon when its socket file is gone (or replaced), and asks the
 /// event loop to follow the interface's MTU.
-async fn watch(
-    socket: Option<SocketFile>,
-    control: mpsc::Sender<ControlRequest>,
-    stop: mpsc::Sender<String>,
-) {
+async fn watch(socket: Option<SocketFile>, control: ControlSender, stop: mpsc::Sender<String>) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -300,7 +313,7 @@ async fn watch(
             return;
         }
         // Skipped when the loop is busy: the next tick asks again.
-        let _ = control.try_send(ControlRequest::SyncMtu);
+        control.try_send(ControlRequest::SyncMtu);
     }
 }
 
@@ -317,7 +330,7 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
     let (stop_tx, mut stop_rx) = mpsc::channel::<String>(1);
     let _watcher = AbortOnDrop(tokio::spawn(watch(
         running.uapi.as_ref().map(UapiServer::file),
-        running.control.clone(),
+        running.plane.control().clone(),
         stop_tx,
     )));
     // Reloads are prepared (file read, checked, names resolved) off the loop, so traffic keeps
@@ -326,8 +339,8 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
     let mut generation = 0u64;
     loop {
         tokio::select! {
-            r = running.driver.run() => {
-                return data_plane_stopped(&running.driver, r);
+            r = running.plane.stopped() => {
+                return data_plane_stopped(&running.ifname, running.ifindex, r);
             }
             _ = signals.interrupt.recv() => {
                 tracing::info!("SIGINT received, shutting down");
@@ -368,7 +381,7 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 };
                 match result {
                     Ok(prepared) => {
-                        match reload::apply(&mut running.driver, managed, prepared).await {
+                        match reload::apply(&running.plane, &running.ifname, managed, prepared).await {
                             Ok(()) => {
                                 if let Some(uapi) = &running.uapi {
                                     uapi.set_names(peer_names(&managed.config));
@@ -381,7 +394,7 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                     }
                     Err(e) => tracing::error!("reload failed, configuration unchanged: {e:#}"),
                 }
-                notify::ready(&format!("{} up (reloaded)", running.driver.tun.name));
+                notify::ready(&format!("{} up (reloaded)", running.ifname));
             }
         }
     }
@@ -389,13 +402,17 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
 
 /// The event loop ended: a clean stop when the interface was deleted under it (reads then
 /// fail with EBADFD), an error otherwise.
-fn data_plane_stopped(driver: &Driver, result: Result<(), DriverError>) -> anyhow::Result<()> {
+fn data_plane_stopped(
+    ifname: &str,
+    ifindex: u32,
+    result: Result<(), DriverError>,
+) -> anyhow::Result<()> {
     match result {
         Err(DriverError::TunRead(e))
             if e.raw_os_error() == Some(libc::EBADFD)
-                || sys::if_nametoindex(&driver.tun.name) != Some(driver.tun.index) =>
+                || sys::if_nametoindex(ifname) != Some(ifindex) =>
         {
-            tracing::info!(interface = %driver.tun.name, "the interface was deleted, shutting down");
+            tracing::info!(interface = %ifname, "the interface was deleted, shutting down");
             Ok(())
         }
         Ok(()) => Ok(()),
@@ -405,7 +422,8 @@ fn data_plane_stopped(driver: &Driver, result: Result<(), DriverError>) -> anyho
 
 async fn tear_down(running: Running) {
     let Running {
-        driver,
+        plane,
+        ifname,
         uapi,
         managed,
         name_file,
@@ -423,8 +441,7 @@ async fn tear_down(running: Running) {
     {
         tracing::debug!(file = %path.display(), error = %e, "cannot remove {TUN_NAME_FILE_ENV}");
     }
-    let name = driver.tun.name.clone();
     // Closing the TUN descriptor removes the interface, and with it anything left on it.
-    drop(driver);
-    tracing::info!(interface = %name, "interface removed");
+    drop(plane.stop().await);
+    tracing::info!(interface = %ifname, "interface removed");
 }

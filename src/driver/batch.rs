@@ -8,11 +8,9 @@
 //! [`segments`] splits it by the stride the kernel reported.
 
 use std::io::{self, IoSlice};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
-
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use std::time::Duration;
 
 use super::sys::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
 use super::udp::UdpSockets;
@@ -24,6 +22,11 @@ pub const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
 /// Most segments of one GSO send: the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.11, 128
 /// since); the older, smaller value is safe everywhere.
 pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Longest wait for room in a full socket send buffer before the rest of a batch is dropped
+/// (counted as errors): UDP is lossy, and a loop stuck on one socket would starve the others
+/// and the timers. With 8 MiB buffers a full one drains in well under this.
+pub const SEND_WAIT: Duration = Duration::from_millis(100);
 
 /// One sealed datagram waiting to be sent: `bufs[buf][..len]` goes to `endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,8 +91,9 @@ fn gso_unsupported(e: &io::Error) -> bool {
 
 /// Sends `sealed` (in order) from `bufs` through the socket of each endpoint's family.
 /// `gso_segments` is the most datagrams per GSO message (0 or 1: no GSO); it is set to 0
-/// when the kernel turns out to refuse GSO. Waits while a socket's buffer is full.
-pub async fn send_sealed(
+/// when the kernel turns out to refuse GSO. Waits (up to [`SEND_WAIT`] each time) while a
+/// socket's buffer is full.
+pub fn send_sealed(
     udp: &UdpSockets,
     gso_segments: &mut usize,
     bufs: &[Box<[u8]>],
@@ -147,13 +151,13 @@ pub async fn send_sealed(
                 segment_size,
             };
         }
-        send_messages(socket, &msgs[..nruns], gso_segments, &mut out).await;
+        send_messages(socket, &msgs[..nruns], gso_segments, &mut out);
     }
     out
 }
 
 /// Sends `msgs` (all through `socket`), waiting for room in the socket buffer as needed.
-async fn send_messages(
+fn send_messages(
     socket: &UdpSocket,
     msgs: &[SendMsg<'_>],
     gso_segments: &mut usize,
@@ -161,10 +165,7 @@ async fn send_messages(
 ) {
     let mut done = 0;
     while done < msgs.len() {
-        let result = socket
-            .async_io(Interest::WRITABLE, || sys::send_mmsg(socket, &msgs[done..]))
-            .await;
-        match result {
+        match sys::send_mmsg(socket, &msgs[done..]) {
             Ok(k) if k > 0 => {
                 for m in &msgs[done..done + k] {
                     out.sent += m.iov.len() as u64;
@@ -179,6 +180,15 @@ async fn send_messages(
                 // than try it forever.
                 out.errors += msgs[done].iov.len() as u64;
                 done += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !matches!(sys::wait_writable(socket, SEND_WAIT), Ok(true)) {
+                    let dropped: usize = msgs[done..].iter().map(|m| m.iov.len()).sum();
+                    out.errors += dropped as u64;
+                    tracing::debug!(dropped, "UDP send buffer stayed full, datagrams dropped");
+                    return;
+                }
             }
             Err(e) => {
                 let m = msgs[done];
@@ -205,7 +215,7 @@ async fn send_messages(
                     };
                 }
                 out.errors += (m.iov.len() - n) as u64;
-                Box::pin(send_messages(socket, &singles[..n], gso_segments, out)).await;
+                send_messages(socket, &singles[..n], gso_segments, out);
             }
         }
     }
@@ -269,11 +279,7 @@ mod tests {
     /// Sends a mixed batch through real sockets on loopback and checks that every receiver
     /// gets exactly its datagrams, in order.
     fn send_mixed(gso: usize) -> SendOutcome {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
+        {
             let udp = UdpSockets::bind(None, 0).expect("bind");
             let r1 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
             let r2 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -296,7 +302,7 @@ mod tests {
                 .map(|(buf, &(len, endpoint))| Sealed { buf, len, endpoint })
                 .collect();
             let mut gso_segments = gso;
-            let out = send_sealed(&udp, &mut gso_segments, &bufs, &sealed).await;
+            let out = send_sealed(&udp, &mut gso_segments, &bufs, &sealed);
             assert_eq!(gso_segments, gso, "GSO stays on over loopback");
             for (r, ep) in [(&r1, e1), (&r2, e2)] {
                 r.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -312,7 +318,7 @@ mod tests {
                 }
             }
             out
-        })
+        }
     }
 
     #[test]

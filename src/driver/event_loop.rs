@@ -1,10 +1,21 @@
 //! The event loop: moves batches of packets between the TUN device and the UDP sockets
 //! through the sans-IO core, and fires its timers.
 //!
-//! One task owns everything (device, TUN, sockets, buffers), so the core needs no lock. Each
-//! turn waits for one source to become ready, then reads up to [`BATCH`] packets from it into
-//! a pool of buffers allocated once (with the core's HEADROOM and TAILROOM), hands them to the
-//! core, writes what comes out, and finally drains [`Device::poll_transmit`].
+//! One thread owns everything (device, TUN, sockets, buffers), so the core needs no lock. Each
+//! turn waits in `epoll_wait` (through mio) until a source is ready or the core's next timer
+//! is due, then reads up to [`BATCH`] packets from each ready source into a pool of buffers
+//! allocated once (with the core's HEADROOM and TAILROOM), hands them to the core, writes
+//! what comes out, and finally drains [`Device::poll_transmit`].
+//!
+//! Why a plain epoll loop on a thread of its own rather than a tokio task: an idle ping costs
+//! four wakeups (TUN and UDP on each side), and on each one tokio's dispatch and the futures
+//! of a `select!` over every source cost microseconds before the first read; tokio also
+//! registers UDP sockets for write readiness, so every send woke the loop once more. Here
+//! the sockets and the TUN device are registered for read readiness only (edge-triggered; a
+//! source stays "ready" until a read finds it empty), a full send buffer is waited out with
+//! `poll(2)` on that one socket, and the daemon's tokio runtime (signals, the UAPI socket,
+//! netlink, reloads) runs on another thread and talks to this one through the control channel
+//! ([`Driver::control_channel`], a bounded queue plus a `mio::Waker`).
 //!
 //! With TUN offload (IFF_VNET_HDR), one TUN read may be a 64 KiB GSO packet that tun-rs splits
 //! into MTU-sized segments in the pool, and the packets decrypted from one UDP batch are
@@ -19,26 +30,27 @@
 //! device without IFF_VNET_HDR) turns the UDP offloads off too; `TANDEM_CRYPTO_THREADS`
 //! (1 = only the loop's thread) overrides the number of crypto threads.
 //!
-//! [`Driver::run`] is cancel safe in the sense the daemon needs: it only waits at points where
-//! no half-processed state is held, so the daemon can drop the future (on a signal), change
-//! the device or sockets, and call `run` again.
+//! [`Driver::run`] returns when the TUN device fails or a `Stop` request arrives; requests
+//! are taken between two batches, so they never see half-processed state.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tun_rs::{AsyncDevice, GROTable, VIRTIO_NET_HDR_LEN};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::mpsc::{self, error::TryRecvError};
+use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{self, Sealed};
 use super::clock::Clock;
 use super::crypto_pool::{CryptoPool, Item, Job};
 use super::sys::{self, RecvMeta};
 use super::tun::Tun;
-use super::udp::{UdpOffloads, UdpSockets};
-use crate::control::server::{self as control, ControlRequest};
+use super::udp::{UdpError, UdpOffloads, UdpSockets};
+use crate::control::server::{self as control, ControlRequest, ControlSender};
 use crate::proto::{
     Decapsulated, Device, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
     TAILROOM, Transmit,
@@ -77,6 +89,23 @@ const MAX_DRAIN: usize = 4 * BATCH;
 /// is already past right after firing them.
 const STALE_DEADLINE_BACKOFF: Duration = Duration::from_millis(5);
 
+/// Most control requests answered in one turn, so that a burst of them cannot starve traffic.
+const CONTROL_PER_TURN: usize = 8;
+
+/// Most turns in a row that work on sources already known to be ready without asking
+/// `epoll_wait` whether others became ready (a bound on how long a busy source can hide
+/// another).
+const TURNS_WITHOUT_POLL: usize = 2;
+
+/// Readiness events taken from one `epoll_wait`.
+const EVENTS: usize = 16;
+
+/// The event loop's sources.
+const TOKEN_TUN: Token = Token(0);
+const TOKEN_V4: Token = Token(1);
+const TOKEN_V6: Token = Token(2);
+const TOKEN_CONTROL: Token = Token(3);
+
 /// Message type bytes of handshake initiation and response (the whitepaper's 1 and 2).
 const MSG_INITIATION: u8 = 1;
 const MSG_RESPONSE: u8 = 2;
@@ -107,8 +136,8 @@ pub struct DriverStats {
 pub enum DriverError {
     #[error("reading from the TUN device failed")]
     TunRead(#[source] io::Error),
-    #[error("waiting on a UDP socket failed")]
-    UdpWait(#[source] io::Error),
+    #[error("waiting for the TUN device and the UDP sockets failed")]
+    Poll(#[source] io::Error),
 }
 
 /// TUN-side buffers with offload: room for a batch plus one whole GSO packet's segments.
@@ -170,14 +199,30 @@ impl Pool {
     }
 }
 
-/// What woke the loop.
-enum Wake {
-    Tun(io::Result<()>),
-    Udp(Family, io::Result<()>),
-    Timer,
-    Output,
-    /// A UAPI request (control hook, see [`Driver::attach_control`]).
-    Control(ControlRequest),
+/// UDP sockets registered with a driver's loop, ready for [`Driver::install_udp`].
+#[derive(Debug)]
+pub struct RegisteredUdp(UdpSockets);
+
+impl RegisteredUdp {
+    pub fn port(&self) -> u16 {
+        self.0.port()
+    }
+}
+
+/// Sources that may have more to read: set by a readiness event (edge-triggered), cleared
+/// when a read finds the source empty.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ready {
+    tun: bool,
+    v4: bool,
+    v6: bool,
+    control: bool,
+}
+
+impl Ready {
+    fn any(self) -> bool {
+        self.tun || self.v4 || self.v6 || self.control
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,9 +247,12 @@ pub struct Driver {
     gso_refused: bool,
     out: Box<[u8]>,
     stats: DriverStats,
-    /// Control hook: UAPI requests, answered on this task between two batches (the device
-    /// has no lock). See `control::server`.
+    /// Control hook: requests (UAPI, reloads, stop), answered on this thread between two
+    /// batches (the device has no lock). See `control::server`.
     control: Option<mpsc::Receiver<ControlRequest>>,
+    /// The epoll instance the loop waits on, and the waker of the control channel.
+    poll: Poll,
+    waker: Option<Arc<Waker>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -217,20 +265,15 @@ impl std::fmt::Debug for Driver {
     }
 }
 
-/// Waits until `socket` is readable; never, if there is no socket.
-async fn readable(socket: Option<&UdpSocket>) -> io::Result<()> {
-    match socket {
-        Some(s) => s.readable().await,
-        None => std::future::pending().await,
+/// Registers the UDP sockets for read readiness (edge-triggered).
+fn register_udp(poll: &Poll, udp: &UdpSockets) -> io::Result<()> {
+    for (socket, token) in [(&udp.v4, TOKEN_V4), (&udp.v6, TOKEN_V6)] {
+        if let Some(s) = socket {
+            poll.registry()
+                .register(&mut SourceFd(&s.as_raw_fd()), token, Interest::READABLE)?;
+        }
     }
-}
-
-/// Waits until the monotonic `deadline`, if there is one.
-async fn sleep_until(clock: &Clock, deadline: Option<Duration>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(clock.instant(d).into()).await,
-        None => std::future::pending().await,
-    }
+    Ok(())
 }
 
 /// Crypto threads (the loop's included): `TANDEM_CRYPTO_THREADS` if set and valid, else one
@@ -252,8 +295,23 @@ fn on_off(on: bool) -> &'static str {
 impl Driver {
     /// A driver for `device` over `tun` and `udp`. The UDP offloads (GSO, GRO) are used when
     /// the TUN device has offload on (the config's `offload`) and the kernel has them; one
-    /// log line says what is in force.
-    pub fn new(device: Device, tun: Tun, mut udp: UdpSockets, clock: Clock) -> Self {
+    /// log line says what is in force. Fails only when the kernel cannot give an epoll
+    /// instance or register the descriptors with it.
+    pub fn new(
+        device: Device,
+        tun: Tun,
+        mut udp: UdpSockets,
+        clock: Clock,
+    ) -> Result<Self, DriverError> {
+        let poll = Poll::new().map_err(DriverError::Poll)?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&tun.device.as_raw_fd()),
+                TOKEN_TUN,
+                Interest::READABLE,
+            )
+            .map_err(DriverError::Poll)?;
+        register_udp(&poll, &udp).map_err(DriverError::Poll)?;
         let offload = tun.offload;
         let found = udp.configure_offloads(offload);
         let pool = Pool::new(tun.offload);
@@ -277,7 +335,7 @@ impl Driver {
             found.rcvbuf / 1024,
             found.sndbuf / 1024,
         );
-        Driver {
+        Ok(Driver {
             pool,
             crypto,
             offload,
@@ -290,7 +348,33 @@ impl Driver {
             out: vec![0u8; BUF_LEN].into_boxed_slice(),
             stats: DriverStats::default(),
             control: None,
-        }
+            poll,
+            waker: None,
+        })
+    }
+
+    /// The UDP sockets in use.
+    pub fn udp(&self) -> &UdpSockets {
+        &self.udp
+    }
+
+    /// First step of a socket change (a new listen port): registers `sockets` with the loop,
+    /// the step that can fail. Dropped unused, they leave the loop as they close.
+    pub fn register_udp(&self, sockets: UdpSockets) -> Result<RegisteredUdp, UdpError> {
+        register_udp(&self.poll, &sockets).map_err(UdpError::Register)?;
+        Ok(RegisteredUdp(sockets))
+    }
+
+    /// Second step: puts the sockets in place of the current ones, with the same offloads and
+    /// buffer sizes. The old sockets leave the loop as they close.
+    pub fn install_udp(&mut self, sockets: RegisteredUdp) {
+        self.udp = sockets.0;
+        self.configure_udp();
+    }
+
+    /// Sets (or with 0 clears) the fwmark of the UDP sockets.
+    pub fn set_fwmark(&mut self, mark: u32) -> Result<(), UdpError> {
+        self.udp.set_fwmark(mark)
     }
 
     /// Applies the offload setting to the current sockets (new ones after a reload start
@@ -313,66 +397,115 @@ impl Driver {
         &self.stats
     }
 
-    /// Runs until the TUN device fails. Dropping the future stops it between two steps (see
-    /// the module notes).
-    pub async fn run(&mut self) -> Result<(), DriverError> {
+    /// Runs until the TUN device fails or a [`ControlRequest::Stop`] arrives.
+    pub fn run(&mut self) -> Result<(), DriverError> {
         self.configure_udp();
+        let mut events = Events::with_capacity(EVENTS);
+        // Every source may hold data already (queued before the loop started, or left by an
+        // earlier run): look once before sleeping.
+        let mut ready = Ready {
+            tun: true,
+            v4: true,
+            v6: true,
+            control: true,
+        };
+        let mut turns_without_poll = 0;
         loop {
             let now = self.clock.now();
-            if self
-                .device
-                .next_deadline()
-                .is_some_and(|d| d <= now.monotonic)
-            {
+            let mut deadline = self.device.next_deadline();
+            if deadline.is_some_and(|d| d <= now.monotonic) {
                 self.device.update_timers(now);
+                deadline = self.device.next_deadline();
             }
             if self.device.has_transmit() {
-                self.drain_transmit().await;
+                self.drain_transmit();
             }
-            let wake = {
-                let mut deadline = self.device.next_deadline();
-                // A deadline that is still due after `update_timers` would make this loop spin;
-                // the core should never leave one, but the loop must not burn a core if it does.
-                if let Some(d) = deadline
-                    && d <= now.monotonic
-                {
-                    tracing::debug!(?d, "timer still due after update_timers");
-                    deadline = Some(now.monotonic + STALE_DEADLINE_BACKOFF);
+            let busy = ready.any() || self.device.has_transmit();
+            // Work at hand: skip `epoll_wait` for a few turns (what it reports waits in the
+            // kernel meanwhile); then look for news without sleeping.
+            if busy && turns_without_poll < TURNS_WITHOUT_POLL {
+                turns_without_poll += 1;
+            } else {
+                let timeout = if busy {
+                    Some(Duration::ZERO)
+                } else {
+                    deadline.map(|d| {
+                        // A deadline still due after `update_timers` would make this loop
+                        // spin; the core should never leave one, but the loop must not burn
+                        // a core.
+                        if d <= now.monotonic {
+                            tracing::debug!(?d, "timer still due after update_timers");
+                            STALE_DEADLINE_BACKOFF
+                        } else {
+                            d - now.monotonic
+                        }
+                    })
+                };
+                match self.poll.poll(&mut events, timeout) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(DriverError::Poll(e)),
                 }
-                let pending_output = self.device.has_transmit();
-                tokio::select! {
-                    r = self.tun.device.readable() => Wake::Tun(r),
-                    r = readable(self.udp.v4.as_ref()) => Wake::Udp(Family::V4, r),
-                    r = readable(self.udp.v6.as_ref()) => Wake::Udp(Family::V6, r),
-                    () = sleep_until(&self.clock, deadline) => Wake::Timer,
-                    // Output left over from a drain cut short: go round again at once.
-                    () = std::future::ready(()), if pending_output => Wake::Output,
-                    // Control hook: one UAPI request per turn.
-                    r = next_control(&mut self.control) => Wake::Control(r),
-                }
-            };
-            match wake {
-                Wake::Tun(r) => {
-                    r.map_err(DriverError::TunRead)?;
-                    self.tun_batch().await?;
-                }
-                Wake::Udp(family, r) => {
-                    r.map_err(DriverError::UdpWait)?;
-                    self.udp_batch(family).await;
-                }
-                Wake::Timer => self.device.update_timers(self.clock.now()),
-                Wake::Output => {}
-                Wake::Control(request) => control::handle(self, request),
+                turns_without_poll = 0;
             }
-            self.drain_transmit().await;
+            for event in events.iter() {
+                match event.token() {
+                    TOKEN_TUN => ready.tun = true,
+                    TOKEN_V4 => ready.v4 = true,
+                    TOKEN_V6 => ready.v6 = true,
+                    TOKEN_CONTROL => ready.control = true,
+                    _ => {}
+                }
+            }
+            if ready.control {
+                match self.control_requests() {
+                    Control::Stop => return Ok(()),
+                    Control::More => {}
+                    Control::Idle => ready.control = false,
+                }
+            }
+            if ready.tun {
+                ready.tun = self.tun_batch()?;
+            }
+            for (family, flag) in [(Family::V4, &mut ready.v4), (Family::V6, &mut ready.v6)] {
+                if *flag {
+                    let (more, wrote_tun) = self.udp_batch(family);
+                    *flag = more;
+                    // The kernel often answers a packet written to the TUN device at once,
+                    // within the write (an echo reply, a TCP ACK): read it without first
+                    // asking epoll, which saves a system call on the round trip.
+                    ready.tun |= wrote_tun;
+                }
+            }
+            self.drain_transmit();
             self.log_events();
         }
     }
 
+    /// Answers up to [`CONTROL_PER_TURN`] waiting control requests.
+    fn control_requests(&mut self) -> Control {
+        for _ in 0..CONTROL_PER_TURN {
+            let Some(rx) = self.control.as_mut() else {
+                return Control::Idle;
+            };
+            match rx.try_recv() {
+                Ok(ControlRequest::Stop) => return Control::Stop,
+                Ok(request) => control::handle(self, request),
+                Err(TryRecvError::Empty) => return Control::Idle,
+                Err(TryRecvError::Disconnected) => {
+                    self.control = None;
+                    return Control::Idle;
+                }
+            }
+        }
+        Control::More
+    }
+
     /// Reads up to BATCH packets from the TUN device (with offload: up to BATCH reads, each
-    /// split into its segments) and encrypts and sends each.
-    async fn tun_batch(&mut self) -> Result<(), DriverError> {
-        let count = if self.tun.offload {
+    /// split into its segments) and encrypts and sends each. Returns whether the device may
+    /// hold more (no read found it empty).
+    fn tun_batch(&mut self) -> Result<bool, DriverError> {
+        let (count, more) = if self.tun.offload {
             self.read_tun_offload()?
         } else {
             self.read_tun_plain()?
@@ -417,10 +550,9 @@ impl Driver {
             }
         }
         // Sending, in the order prepared (per-peer counters ascend).
-        let outcome =
-            batch::send_sealed(&self.udp, &mut self.udp_gso, &self.pool.tun, sealed).await;
+        let outcome = batch::send_sealed(&self.udp, &mut self.udp_gso, &self.pool.tun, sealed);
         self.count_sent(outcome);
-        Ok(())
+        Ok(more)
     }
 
     fn count_sent(&mut self, outcome: batch::SendOutcome) {
@@ -433,44 +565,46 @@ impl Driver {
         }
     }
 
-    fn read_tun_plain(&mut self) -> Result<usize, DriverError> {
+    /// Reads packets until BATCH or the device is empty: (packets, whether it may hold more).
+    fn read_tun_plain(&mut self) -> Result<(usize, bool), DriverError> {
         let mut count = 0;
         while count < BATCH {
             let buf = &mut self.pool.tun[count];
             match self
                 .tun
                 .device
-                .try_recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET])
+                .recv(&mut buf[HEADROOM..HEADROOM + MAX_PACKET])
             {
-                Ok(0) => break,
+                Ok(0) => return Ok((count, false)),
                 Ok(n) => {
                     self.pool.tun_lens[count] = n;
                     count += 1;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((count, false)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(DriverError::TunRead(e)),
             }
         }
-        Ok(count)
+        Ok((count, true))
     }
 
     /// With IFF_VNET_HDR: each read is one packet with a virtio-net header, possibly a GSO
     /// packet of many segments, which tun-rs splits (and checksums) into the pool at HEADROOM.
-    fn read_tun_offload(&mut self) -> Result<usize, DriverError> {
+    /// Returns (packets, whether the device may hold more).
+    fn read_tun_offload(&mut self) -> Result<(usize, bool), DriverError> {
         let mut count = 0;
         for _ in 0..BATCH {
             if self.pool.tun.len() - count < MAX_SEGMENTS_PER_READ {
                 break;
             }
-            match self.tun.device.try_recv_multiple(
+            match self.tun.device.recv_multiple(
                 &mut self.pool.tun_raw,
                 &mut self.pool.tun[count..],
                 &mut self.pool.tun_lens[count..],
                 HEADROOM,
             ) {
                 Ok(n) => count += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((count, false)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The kernel refused the read: the device is gone or broken.
                 Err(e) if e.raw_os_error().is_some() => return Err(DriverError::TunRead(e)),
@@ -478,34 +612,36 @@ impl Driver {
                 Err(e) => tracing::debug!(error = %e, "malformed packet from the TUN device"),
             }
         }
-        Ok(count)
+        Ok((count, true))
     }
 
     /// Reads up to BATCH messages (with GRO, each possibly several datagrams) from one socket,
     /// tells the core about a handshake backlog, then decrypts every datagram and writes the
-    /// packets to the TUN device, in arrival order.
-    async fn udp_batch(&mut self, family: Family) {
+    /// packets to the TUN device, in arrival order. Returns whether the socket may hold more,
+    /// and whether anything was written to the TUN device.
+    fn udp_batch(&mut self, family: Family) -> (bool, bool) {
         let socket = match family {
             Family::V4 => self.udp.v4.as_ref(),
             Family::V6 => self.udp.v6.as_ref(),
         };
         let Some(socket) = socket else {
-            return;
+            return (false, false);
         };
-        let received = socket.try_io(Interest::READABLE, || {
-            sys::recv_mmsg(socket, &mut self.pool.udp, &mut self.pool.udp_meta)
-        });
-        let count = match received {
+        let count = match sys::recv_mmsg(socket, &mut self.pool.udp, &mut self.pool.udp_meta) {
             Ok(n) => n,
-            // WouldBlock: readiness is cleared, the loop waits again. EINTR: it comes back.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return,
+            // Empty: wait for the next readiness event.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return (true, false),
             Err(e) => {
-                // ICMP errors reported on the socket and the like: not fatal.
+                // ICMP errors reported on the socket and the like: not fatal, and datagrams
+                // may wait behind them.
                 tracing::debug!(error = %e, "UDP receive error");
-                return;
+                return (true, false);
             }
         };
+        // A non-blocking recvmmsg that returns fewer than asked emptied the socket.
+        let more = count == self.pool.udp.len();
+        let written_before = self.stats.tun_tx_packets;
         let mut datagrams = 0u64;
         let mut handshakes = 0;
         for (buf, meta) in self.pool.udp.iter().zip(&self.pool.udp_meta).take(count) {
@@ -593,7 +729,7 @@ impl Driver {
                 continue;
             };
             if !self.tun.offload {
-                match self.tun.device.send(packet).await {
+                match self.tun.device.send(packet) {
                     Ok(_) => self.stats.tun_tx_packets += 1,
                     Err(e) => {
                         self.stats.tun_tx_errors += 1;
@@ -616,8 +752,7 @@ impl Driver {
                     &mut self.pool.gro,
                     &mut self.pool.tun_out[..gathered],
                     &mut self.stats,
-                )
-                .await;
+                );
                 gathered = 0;
             }
         }
@@ -627,14 +762,14 @@ impl Driver {
                 &mut self.pool.gro,
                 &mut self.pool.tun_out[..gathered],
                 &mut self.stats,
-            )
-            .await;
+            );
         }
+        (more, self.stats.tun_tx_packets != written_before)
     }
 
     /// Sends what the core has queued (handshakes, cookie replies, keepalives, packets that
     /// waited for a session).
-    async fn drain_transmit(&mut self) {
+    fn drain_transmit(&mut self) {
         let now = self.clock.now();
         for _ in 0..MAX_DRAIN {
             let Some(Transmit { endpoint, len }) = self.device.poll_transmit(&mut self.out, now)
@@ -644,12 +779,10 @@ impl Driver {
             let Some(datagram) = self.out.get(..len) else {
                 continue;
             };
-            send_datagram(&self.udp, &mut self.stats, endpoint, datagram).await;
+            send_datagram(&self.udp, &mut self.stats, endpoint, datagram);
         }
     }
 
-    /// Logs handshakes that completed since the last look, while handshake messages were
-    /// recently seen (the scan reads every peer, so it is not done all the time).
     /// Logs the handshakes the core completed since the last turn (no scan of the peers).
     fn log_events(&mut self) {
         while let Some(event) = self.device.poll_event() {
@@ -673,14 +806,24 @@ impl Driver {
 
     /// Fires due timers and sends their output: for use right after a reconfiguration (a
     /// peer with persistent keepalive may have a keepalive or initiation waiting).
-    pub async fn flush(&mut self) {
-        self.drain_transmit().await;
+    pub fn flush(&mut self) {
+        self.drain_transmit();
     }
 
-    /// Control hook: from now on the loop also answers the requests arriving on `requests`
-    /// (see `control::server`).
-    pub fn attach_control(&mut self, requests: mpsc::Receiver<ControlRequest>) {
-        self.control = Some(requests);
+    /// Control hook: a new channel whose requests the loop answers from now on (see
+    /// `control::server`); a channel made earlier is closed.
+    pub fn control_channel(&mut self) -> io::Result<ControlSender> {
+        let waker = match &self.waker {
+            Some(w) => Arc::clone(w),
+            None => {
+                let w = Arc::new(Waker::new(self.poll.registry(), TOKEN_CONTROL)?);
+                self.waker = Some(Arc::clone(&w));
+                w
+            }
+        };
+        let (tx, rx) = mpsc::channel(control::CONTROL_QUEUE);
+        self.control = Some(rx);
+        Ok(ControlSender::new(tx, Some(waker)))
     }
 
     /// The id of a peer, for callers that only know its key.
@@ -689,15 +832,14 @@ impl Driver {
     }
 }
 
-/// Control hook: the next request, or never when there is no control channel (or it closed).
-async fn next_control(requests: &mut Option<mpsc::Receiver<ControlRequest>>) -> ControlRequest {
-    if let Some(rx) = requests {
-        if let Some(request) = rx.recv().await {
-            return request;
-        }
-        *requests = None;
-    }
-    std::future::pending().await
+/// What the control channel holds after a turn.
+enum Control {
+    /// Nothing more for now.
+    Idle,
+    /// Requests left for the next turn.
+    More,
+    /// The loop is asked to stop.
+    Stop,
 }
 
 /// An IPv4-mapped source (from a dual-stack socket elsewhere) becomes plain IPv4, so the
@@ -714,14 +856,14 @@ fn normalize(src: SocketAddr) -> SocketAddr {
 
 /// Writes decrypted packets (each at HEADROOM in its buffer) to the TUN device with one
 /// `send_multiple`, which coalesces TCP segments of one flow (GRO) first.
-async fn write_tun_multiple(
-    device: &AsyncDevice,
+fn write_tun_multiple(
+    device: &SyncDevice,
     gro: &mut GROTable,
     bufs: &mut [Vec<u8>],
     stats: &mut DriverStats,
 ) {
     let n = bufs.len() as u64;
-    match device.send_multiple(gro, bufs, HEADROOM).await {
+    match device.send_multiple(gro, bufs, HEADROOM) {
         Ok(_) => stats.tun_tx_packets += n,
         Err(e) => {
             stats.tun_tx_errors += n;
@@ -732,22 +874,32 @@ async fn write_tun_multiple(
 
 /// Sends one datagram from the socket of `endpoint`'s family. Failures are counted and logged
 /// at debug level: UDP is lossy anyway, and the core's timers retry what matters.
-async fn send_datagram(
-    udp: &UdpSockets,
-    stats: &mut DriverStats,
-    endpoint: SocketAddr,
-    datagram: &[u8],
-) {
+fn send_datagram(udp: &UdpSockets, stats: &mut DriverStats, endpoint: SocketAddr, datagram: &[u8]) {
     let Some((socket, to)) = udp.route(endpoint) else {
         stats.udp_tx_errors += 1;
         tracing::debug!(%endpoint, "no UDP socket of this address family");
         return;
     };
-    match socket.send_to(datagram, to).await {
+    match send_one(socket, to, datagram) {
         Ok(_) => stats.udp_tx_datagrams += 1,
         Err(e) => {
             stats.udp_tx_errors += 1;
             tracing::debug!(%endpoint, error = %e, "UDP send failed");
+        }
+    }
+}
+
+/// Sends one datagram, waiting (bounded) for room when the socket's buffer is full.
+fn send_one(socket: &std::net::UdpSocket, to: SocketAddr, datagram: &[u8]) -> io::Result<usize> {
+    loop {
+        match socket.send_to(datagram, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !sys::wait_writable(socket, batch::SEND_WAIT)? {
+                    return Err(e);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
         }
     }
 }

@@ -498,6 +498,27 @@ pub fn udp_gso_supported<F: AsFd>(fd: &F) -> bool {
     getsockopt_int(fd, libc::SOL_UDP, libc::UDP_SEGMENT).is_ok()
 }
 
+/// Waits up to `timeout` for `fd` to accept writes (POLLOUT): the data plane's sockets are
+/// registered for read readiness only, so a full send buffer is waited out here. Returns
+/// whether it became writable (an error or hang-up counts as writable: the next write
+/// reports it).
+pub fn wait_writable<F: AsFd>(fd: &F, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is a valid, initialized pollfd that outlives the call, and the count
+    // passed is 1, matching the single entry; the descriptor is borrowed from `fd`, which is
+    // open for the duration of the call.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n > 0)
+}
+
 /// Sets the socket buffers to `bytes` past `net.core.[rw]mem_max` (SO_RCVBUFFORCE /
 /// SO_SNDBUFFORCE); needs CAP_NET_ADMIN, and fails with EPERM without it.
 pub fn force_buffer_sizes<F: AsFd>(fd: &F, bytes: usize) -> io::Result<()> {

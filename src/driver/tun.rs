@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{DeviceBuilder, SyncDevice};
 
 use crate::netconf::NetconfError;
 use crate::netconf::prefix::check_ifname;
@@ -27,7 +27,8 @@ pub enum TunError {
 /// An open TUN device, its kernel name and interface index. The interface exists as long as
 /// this value lives: dropping it closes the descriptor and the kernel removes the link.
 pub struct Tun {
-    pub device: AsyncDevice,
+    /// Non-blocking: the data plane's epoll loop waits for it.
+    pub device: SyncDevice,
     /// The name the kernel gave the device (a `%d` in the requested name is filled in).
     pub name: String,
     pub index: u32,
@@ -47,7 +48,7 @@ impl fmt::Debug for Tun {
 }
 
 /// Opens (creating it if needed) the TUN device `name` in the calling thread's network
-/// namespace. Must be called inside a tokio runtime, which then drives the device's I/O.
+/// namespace. The descriptor is non-blocking; the data plane's event loop polls it.
 /// With `offload`, IFF_VNET_HDR is set and TCP (and, on Linux 6.2+, UDP) segmentation
 /// offload is negotiated.
 pub fn open_tun(name: &str, offload: bool) -> Result<Tun, TunError> {
@@ -62,8 +63,9 @@ pub fn open_tun(name: &str, offload: bool) -> Result<Tun, TunError> {
         .offload(offload)
         // Left down: addresses and routes come first, then netconf brings it up.
         .enable(false)
-        .build_async()
+        .build_sync()
         .map_err(open_err)?;
+    device.set_nonblocking(true).map_err(open_err)?;
     let actual = device.name().map_err(open_err)?;
     let index = device.if_index().map_err(open_err)?;
     Ok(Tun {

@@ -2,9 +2,7 @@
 //! module and wireguard-go listen.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use tokio::net::UdpSocket;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
 use super::batch::GSO_MAX_SEGMENTS;
 use super::sys;
@@ -30,12 +28,12 @@ pub enum UdpError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot register the UDP socket with the event loop")]
+    #[error("cannot register the UDP sockets with the event loop")]
     Register(#[source] io::Error),
 }
 
-/// The listening sockets. Either may be missing when the kernel lacks that family (but not
-/// both).
+/// The listening sockets (non-blocking; the data plane's event loop polls them). Either may be
+/// missing when the kernel lacks that family (but not both).
 #[derive(Debug)]
 pub struct UdpSockets {
     pub v4: Option<UdpSocket>,
@@ -54,13 +52,15 @@ fn family_unavailable(e: &io::Error) -> bool {
     )
 }
 
-fn register(socket: std::net::UdpSocket) -> Result<UdpSocket, UdpError> {
+/// Enlarges the socket's buffers (see [`SOCKET_BUFFER_BYTES`]); a kernel that refuses keeps
+/// its defaults.
+fn enlarge_buffers(socket: UdpSocket) -> UdpSocket {
     if sys::force_buffer_sizes(&socket, SOCKET_BUFFER_BYTES).is_err()
         && let Err(e) = sys::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES)
     {
         tracing::debug!(error = %e, "cannot enlarge UDP socket buffers");
     }
-    UdpSocket::from_std(socket).map_err(UdpError::Register)
+    socket
 }
 
 /// The UDP offloads in force on a set of sockets.
@@ -79,7 +79,7 @@ pub struct UdpOffloads {
 impl UdpSockets {
     /// Binds `0.0.0.0:port` and `[::]:port`. With no port (or 0), the IPv4 socket takes a
     /// random one and the IPv6 socket the same; if that port is taken for IPv6, a few other
-    /// random ports are tried. Must be called inside a tokio runtime.
+    /// random ports are tried.
     pub fn bind(port: Option<u16>, fwmark: u32) -> Result<UdpSockets, UdpError> {
         let wanted = port.unwrap_or(0);
         // A random port free for v4 may be taken for v6: retry a bounded number of times.
@@ -154,8 +154,8 @@ impl UdpSockets {
             }
         };
         let sockets = UdpSockets {
-            v4: v4.map(register).transpose()?,
-            v6: v6.map(register).transpose()?,
+            v4: v4.map(enlarge_buffers),
+            v6: v6.map(enlarge_buffers),
             port,
             fwmark: 0,
             offloads: None,
@@ -243,64 +243,51 @@ impl UdpSockets {
 mod tests {
     use super::*;
 
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
     #[test]
     fn random_port_is_shared_by_both_families() {
-        rt().block_on(async {
-            let s = UdpSockets::bind(None, 0).expect("bind");
-            assert_ne!(s.port(), 0);
-            let v4 = s.v4.as_ref().expect("IPv4 socket");
-            assert_eq!(v4.local_addr().expect("addr").port(), s.port());
-            if let Some(v6) = &s.v6 {
-                assert_eq!(v6.local_addr().expect("addr").port(), s.port());
-                assert!(sys::ipv6_only(v6).expect("getsockopt"));
-            }
-            // The same fixed port again is refused: it is really held.
-            let again = UdpSockets::bind(Some(s.port()), 0);
-            assert!(matches!(again, Err(UdpError::Bind { .. })), "{again:?}");
-        });
+        let s = UdpSockets::bind(None, 0).expect("bind");
+        assert_ne!(s.port(), 0);
+        let v4 = s.v4.as_ref().expect("IPv4 socket");
+        assert_eq!(v4.local_addr().expect("addr").port(), s.port());
+        if let Some(v6) = &s.v6 {
+            assert_eq!(v6.local_addr().expect("addr").port(), s.port());
+            assert!(sys::ipv6_only(v6).expect("getsockopt"));
+        }
+        // The same fixed port again is refused: it is really held.
+        let again = UdpSockets::bind(Some(s.port()), 0);
+        assert!(matches!(again, Err(UdpError::Bind { .. })), "{again:?}");
     }
 
     #[test]
     fn offloads_are_probed_and_can_be_turned_off() {
-        rt().block_on(async {
-            let mut s = UdpSockets::bind(None, 0).expect("bind");
-            let on = s.configure_offloads(true);
-            // This kernel (4.18+ / 5.0+) has both; the buffers were enlarged past the default.
-            assert_eq!(on.gso_segments, GSO_MAX_SEGMENTS, "{on:?}");
-            assert!(on.gro, "{on:?}");
-            assert!(on.rcvbuf >= 256 * 1024 && on.sndbuf >= 256 * 1024, "{on:?}");
-            let off = s.configure_offloads(false);
-            assert_eq!(off.gso_segments, 0);
-            assert!(!off.gro);
-            assert_eq!(s.configure_offloads(false), off);
-        });
+        let mut s = UdpSockets::bind(None, 0).expect("bind");
+        let on = s.configure_offloads(true);
+        // This kernel (4.18+ / 5.0+) has both; the buffers were enlarged past the default.
+        assert_eq!(on.gso_segments, GSO_MAX_SEGMENTS, "{on:?}");
+        assert!(on.gro, "{on:?}");
+        assert!(on.rcvbuf >= 256 * 1024 && on.sndbuf >= 256 * 1024, "{on:?}");
+        let off = s.configure_offloads(false);
+        assert_eq!(off.gso_segments, 0);
+        assert!(!off.gro);
+        assert_eq!(s.configure_offloads(false), off);
     }
 
     #[test]
     fn route_picks_the_family_and_unmaps_v4_mapped() {
-        rt().block_on(async {
-            let s = UdpSockets::bind(None, 0).expect("bind");
-            let v4: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
-            let (sock, to) = s.route(v4).expect("v4 socket");
-            assert_eq!(to, v4);
-            assert!(sock.local_addr().expect("addr").is_ipv4());
-            let mapped: SocketAddr = "[::ffff:192.0.2.1]:51820".parse().expect("addr");
-            let (sock, to) = s.route(mapped).expect("v4 socket");
-            assert_eq!(to, v4);
-            assert!(sock.local_addr().expect("addr").is_ipv4());
-            if s.v6.is_some() {
-                let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("addr");
-                let (sock, to) = s.route(v6).expect("v6 socket");
-                assert_eq!(to, v6);
-                assert!(sock.local_addr().expect("addr").is_ipv6());
-            }
-        });
+        let s = UdpSockets::bind(None, 0).expect("bind");
+        let v4: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let (sock, to) = s.route(v4).expect("v4 socket");
+        assert_eq!(to, v4);
+        assert!(sock.local_addr().expect("addr").is_ipv4());
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:51820".parse().expect("addr");
+        let (sock, to) = s.route(mapped).expect("v4 socket");
+        assert_eq!(to, v4);
+        assert!(sock.local_addr().expect("addr").is_ipv4());
+        if s.v6.is_some() {
+            let v6: SocketAddr = "[2001:db8::1]:51820".parse().expect("addr");
+            let (sock, to) = s.route(v6).expect("v6 socket");
+            assert_eq!(to, v6);
+            assert!(sock.local_addr().expect("addr").is_ipv6());
+        }
     }
 }
