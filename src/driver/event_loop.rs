@@ -241,6 +241,8 @@ pub struct Driver {
     crypto: CryptoPool,
     /// Whether UDP offloads are wanted (they follow the TUN device's `offload`).
     offload: bool,
+    /// The last TUN batch had at most one packet: the next reads only one (see `tun_batch`).
+    quiet_tun: bool,
     /// Most datagrams per GSO send now (0: off, also after the kernel refused GSO).
     udp_gso: usize,
     /// The kernel refused a GSO send: no more GSO, even on new sockets.
@@ -339,6 +341,7 @@ impl Driver {
             pool,
             crypto,
             offload,
+            quiet_tun: true,
             udp_gso: found.gso_segments,
             gso_refused: false,
             device,
@@ -425,6 +428,8 @@ impl Driver {
             // kernel meanwhile); then look for news without sleeping.
             if busy && turns_without_poll < TURNS_WITHOUT_POLL {
                 turns_without_poll += 1;
+                // The last poll's events are handled already.
+                events.clear();
             } else {
                 let timeout = if busy {
                     Some(Duration::ZERO)
@@ -502,14 +507,21 @@ impl Driver {
     }
 
     /// Reads up to BATCH packets from the TUN device (with offload: up to BATCH reads, each
-    /// split into its segments) and encrypts and sends each. Returns whether the device may
+    /// split into its segments; after a quiet turn, one) and encrypts and sends each. Returns whether the device may
     /// hold more (no read found it empty).
     fn tun_batch(&mut self) -> Result<bool, DriverError> {
+        // Adaptive batching, as NAPI does: after a quiet turn (at most one packet) the first
+        // packet goes out alone, at once, instead of waiting for one more read that would
+        // only report the device empty; a burst switches back to whole batches on the next
+        // turn (the device stays "ready", so the loop comes straight back).
+        let reads = if self.quiet_tun { 1 } else { BATCH };
         let (count, more) = if self.tun.offload {
-            self.read_tun_offload()?
+            self.read_tun_offload(reads)?
         } else {
-            self.read_tun_plain()?
+            self.read_tun_plain(reads)?
         };
+        // Quiet: the device was found empty with at most one packet read.
+        self.quiet_tun = !more && count <= 1;
         self.stats.tun_rx_packets += count as u64;
         let now = self.clock.now();
         // Sequential half, in order: routing, counters, timers.
@@ -565,10 +577,11 @@ impl Driver {
         }
     }
 
-    /// Reads packets until BATCH or the device is empty: (packets, whether it may hold more).
-    fn read_tun_plain(&mut self) -> Result<(usize, bool), DriverError> {
+    /// Reads up to `reads` packets (at most BATCH), until the device is empty: (packets,
+    /// whether it may hold more).
+    fn read_tun_plain(&mut self, reads: usize) -> Result<(usize, bool), DriverError> {
         let mut count = 0;
-        while count < BATCH {
+        while count < reads.min(BATCH) {
             let buf = &mut self.pool.tun[count];
             match self
                 .tun
@@ -590,10 +603,11 @@ impl Driver {
 
     /// With IFF_VNET_HDR: each read is one packet with a virtio-net header, possibly a GSO
     /// packet of many segments, which tun-rs splits (and checksums) into the pool at HEADROOM.
-    /// Returns (packets, whether the device may hold more).
-    fn read_tun_offload(&mut self) -> Result<(usize, bool), DriverError> {
+    /// Up to `reads` reads (at most BATCH). Returns (packets, whether the device may hold
+    /// more).
+    fn read_tun_offload(&mut self, reads: usize) -> Result<(usize, bool), DriverError> {
         let mut count = 0;
-        for _ in 0..BATCH {
+        for _ in 0..reads.min(BATCH) {
             if self.pool.tun.len() - count < MAX_SEGMENTS_PER_READ {
                 break;
             }
