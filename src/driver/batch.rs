@@ -108,52 +108,93 @@ pub fn send_sealed(
             next += 1;
             continue;
         };
-        // One sendmmsg worth of messages for this socket: (first datagram, end, target).
-        let mut runs = [(0usize, 0usize, None::<SocketAddr>); MAX_MMSG];
-        let mut nruns = 0;
-        let mut niov = 0;
-        while nruns < MAX_MMSG && next < sealed.len() {
-            let Some((s, to)) = sealed.get(next).and_then(|d| udp.route(d.endpoint)) else {
-                break; // handled at the top of the outer loop
-            };
-            if !std::ptr::eq(s, socket) {
-                break;
-            }
-            let end = gso_run_end(sealed, next, *gso_segments).min(next + MAX_SEND_IOV - niov);
-            if end <= next {
-                break; // iovecs used up
-            }
-            runs[nruns] = (next, end, Some(to));
-            nruns += 1;
-            niov += end - next;
-            next = end;
-        }
-        let mut iov = [IoSlice::new(&[]); MAX_SEND_IOV];
-        for (k, d) in sealed[runs[0].0..next].iter().enumerate() {
-            iov[k] = IoSlice::new(bufs.get(d.buf).and_then(|b| b.get(..d.len)).unwrap_or(&[]));
-        }
-        let base = runs[0].0;
-        let mut msgs = [SendMsg {
-            to: SocketAddr::from(([0, 0, 0, 0], 0)),
-            iov: &[],
-            segment_size: 0,
-        }; MAX_MMSG];
-        for (m, &(start, end, to)) in msgs.iter_mut().zip(&runs[..nruns]) {
-            let Some(to) = to else { continue };
-            let segment_size = if end - start > 1 {
-                u16::try_from(sealed[start].len).unwrap_or(0)
-            } else {
-                0
-            };
-            *m = SendMsg {
-                to,
-                iov: &iov[start - base..end - base],
-                segment_size,
-            };
-        }
-        send_messages(socket, &msgs[..nruns], gso_segments, &mut out);
+        // The scratch arrays are zeroed on every call (about 10 KiB at full size): the last
+        // few datagrams, which is every send when idle, get small ones.
+        next = if sealed.len() - next <= SMALL_SEND {
+            send_some::<SMALL_SEND, SMALL_SEND>(
+                udp,
+                socket,
+                gso_segments,
+                bufs,
+                sealed,
+                next,
+                &mut out,
+            )
+        } else {
+            send_some::<MAX_MMSG, MAX_SEND_IOV>(
+                udp,
+                socket,
+                gso_segments,
+                bufs,
+                sealed,
+                next,
+                &mut out,
+            )
+        };
     }
     out
+}
+
+/// Datagrams left for which [`send_sealed`] uses small scratch arrays.
+const SMALL_SEND: usize = 4;
+
+/// Sends one `sendmmsg` worth (at most `M` messages, `V` datagrams) of `sealed[next..]`
+/// through `socket`, stopping at the first datagram for another socket; returns where the
+/// next call starts.
+fn send_some<const M: usize, const V: usize>(
+    udp: &UdpSockets,
+    socket: &UdpSocket,
+    gso_segments: &mut usize,
+    bufs: &[Box<[u8]>],
+    sealed: &[Sealed],
+    mut next: usize,
+    out: &mut SendOutcome,
+) -> usize {
+    let base = next;
+    // (first datagram, end, target) of each message.
+    let mut runs = [(0usize, 0usize, None::<SocketAddr>); M];
+    let mut nruns = 0;
+    let mut niov = 0;
+    while nruns < M && next < sealed.len() {
+        let Some((s, to)) = sealed.get(next).and_then(|d| udp.route(d.endpoint)) else {
+            break; // handled by the caller
+        };
+        if !std::ptr::eq(s, socket) {
+            break;
+        }
+        let end = gso_run_end(sealed, next, *gso_segments).min(next + V - niov);
+        if end <= next {
+            break; // iovecs used up
+        }
+        runs[nruns] = (next, end, Some(to));
+        nruns += 1;
+        niov += end - next;
+        next = end;
+    }
+    let mut iov = [IoSlice::new(&[]); V];
+    for (k, d) in sealed[base..next].iter().enumerate() {
+        iov[k] = IoSlice::new(bufs.get(d.buf).and_then(|b| b.get(..d.len)).unwrap_or(&[]));
+    }
+    let mut msgs = [SendMsg {
+        to: SocketAddr::from(([0, 0, 0, 0], 0)),
+        iov: &[],
+        segment_size: 0,
+    }; M];
+    for (m, &(start, end, to)) in msgs.iter_mut().zip(&runs[..nruns]) {
+        let Some(to) = to else { continue };
+        let segment_size = if end - start > 1 {
+            u16::try_from(sealed[start].len).unwrap_or(0)
+        } else {
+            0
+        };
+        *m = SendMsg {
+            to,
+            iov: &iov[start - base..end - base],
+            segment_size,
+        };
+    }
+    send_messages(socket, &msgs[..nruns], gso_segments, out);
+    next
 }
 
 /// Sends `msgs` (all through `socket`), waiting for room in the socket buffer as needed.

@@ -583,8 +583,8 @@ pub fn send_mmsg<F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Result<usize> {
     }
 }
 
-/// Scratch size of [`send_mmsg`] for small batches.
-const SMALL_MMSG: usize = 4;
+/// Scratch size of [`send_mmsg`] and [`recv_mmsg`] for small batches.
+pub const SMALL_MMSG: usize = 4;
 
 /// [`send_mmsg`] with scratch room for `N` messages; `msgs` holds at most `N` messages and
 /// [`MAX_SEND_IOV`] iovecs in all.
@@ -679,17 +679,33 @@ pub fn recv_mmsg<F: AsFd, B: AsMut<[u8]>>(
     if count == 0 {
         return Ok(0);
     }
+    // As in `send_mmsg`: the scratch headers are zeroed on every call, so a small receive
+    // (an idle socket is asked for a few messages, see the event loop) gets small ones.
+    if count <= SMALL_MMSG {
+        recv_mmsg_n::<SMALL_MMSG, F, B>(fd, &mut bufs[..count], &mut meta[..count])
+    } else {
+        recv_mmsg_n::<MAX_MMSG, F, B>(fd, &mut bufs[..count], &mut meta[..count])
+    }
+}
+
+/// [`recv_mmsg`] with scratch room for `N` messages; receives up to `min(bufs.len(), N)`.
+fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
+    fd: &F,
+    bufs: &mut [B],
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    let count = bufs.len().min(meta.len()).min(N);
     // Address and control buffers are left uninitialised: the kernel fills those of the
     // messages it returns, and only those bytes are read. Zeroing them (12 KiB per call, most
     // calls returning one message or none) cost more than the receive itself when idle.
-    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; MAX_MMSG];
-    let mut controls = [const { MaybeUninit::<CmsgBuf>::uninit() }; MAX_MMSG];
+    let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; N];
+    let mut controls = [const { MaybeUninit::<CmsgBuf>::uninit() }; N];
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
-    }; MAX_MMSG];
+    }; N];
     // SAFETY: as in `send_mmsg`, all-zero bytes are a valid mmsghdr.
-    let mut hdrs: [libc::mmsghdr; MAX_MMSG] = unsafe { std::mem::zeroed() };
+    let mut hdrs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
     for (i, buf) in bufs.iter_mut().take(count).enumerate() {
         let buf = buf.as_mut();
         iovs[i] = libc::iovec {
