@@ -834,6 +834,32 @@ mod fastpath_tests {
     }
 
     #[test]
+    fn small_receives_take_what_fits_and_leave_the_rest() {
+        let (a, b) = pair();
+        let to = b.local_addr().expect("addr");
+        for i in 0..6u8 {
+            a.send_to(&[i; 10], to).expect("send");
+        }
+        // Loopback delivers synchronously, but allow the queue a moment anyway.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut bufs: Vec<Vec<u8>> = (0..SMALL_MMSG).map(|_| vec![0u8; 64]).collect();
+        let mut meta = [RecvMeta::default(); SMALL_MMSG];
+        let first = recv_mmsg(&b, &mut bufs, &mut meta).expect("first receive");
+        assert_eq!(first, SMALL_MMSG);
+        for (i, (buf, m)) in bufs.iter().zip(&meta).enumerate() {
+            assert_eq!((m.len, buf[0]), (10, i as u8));
+        }
+        let second = recv_mmsg(&b, &mut bufs, &mut meta).expect("second receive");
+        assert_eq!(second, 6 - SMALL_MMSG);
+        assert_eq!(bufs[0][0], SMALL_MMSG as u8);
+        let empty = recv_mmsg(&b, &mut bufs, &mut meta);
+        assert!(
+            matches!(&empty, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "{empty:?}"
+        );
+    }
+
+    #[test]
     fn sendmmsg_and_recvmmsg_carry_several_messages_in_order() {
         let (a, b) = pair();
         let to = b.local_addr().expect("addr");
