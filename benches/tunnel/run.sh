@@ -28,7 +28,7 @@ IMPLS=${IMPLS:-veth wireguard-go boringtun gotatun tandem}
 INSTALL=${INSTALL:-1}
 OUT=${OUT:-$HERE/results-latest.md}
 KEEP_WORK=${KEEP_WORK:-0}
-PING_COUNT=${PING_COUNT:-20}
+PING_COUNT=${PING_COUNT:-100}
 
 say() { printf '[tunnelbench] %s\n' "$*" >&2; }
 die() { printf '[tunnelbench] error: %s\n' "$*" >&2; exit 1; }
