@@ -498,7 +498,12 @@ run_impl() {
 
 say "implementations: ${ACTIVE[*]}; RUNS=$RUNS DURATION=${DURATION}s"
 for ((run = 1; run <= RUNS; run++)); do
-    for impl in "${ACTIVE[@]}"; do
+    # The order rotates each run, so that no implementation always follows the same one
+    # (what ran just before, e.g. a 10 s iperf3, shifts the next idle RTT by 10-15%).
+    n=${#ACTIVE[@]}
+    order=()
+    for ((k = 0; k < n; k++)); do order+=("${ACTIVE[$(((k + run - 1) % n))]}"); done
+    for impl in "${order[@]}"; do
         say "run $run/$RUNS: $impl"
         if run_impl "$impl" "$run"; then
             record "$impl" "$run" ok 1
@@ -516,7 +521,7 @@ done
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "- machine: $(nproc) CPUs, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), kernel $(uname -r), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- RUNS=$RUNS, DURATION=${DURATION}s per iperf3 test, tunnel MTU $MTU, ping: $PING_COUNT pings 50 ms apart"
+    echo "- RUNS=$RUNS (implementation order rotated each run), DURATION=${DURATION}s per iperf3 test, tunnel MTU $MTU, ping: $PING_COUNT pings 50 ms apart"
     for impl in "${ACTIVE[@]}"; do
         [[ $impl == veth ]] && continue
         echo "- ${LABEL[$impl]}: ${BIN[$impl]} (${VERSION[$impl]:-version unknown})"
