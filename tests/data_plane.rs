@@ -119,7 +119,20 @@ fn the_loop_reports_that_its_interface_was_deleted() {
             .await
             .expect("the loop noticed in time");
         assert!(matches!(result, Err(DriverError::TunRead(_))), "{result:?}");
+        // Requests fail at once instead of waiting for a loop that is gone, even more of them
+        // than the queue holds.
+        for _ in 0..40 {
+            let answer = tokio::time::timeout(ANSWER, plane.run(|_| ()))
+                .await
+                .expect("refused in time, not left waiting");
+            assert!(answer.is_err(), "answered by a stopped loop");
+        }
         // The driver still comes back for an orderly teardown.
-        assert!(plane.stop().await.is_some());
+        assert!(
+            tokio::time::timeout(ANSWER, plane.stop())
+                .await
+                .expect("stopped in time")
+                .is_some()
+        );
     });
 }

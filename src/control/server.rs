@@ -4,7 +4,7 @@
 //! ([`Framer`]), parses each ([`parse_request`]), resolves IPv6 zones given by interface name
 //! (`if_nametoindex`), and sends it with a oneshot for the reply through a bounded channel to
 //! the event loop, which answers it with [`handle`] between two batches. So the `Device` is
-//! only ever touched by the event loop's task and needs no lock. A `set` that moves the listen
+//! only ever touched by the event loop's thread and needs no lock. A `set` that moves the listen
 //! port or changes the fwmark binds or marks first and answers EADDRINUSE when that fails,
 //! with nothing changed.
 //!

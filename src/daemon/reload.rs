@@ -60,13 +60,14 @@ pub(crate) async fn apply(
     let old = &managed.config.interface;
     if new.name != ifname {
         bail!(
-            "the interface name changed from {ifname} to {}: restart the daemon for that",
+            "configuration unchanged: the interface name changed from {ifname} to {}: restart \
+             the daemon for that",
             new.name
         );
     }
     let (plan, warnings) = settings::interface_plan(&resolved.config, ifname);
     plan.check()
-        .context("the new interface settings are invalid")?;
+        .context("configuration unchanged: the new interface settings are invalid")?;
     let offload_changed = new.offload != old.offload;
     let mtu_changed = new.mtu != old.mtu;
 
@@ -106,14 +107,16 @@ fn apply_to_data_plane(driver: &mut Driver, resolved: &Resolved) -> anyhow::Resu
         Some(port) if port != 0 && port != driver.udp().port() => Some(
             UdpSockets::bind(Some(port), new.fwmark)
                 .and_then(|sockets| driver.register_udp(sockets))
-                .with_context(|| format!("cannot listen on UDP port {port}"))?,
+                .with_context(|| {
+                    format!("configuration unchanged: cannot listen on UDP port {port}")
+                })?,
         ),
         _ => None,
     };
     if new_sockets.is_none() && new.fwmark != driver.udp().fwmark() {
         driver
             .set_fwmark(new.fwmark)
-            .context("cannot change the fwmark")?;
+            .context("configuration unchanged: cannot change the fwmark")?;
     }
     if let Some(sockets) = new_sockets {
         tracing::info!(
@@ -133,7 +136,11 @@ fn apply_to_data_plane(driver: &mut Driver, resolved: &Resolved) -> anyhow::Resu
         device.set_private_key(Some(new.private_key.clone()));
     }
     device.set_mtu(usize::from(new.mtu));
-    let changes = settings::sync_peers(device, resolved, now)?;
+    // Checked configs never fail here; should one still, say what state it leaves.
+    let changes = settings::sync_peers(device, resolved, now).context(
+        "the new keys and peers were only partly applied (the interface's addresses and routes \
+         are unchanged): fix the config and reload again",
+    )?;
     // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
     driver.flush();
     Ok(changes)

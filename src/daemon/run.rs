@@ -8,9 +8,10 @@
 //!
 //! Both serve the UAPI socket `/var/run/wireguard/IFNAME.sock` (see `control::server`), whose
 //! requests the event loop answers on its own thread (the data plane, see `driver::plane`);
-//! this tokio runtime keeps signals, the socket's connections, netlink and reloads. The daemon stops on SIGINT or SIGTERM,
-//! when its socket file is deleted (checked every second), or when its interface is deleted
-//! (`ip link del`, as `wg-quick down` does); the last two are clean exits, as in wireguard-go.
+//! this tokio runtime keeps signals, the socket's connections, netlink and reloads. The
+//! daemon stops on SIGINT or SIGTERM, when its socket file is deleted (checked every second),
+//! or when its interface is deleted (`ip link del`, as `wg-quick down` does); the last two are
+//! clean exits, as in wireguard-go.
 //! On the way out the socket goes first, then addresses and routes, then the device.
 
 use std::path::{Path, PathBuf};
@@ -387,9 +388,8 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                                     uapi.set_names(peer_names(&managed.config));
                                 }
                             }
-                            Err(e) => {
-                                tracing::error!("reload failed, configuration unchanged: {e:#}");
-                            }
+                            // The error says what, if anything, was applied.
+                            Err(e) => tracing::error!("reload failed: {e:#}"),
                         }
                     }
                     Err(e) => tracing::error!("reload failed, configuration unchanged: {e:#}"),

@@ -43,6 +43,9 @@ pub struct SendOutcome {
     pub errors: u64,
     /// Messages sent with GSO (several datagrams each).
     pub gso_messages: u64,
+    /// A socket's send buffer stayed full for [`SEND_WAIT`]: the rest of the batch was
+    /// dropped without waiting again, so one call never waits longer than that.
+    pub stalled: bool,
 }
 
 /// The end (exclusive) of the run of datagrams starting at `start` that can go as one GSO
@@ -224,9 +227,10 @@ fn send_messages(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !matches!(sys::wait_writable(socket, SEND_WAIT), Ok(true)) {
+                if out.stalled || !matches!(sys::wait_writable(socket, SEND_WAIT), Ok(true)) {
                     let dropped: usize = msgs[done..].iter().map(|m| m.iov.len()).sum();
                     out.errors += dropped as u64;
+                    out.stalled = true;
                     tracing::debug!(dropped, "UDP send buffer stayed full, datagrams dropped");
                     return;
                 }

@@ -97,6 +97,9 @@ const CONTROL_PER_TURN: usize = 8;
 /// another).
 const TURNS_WITHOUT_POLL: usize = 2;
 
+/// Receive errors in a row after which a socket waits for its next readiness event.
+const MAX_UDP_ERRORS_IN_A_ROW: u8 = 4;
+
 /// Readiness events taken from one `epoll_wait`.
 const EVENTS: usize = 16;
 
@@ -227,8 +230,8 @@ impl Ready {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
-    V4,
-    V6,
+    V4 = 0,
+    V6 = 1,
 }
 
 /// The running data plane of one interface.
@@ -246,6 +249,11 @@ pub struct Driver {
     /// The same for the IPv4 and IPv6 sockets: the last receive emptied it with at most one
     /// message, so the next asks for a few only.
     quiet_udp: [bool; 2],
+    /// Receive errors in a row on the IPv4 and IPv6 sockets.
+    udp_errors: [u8; 2],
+    /// A send waited SEND_WAIT in vain this turn: the turn's other sends do not wait, and the
+    /// clock is read again before the next.
+    stalled: bool,
     /// Most datagrams per GSO send now (0: off, also after the kernel refused GSO).
     udp_gso: usize,
     /// The kernel refused a GSO send: no more GSO, even on new sockets.
@@ -346,6 +354,8 @@ impl Driver {
             offload,
             quiet_tun: true,
             quiet_udp: [true; 2],
+            udp_errors: [0; 2],
+            stalled: false,
             udp_gso: found.gso_segments,
             gso_refused: false,
             device,
@@ -422,6 +432,10 @@ impl Driver {
         // is one more cold cache miss on the way to the first packet.
         let mut now = self.clock.now();
         loop {
+            // A turn that waited for a full send buffer took up to SEND_WAIT.
+            if std::mem::take(&mut self.stalled) {
+                now = self.clock.now();
+            }
             let mut deadline = self.device.next_deadline();
             if deadline.is_some_and(|d| d <= now.monotonic) {
                 self.device.update_timers(now);
@@ -476,6 +490,8 @@ impl Driver {
                     Control::More => {}
                     Control::Idle => ready.control = false,
                 }
+                // A request (a reload's closure, a set that binds sockets) may take a while.
+                now = self.clock.now();
             }
             if ready.tun {
                 ready.tun = self.tun_batch(now)?;
@@ -575,6 +591,7 @@ impl Driver {
     }
 
     fn count_sent(&mut self, outcome: batch::SendOutcome) {
+        self.stalled |= outcome.stalled;
         self.stats.udp_tx_datagrams += outcome.sent;
         self.stats.udp_tx_errors += outcome.errors;
         self.stats.udp_gso_sends += outcome.gso_messages;
@@ -665,12 +682,21 @@ impl Driver {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return (true, false),
             Err(e) => {
-                // ICMP errors reported on the socket and the like: not fatal, and datagrams
-                // may wait behind them.
+                // An error queued on the socket (ICMP and the like) is not fatal, and
+                // datagrams may wait behind it: look again, but not forever, or a socket that
+                // keeps failing would spin the loop; its next readiness event brings it back.
+                let errors = &mut self.udp_errors[family as usize];
+                *errors += 1;
+                if *errors >= MAX_UDP_ERRORS_IN_A_ROW {
+                    tracing::warn!(error = %e, "UDP receive keeps failing; waiting for the next event");
+                    *errors = 0;
+                    return (false, false);
+                }
                 tracing::debug!(error = %e, "UDP receive error");
                 return (true, false);
             }
         };
+        self.udp_errors[family as usize] = 0;
         // A non-blocking recvmmsg that returns fewer than asked emptied the socket.
         let more = count == want;
         let written_before = self.stats.tun_tx_packets;
@@ -809,7 +835,13 @@ impl Driver {
             let Some(datagram) = self.out.get(..len) else {
                 continue;
             };
-            send_datagram(&self.udp, &mut self.stats, endpoint, datagram);
+            send_datagram(
+                &self.udp,
+                &mut self.stats,
+                &mut self.stalled,
+                endpoint,
+                datagram,
+            );
         }
     }
 
@@ -834,10 +866,19 @@ impl Driver {
         }
     }
 
-    /// Fires due timers and sends their output: for use right after a reconfiguration (a
-    /// peer with persistent keepalive may have a keepalive or initiation waiting).
+    /// Sends what the core has queued: for use right after a reconfiguration (a peer with
+    /// persistent keepalive may have a keepalive or initiation waiting).
     pub fn flush(&mut self) {
         self.drain_transmit(self.clock.now());
+    }
+
+    /// Closes the control channel: queued requests are dropped (their reply channels with
+    /// them) and later sends fail. For when the loop has ended.
+    pub fn close_control(&mut self) {
+        if let Some(mut rx) = self.control.take() {
+            rx.close();
+            while rx.try_recv().is_ok() {}
+        }
     }
 
     /// Control hook: a new channel whose requests the loop answers from now on (see
@@ -904,13 +945,19 @@ fn write_tun_multiple(
 
 /// Sends one datagram from the socket of `endpoint`'s family. Failures are counted and logged
 /// at debug level: UDP is lossy anyway, and the core's timers retry what matters.
-fn send_datagram(udp: &UdpSockets, stats: &mut DriverStats, endpoint: SocketAddr, datagram: &[u8]) {
+fn send_datagram(
+    udp: &UdpSockets,
+    stats: &mut DriverStats,
+    stalled: &mut bool,
+    endpoint: SocketAddr,
+    datagram: &[u8],
+) {
     let Some((socket, to)) = udp.route(endpoint) else {
         stats.udp_tx_errors += 1;
         tracing::debug!(%endpoint, "no UDP socket of this address family");
         return;
     };
-    match send_one(socket, to, datagram) {
+    match send_one(socket, to, datagram, stalled) {
         Ok(_) => stats.udp_tx_datagrams += 1,
         Err(e) => {
             stats.udp_tx_errors += 1;
@@ -919,12 +966,19 @@ fn send_datagram(udp: &UdpSockets, stats: &mut DriverStats, endpoint: SocketAddr
     }
 }
 
-/// Sends one datagram, waiting (bounded) for room when the socket's buffer is full.
-fn send_one(socket: &std::net::UdpSocket, to: SocketAddr, datagram: &[u8]) -> io::Result<usize> {
+/// Sends one datagram, waiting up to SEND_WAIT for room when the socket's buffer is full,
+/// unless a wait already timed out this turn (`stalled`, then set by a timeout).
+fn send_one(
+    socket: &std::net::UdpSocket,
+    to: SocketAddr,
+    datagram: &[u8],
+    stalled: &mut bool,
+) -> io::Result<usize> {
     loop {
         match socket.send_to(datagram, to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !sys::wait_writable(socket, batch::SEND_WAIT)? {
+                if *stalled || !sys::wait_writable(socket, batch::SEND_WAIT)? {
+                    *stalled = true;
                     return Err(e);
                 }
             }

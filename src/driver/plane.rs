@@ -29,6 +29,9 @@ impl DataPlane {
             .name("tandem-data".to_owned())
             .spawn(move || {
                 let result = driver.run();
+                // Requests that can no longer be answered fail at once (their senders see
+                // the channel closed) instead of waiting forever.
+                driver.close_control();
                 let _ = done.send(result);
                 driver
             })?;

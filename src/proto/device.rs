@@ -1193,12 +1193,12 @@ impl Device {
         peers.chain(load).min()
     }
 
-    /// Whether `poll_transmit` has something (cheap check for the driver).
     /// How many receiver indices are in use (handshakes and sessions): for leak checks.
     pub fn index_count(&self) -> usize {
         self.index.len()
     }
 
+    /// Whether `poll_transmit` has something (cheap check for the driver).
     pub fn has_transmit(&self) -> bool {
         !self.control.is_empty() || !self.flush.is_empty()
     }
