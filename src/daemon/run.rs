@@ -382,7 +382,9 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 };
                 match result {
                     Ok(prepared) => {
-                        match reload::apply(&running.plane, &running.ifname, managed, prepared).await {
+                        let applied =
+                            reload::apply(&running.plane, &running.ifname, managed, prepared).await;
+                        match applied {
                             Ok(()) => {
                                 if let Some(uapi) = &running.uapi {
                                     uapi.set_names(peer_names(&managed.config));

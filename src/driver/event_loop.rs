@@ -531,8 +531,8 @@ impl Driver {
     }
 
     /// Reads up to BATCH packets from the TUN device (with offload: up to BATCH reads, each
-    /// split into its segments; after a quiet turn, one) and encrypts and sends each. Returns whether the device may
-    /// hold more (no read found it empty).
+    /// split into its segments; after a quiet turn, one) and encrypts and sends each. Returns
+    /// whether the device may hold more (no read found it empty).
     fn tun_batch(&mut self, now: Now) -> Result<bool, DriverError> {
         // Adaptive batching, as NAPI does: after a quiet turn (at most one packet) the first
         // packet goes out alone, at once, instead of waiting for one more read that would
@@ -688,7 +688,10 @@ impl Driver {
                 let errors = &mut self.udp_errors[family as usize];
                 *errors += 1;
                 if *errors >= MAX_UDP_ERRORS_IN_A_ROW {
-                    tracing::warn!(error = %e, "UDP receive keeps failing; waiting for the next event");
+                    tracing::warn!(
+                        error = %e,
+                        "UDP receive keeps failing; waiting for the next event"
+                    );
                     *errors = 0;
                     return (false, false);
                 }
