@@ -26,26 +26,11 @@ fn idle_driver(ifname: &str) -> Driver {
     Driver::new(device, tun, udp, Clock::new()).expect("driver")
 }
 
-fn block_on_in<F, Fut, R>(ns: &Netns, f: F) -> R
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = R>,
-    R: Send,
-{
-    ns.run(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(f())
-    })
-}
-
 #[test]
 fn requests_wake_a_sleeping_loop_and_stop_hands_the_driver_back() {
     require_root();
     let ns = Netns::new("dp");
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let mut driver = idle_driver("tdp0");
         let port = driver.udp().port();
         let control = driver.control_channel().expect("control channel");
@@ -105,7 +90,7 @@ fn requests_wake_a_sleeping_loop_and_stop_hands_the_driver_back() {
 fn the_loop_reports_that_its_interface_was_deleted() {
     require_root();
     let ns = Netns::new("dpdel");
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let mut driver = idle_driver("tdp1");
         let control = driver.control_channel().expect("control channel");
         let mut plane = DataPlane::spawn(driver, control).expect("spawn");

@@ -4,7 +4,6 @@
 #[path = "common/netns.rs"]
 mod netns;
 
-use std::future::Future;
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -15,22 +14,6 @@ use tandem::netconf::{self, InterfacePlan, NetConf, NetconfError};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-/// Runs `f` to completion on a current-thread tokio runtime, on a thread inside `ns`.
-fn block_on_in<F, Fut, R>(ns: &Netns, f: F) -> R
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: Future<Output = R>,
-    R: Send,
-{
-    ns.run(|| {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        rt.block_on(f())
-    })
 }
 
 /// `ip -j addr show dev IFNAME`: the (local, prefixlen) pairs on the link.
@@ -79,7 +62,7 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
     require_root();
     let ns = Netns::new("tdm-nc-apply");
     let ifname = "tdmapply0";
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let tun = open_tun(ifname, false).expect("open TUN");
         assert_eq!(tun.name, ifname);
         let nc = NetConf::new().await.expect("netlink socket");
@@ -164,7 +147,7 @@ fn routes_go_to_the_requested_table() {
     require_root();
     let ns = Netns::new("tdm-nc-table");
     let ifname = "tdmtable0";
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let _tun = open_tun(ifname, false).expect("open TUN");
         let nc = NetConf::new().await.expect("netlink socket");
         let plan = InterfacePlan {
@@ -194,7 +177,7 @@ fn a_route_added_by_someone_else_is_kept_on_teardown() {
     require_root();
     let ns = Netns::new("tdm-nc-keep");
     let ifname = "tdmkeep0";
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let _tun = open_tun(ifname, false).expect("open TUN");
         let nc = NetConf::new().await.expect("netlink socket");
         let index = nc.link_index(ifname).await.expect("index");
@@ -242,7 +225,7 @@ fn a_failed_apply_undoes_what_it_did() {
     require_root();
     let ns = Netns::new("tdm-nc-undo");
     let ifname = "tdmundo0";
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let _tun = open_tun(ifname, false).expect("open TUN");
         // Already on the link, so the plan's second address fails with EEXIST.
         ns.ip(&["addr", "add", "10.40.0.2/24", "dev", ifname]);
@@ -276,7 +259,7 @@ fn a_failed_apply_undoes_what_it_did() {
 fn checks_and_lookups_fail_with_typed_errors() {
     require_root();
     let ns = Netns::new("tdm-nc-errs");
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         let nc = NetConf::new().await.expect("netlink socket");
         assert!(matches!(
             nc.link_index("tdmnosuch0").await,
@@ -319,7 +302,7 @@ fn checks_and_lookups_fail_with_typed_errors() {
 fn tun_opens_and_closes_with_and_without_offload() {
     require_root();
     let ns = Netns::new("tdm-nc-tun");
-    block_on_in(&ns, || async {
+    ns.block_on(|| async {
         for offload in [false, true] {
             let tun = open_tun("tdmtun%d", offload).expect("open TUN");
             assert!(tun.name.starts_with("tdmtun"), "{}", tun.name);

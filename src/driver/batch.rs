@@ -26,7 +26,7 @@ pub const GSO_MAX_SEGMENTS: usize = 64;
 /// Longest wait for room in a full socket send buffer before the rest of a batch is dropped
 /// (counted as errors): UDP is lossy, and a loop stuck on one socket would starve the others
 /// and the timers. With 8 MiB buffers a full one drains in well under this.
-pub const SEND_WAIT: Duration = Duration::from_millis(100);
+const SEND_WAIT: Duration = Duration::from_millis(100);
 
 /// One sealed datagram waiting to be sent: `bufs[buf][..len]` goes to `endpoint`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +262,28 @@ fn send_messages(
                 out.errors += (m.iov.len() - n) as u64;
                 send_messages(socket, &singles[..n], gso_segments, out);
             }
+        }
+    }
+}
+
+/// Sends one datagram, waiting up to [`SEND_WAIT`] for room when the socket's buffer is full,
+/// unless a wait already timed out this turn (`stalled`, then set by a timeout).
+pub fn send_one(
+    socket: &UdpSocket,
+    to: SocketAddr,
+    datagram: &[u8],
+    stalled: &mut bool,
+) -> io::Result<usize> {
+    loop {
+        match socket.send_to(datagram, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if *stalled || !sys::wait_writable(socket, SEND_WAIT)? {
+                    *stalled = true;
+                    return Err(e);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
         }
     }
 }

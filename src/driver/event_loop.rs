@@ -212,6 +212,25 @@ impl RegisteredUdp {
     }
 }
 
+/// What the loop remembers of one UDP socket between receives.
+#[derive(Debug, Clone, Copy)]
+struct SocketState {
+    /// The last receive emptied it with at most one message: the next asks for a few only
+    /// (see `udp_batch`).
+    quiet: bool,
+    /// Receive errors in a row.
+    errors: u8,
+}
+
+impl Default for SocketState {
+    fn default() -> Self {
+        SocketState {
+            quiet: true,
+            errors: 0,
+        }
+    }
+}
+
 /// Sources that may have more to read: set by a readiness event (edge-triggered), cleared
 /// when a read finds the source empty.
 #[derive(Debug, Clone, Copy, Default)]
@@ -246,11 +265,8 @@ pub struct Driver {
     offload: bool,
     /// The last TUN batch had at most one packet: the next reads only one (see `tun_batch`).
     quiet_tun: bool,
-    /// The same for the IPv4 and IPv6 sockets: the last receive emptied it with at most one
-    /// message, so the next asks for a few only.
-    quiet_udp: [bool; 2],
-    /// Receive errors in a row on the IPv4 and IPv6 sockets.
-    udp_errors: [u8; 2],
+    /// The IPv4 and IPv6 sockets' receive state, by `Family`.
+    udp_state: [SocketState; 2],
     /// A send waited SEND_WAIT in vain this turn: the turn's other sends do not wait, and the
     /// clock is read again before the next.
     stalled: bool,
@@ -353,8 +369,7 @@ impl Driver {
             crypto,
             offload,
             quiet_tun: true,
-            quiet_udp: [true; 2],
-            udp_errors: [0; 2],
+            udp_state: [SocketState::default(); 2],
             stalled: false,
             udp_gso: found.gso_segments,
             gso_refused: false,
@@ -658,26 +673,28 @@ impl Driver {
     /// packets to the TUN device, in arrival order. Returns whether the socket may hold more,
     /// and whether anything was written to the TUN device.
     fn udp_batch(&mut self, family: Family, now: Now) -> (bool, bool) {
-        let (socket, quiet) = match family {
-            Family::V4 => (self.udp.v4.as_ref(), &mut self.quiet_udp[0]),
-            Family::V6 => (self.udp.v6.as_ref(), &mut self.quiet_udp[1]),
+        let socket = match family {
+            Family::V4 => self.udp.v4.as_ref(),
+            Family::V6 => self.udp.v6.as_ref(),
         };
         let Some(socket) = socket else {
             return (false, false);
         };
+        let state = &mut self.udp_state[family as usize];
         // Adaptive, as for the TUN device: a socket that was quiet is asked for a few
         // messages (small scratch for recvmmsg), one that was busy for a whole batch.
-        let want = if *quiet { sys::SMALL_MMSG } else { BATCH };
+        let want = if state.quiet { sys::SMALL_MMSG } else { BATCH };
         let received = sys::recv_mmsg(
             socket,
             &mut self.pool.udp[..want],
             &mut self.pool.udp_meta[..want],
         );
-        if let Ok(n) = received {
-            *quiet = n <= 1 && n < want;
-        }
         let count = match received {
-            Ok(n) => n,
+            Ok(n) => {
+                state.quiet = n <= 1 && n < want;
+                state.errors = 0;
+                n
+            }
             // Empty: wait for the next readiness event.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return (false, false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return (true, false),
@@ -685,21 +702,19 @@ impl Driver {
                 // An error queued on the socket (ICMP and the like) is not fatal, and
                 // datagrams may wait behind it: look again, but not forever, or a socket that
                 // keeps failing would spin the loop; its next readiness event brings it back.
-                let errors = &mut self.udp_errors[family as usize];
-                *errors += 1;
-                if *errors >= MAX_UDP_ERRORS_IN_A_ROW {
+                state.errors += 1;
+                if state.errors >= MAX_UDP_ERRORS_IN_A_ROW {
                     tracing::warn!(
                         error = %e,
                         "UDP receive keeps failing; waiting for the next event"
                     );
-                    *errors = 0;
+                    state.errors = 0;
                     return (false, false);
                 }
                 tracing::debug!(error = %e, "UDP receive error");
                 return (true, false);
             }
         };
-        self.udp_errors[family as usize] = 0;
         // A non-blocking recvmmsg that returns fewer than asked emptied the socket.
         let more = count == want;
         let written_before = self.stats.tun_tx_packets;
@@ -960,33 +975,11 @@ fn send_datagram(
         tracing::debug!(%endpoint, "no UDP socket of this address family");
         return;
     };
-    match send_one(socket, to, datagram, stalled) {
+    match batch::send_one(socket, to, datagram, stalled) {
         Ok(_) => stats.udp_tx_datagrams += 1,
         Err(e) => {
             stats.udp_tx_errors += 1;
             tracing::debug!(%endpoint, error = %e, "UDP send failed");
-        }
-    }
-}
-
-/// Sends one datagram, waiting up to SEND_WAIT for room when the socket's buffer is full,
-/// unless a wait already timed out this turn (`stalled`, then set by a timeout).
-fn send_one(
-    socket: &std::net::UdpSocket,
-    to: SocketAddr,
-    datagram: &[u8],
-    stalled: &mut bool,
-) -> io::Result<usize> {
-    loop {
-        match socket.send_to(datagram, to) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if *stalled || !sys::wait_writable(socket, batch::SEND_WAIT)? {
-                    *stalled = true;
-                    return Err(e);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            other => return other,
         }
     }
 }

@@ -179,6 +179,23 @@ impl Netns {
             }
         })
     }
+
+    /// [`Netns::run`] for async code: `f`'s future runs to completion on a current-thread
+    /// tokio runtime, on a thread inside this namespace.
+    pub fn block_on<F, Fut, R>(&self, f: F) -> R
+    where
+        F: FnOnce() -> Fut + Send,
+        Fut: std::future::Future<Output = R>,
+        R: Send,
+    {
+        self.run(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(f())
+        })
+    }
 }
 
 impl Drop for Netns {
