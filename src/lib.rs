@@ -5,3 +5,4 @@ pub mod driver;
 pub mod keygen;
 pub mod netconf;
 pub mod proto;
+pub mod reconcile;

@@ -2,11 +2,11 @@
 //!
 //! Flow: a task accepts connections; a task per connection cuts the byte stream into requests
 //! ([`Framer`]), parses each ([`parse_request`]), resolves IPv6 zones given by interface name
-//! (`if_nametoindex`), and sends it with a oneshot for the reply through a bounded channel to
-//! the event loop, which answers it with [`handle`] between two batches. So the `Device` is
-//! only ever touched by the event loop's thread and needs no lock. A `set` that moves the listen
-//! port or changes the fwmark binds or marks first and answers EADDRINUSE when that fails,
-//! with nothing changed.
+//! (`if_nametoindex`), and sends it through the event loop's mailbox (`driver::control`),
+//! which answers it between two batches. So the `Device` is only ever touched by the event
+//! loop's thread and needs no lock. A `set` goes through the one reconciler: one that moves the
+//! listen port or changes the fwmark binds or marks first and answers EADDRINUSE when that
+//! fails, with nothing changed. A `get` comes back as a snapshot and is formatted here.
 //!
 //! Besides wireguard-go's `get=1` and `set=1`, tandem answers `get=tandem` (which `wg` never
 //! sends): the `get=1` reply with a `name=` line after each `public_key=` line of a peer the
@@ -19,28 +19,22 @@
 use std::collections::HashMap;
 use std::fs::DirBuilder;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::uapi::{
-    Frame, Framer, InterfaceState, Request, SET_OK, SetRequest, UapiError, apply_set, format_get,
-    parse_request,
-};
-use crate::driver::{Driver, UdpSockets, sys};
+use super::uapi::{Frame, Framer, Request, SET_OK, UapiError, format_get, parse_request};
+use crate::driver::{ControlSender, sys};
 use crate::proto::PublicKey;
 
 /// Where wireguard-go, the kernel tools and `wg` look for userspace interfaces' sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
-
-/// Requests waiting for the event loop; a connection task waits when it is full.
-pub const CONTROL_QUEUE: usize = 16;
 
 /// The operation line of tandem's own request (see the module notes).
 const GET_TANDEM: &[u8] = b"get=tandem\n";
@@ -54,95 +48,6 @@ const MAX_REPLY_BYTES: u64 = 512 << 20;
 /// The socket of interface `ifname` in `dir` (normally [`SOCKET_DIR`]).
 pub fn socket_path(dir: &Path, ifname: &str) -> PathBuf {
     dir.join(format!("{ifname}.sock"))
-}
-
-/// A request for the event loop, answered by [`handle`].
-pub enum ControlRequest {
-    /// `get=1`: the reply text, `errno=0` included.
-    Get { reply: oneshot::Sender<String> },
-    /// `set=1`, parsed and with its zones resolved: `errno=0`, or the error, as reply text.
-    Set {
-        request: SetRequest,
-        reply: oneshot::Sender<String>,
-    },
-    /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
-    /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
-    SyncMtu,
-    /// The daemon's own change (a reload): runs on the data plane's thread, between two
-    /// batches, with the driver to itself.
-    Run(Box<dyn FnOnce(&mut Driver) + Send>),
-    /// Stop the event loop (the daemon is shutting down); `Driver::run` returns.
-    Stop,
-}
-
-impl std::fmt::Debug for ControlRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ControlRequest::Get { .. } => f.write_str("Get"),
-            ControlRequest::Set { request, .. } => {
-                f.debug_struct("Set").field("request", request).finish()
-            }
-            ControlRequest::SyncMtu => f.write_str("SyncMtu"),
-            ControlRequest::Run(_) => f.write_str("Run"),
-            ControlRequest::Stop => f.write_str("Stop"),
-        }
-    }
-}
-
-/// The sending end of the event loop's control channel: a bounded queue, and the waker that
-/// interrupts the loop's `epoll_wait` so that it looks at the queue.
-#[derive(Debug, Clone)]
-pub struct ControlSender {
-    tx: mpsc::Sender<ControlRequest>,
-    waker: Option<Arc<mio::Waker>>,
-}
-
-/// The event loop is gone: its channel is closed.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("the data plane has stopped")]
-pub struct LoopGone;
-
-impl ControlSender {
-    /// `waker`: None for a receiver that does not sleep in epoll (tests).
-    pub fn new(tx: mpsc::Sender<ControlRequest>, waker: Option<Arc<mio::Waker>>) -> Self {
-        ControlSender { tx, waker }
-    }
-
-    /// Queues `request`, waiting while the queue is full.
-    pub async fn send(&self, request: ControlRequest) -> Result<(), LoopGone> {
-        self.tx.send(request).await.map_err(|_| LoopGone)?;
-        self.wake();
-        Ok(())
-    }
-
-    /// Queues `request` unless the queue is full (then it is dropped: for housekeeping that
-    /// the next tick asks for again).
-    pub fn try_send(&self, request: ControlRequest) {
-        if self.tx.try_send(request).is_ok() {
-            self.wake();
-        }
-    }
-
-    fn wake(&self) {
-        if let Some(waker) = &self.waker
-            && let Err(e) = waker.wake()
-        {
-            tracing::debug!(error = %e, "cannot wake the event loop");
-        }
-    }
-
-    /// Runs `f` on the event loop's thread, with the driver, and returns what it returns.
-    pub async fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Driver) -> R + Send + 'static,
-    ) -> Result<R, LoopGone> {
-        let (tx, rx) = oneshot::channel();
-        self.send(ControlRequest::Run(Box::new(move |driver| {
-            let _ = tx.send(f(driver));
-        })))
-        .await?;
-        rx.await.map_err(|_| LoopGone)
-    }
 }
 
 /// Peer names from the config, by public key, for `get=tandem`.
@@ -204,7 +109,7 @@ pub struct UapiServer {
 
 impl UapiServer {
     /// Creates the socket of `ifname` in `dir` and serves it on the current tokio runtime,
-    /// sending requests to `control` (from [`Driver::control_channel`]).
+    /// sending requests to `control` (from `Driver::control_channel`).
     pub fn start(
         dir: &Path,
         ifname: &str,
@@ -262,14 +167,21 @@ impl Drop for UapiServer {
 
 /// Creates `dir` if needed (0755) and binds `path` under umask 077, replacing a stale socket.
 fn bind(dir: &Path, path: &Path) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    let dir_err = |source| ServerError::Directory {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let existed = dir.is_dir();
     DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|source| ServerError::Directory {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        .map_err(dir_err)?;
+    // The mode given at creation passes through the umask, which is process-wide (and 077
+    // while another socket of this process is being bound): say 0755 once more, explicitly.
+    if !existed {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(dir_err)?;
+    }
     // The mask is process-wide; nothing else creates files while the daemon starts.
     let previous = sys::set_umask(0o077);
     let result = bind_replacing_stale(path);
@@ -400,13 +312,17 @@ async fn serve_connection(
 /// The reply to one UAPI request, or `None` to close the connection.
 async fn answer(text: &str, control: &ControlSender) -> Option<String> {
     match parse_request(text) {
-        Request::Get => ask(control, |reply| ControlRequest::Get { reply }).await,
+        Request::Get => Some(format_get(&control.get().await.ok()?)),
         Request::Set(mut request) => {
             if let Err(e) = request.resolve_zones(sys::if_nametoindex) {
-                tracing::warn!("UAPI set refused, nothing changed: {}", e.message);
-                return Some(e.reply());
+                tracing::warn!("UAPI set refused, nothing changed: {e}");
+                return Some(UapiError::from(e).reply());
             }
-            ask(control, |reply| ControlRequest::Set { request, reply }).await
+            // The loop logs what changed, or why nothing did.
+            match control.set(request).await.ok()? {
+                Ok(_) => Some(SET_OK.to_owned()),
+                Err(e) => Some(UapiError::from(&e).reply()),
+            }
         }
         Request::Invalid(e) => {
             tracing::warn!("UAPI request refused: {}", e.message);
@@ -420,18 +336,9 @@ async fn tandem_get(
     control: &ControlSender,
     names: &watch::Receiver<Arc<PeerNames>>,
 ) -> Option<String> {
-    let reply = ask(control, |reply| ControlRequest::Get { reply }).await?;
+    let reply = format_get(&control.get().await.ok()?);
     let names = Arc::clone(&names.borrow());
     Some(add_names(&reply, &names))
-}
-
-async fn ask(
-    control: &ControlSender,
-    request: impl FnOnce(oneshot::Sender<String>) -> ControlRequest,
-) -> Option<String> {
-    let (tx, rx) = oneshot::channel();
-    control.send(request(tx)).await.ok()?;
-    rx.await.ok()
 }
 
 /// A `get=1` reply with `name=NAME` after the `public_key=` line of each named peer. Control
@@ -454,104 +361,6 @@ pub fn add_names(get_reply: &str, names: &PeerNames) -> String {
     out
 }
 
-/// Answers one request on the event loop's thread (the driver's control hook).
-pub fn handle(driver: &mut Driver, request: ControlRequest) {
-    match request {
-        ControlRequest::Get { reply } => {
-            let state = interface_state(driver.udp());
-            let _ = reply.send(format_get(&driver.device, &state, driver.now()));
-        }
-        ControlRequest::Set { request, reply } => {
-            let text = match apply(driver, &request) {
-                Ok(()) => SET_OK.to_owned(),
-                Err(e) => {
-                    tracing::warn!("UAPI set refused, nothing changed: {}", e.message);
-                    e.reply()
-                }
-            };
-            let _ = reply.send(text);
-        }
-        ControlRequest::Run(f) => f(driver),
-        // The event loop stops before it gets here.
-        ControlRequest::Stop => {}
-        ControlRequest::SyncMtu => match driver.tun.device.mtu() {
-            Ok(mtu) if usize::from(mtu) != driver.device.mtu() => {
-                tracing::info!(mtu, "interface MTU changed");
-                driver.device.set_mtu(usize::from(mtu));
-            }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot read the interface MTU"),
-        },
-    }
-}
-
-fn interface_state(udp: &UdpSockets) -> InterfaceState {
-    InterfaceState {
-        listen_port: udp.port(),
-        fwmark: udp.fwmark(),
-    }
-}
-
-/// The error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// Applies a `set`: new sockets (a new listen port, or 0 for a fresh random one) or the new
-/// fwmark first, since they can fail; then the device change, which cannot fail halfway. On
-/// any error nothing has changed.
-fn apply(driver: &mut Driver, request: &SetRequest) -> Result<(), UapiError> {
-    let port = driver.udp().port();
-    let mark = driver.udp().fwmark();
-    let new_mark = request.fwmark().unwrap_or(mark);
-    let new_sockets = match request.listen_port() {
-        // The same port again keeps the sockets (wireguard-go rebinds, to the same effect).
-        Some(wanted) if wanted == 0 || wanted != port => Some(
-            UdpSockets::bind(Some(wanted), new_mark)
-                .and_then(|sockets| driver.register_udp(sockets))
-                .map_err(|e| UapiError::addr_in_use(chain(&e)))?,
-        ),
-        _ => None,
-    };
-    let remark = new_sockets.is_none() && new_mark != mark;
-    if remark {
-        driver
-            .set_fwmark(new_mark)
-            .map_err(|e| UapiError::addr_in_use(chain(&e)))?;
-    }
-    let mut state = InterfaceState {
-        listen_port: port,
-        fwmark: mark,
-    };
-    let now = driver.now();
-    if let Err(e) = apply_set(request, &mut driver.device, &mut state, now) {
-        if remark && let Err(undo) = driver.set_fwmark(mark) {
-            tracing::error!("cannot restore the fwmark: {}", chain(&undo));
-        }
-        return Err(e);
-    }
-    if let Some(sockets) = new_sockets {
-        tracing::info!(from = port, to = sockets.port(), "listen port changed");
-        // New sockets get the same offloads and buffer sizes as the ones they replace.
-        driver.install_udp(sockets);
-    }
-    if remark {
-        tracing::info!(fwmark = new_mark, "fwmark changed");
-    }
-    tracing::info!(
-        operations = request.len(),
-        "configuration changed over UAPI"
-    );
-    Ok(())
-}
-
 /// Sends `request` (e.g. `"get=1\n\n"`) to the UAPI socket at `path` and returns everything
 /// the daemon writes back until it closes the connection. For `tandem show`.
 pub fn query(path: &Path, request: &str, timeout: Duration) -> io::Result<String> {
@@ -569,9 +378,12 @@ pub fn query(path: &Path, request: &str, timeout: Duration) -> io::Result<String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
+    use tokio::sync::mpsc;
+
+    use crate::driver::{ControlRequest, SetError};
     use crate::proto::{Device, Now, PrivateKey};
+    use crate::reconcile::{self, Snapshot};
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -607,28 +419,30 @@ mod tests {
         Now::new(Duration::from_secs(5), Duration::from_secs(1_700_000_000))
     }
 
-    /// Stands in for the event loop: answers from a device of its own, as `handle` does
-    /// without the sockets.
-    fn fake_event_loop(mut rx: mpsc::Receiver<ControlRequest>) -> JoinHandle<Device> {
+    /// Stands in for the event loop, for the socket's own tests: answers from a device of
+    /// its own through the reconciler's pure steps (the driver's dispatch, sockets included,
+    /// is tested on a real driver in tests/data_plane.rs).
+    fn device_only_loop(mut rx: mpsc::Receiver<ControlRequest>) -> JoinHandle<Device> {
         tokio::spawn(async move {
             let mut device = Device::new(Some(key(1)), [3; 32]);
-            let mut state = InterfaceState {
-                listen_port: 51820,
-                fwmark: 0,
-            };
             while let Some(request) = rx.recv().await {
+                let snapshot = Snapshot::of(&device, 51820, 0);
                 match request {
                     ControlRequest::Get { reply } => {
-                        let _ = reply.send(format_get(&device, &state, now()));
+                        let _ = reply.send(snapshot);
                     }
                     ControlRequest::Set { request, reply } => {
-                        let text = match apply_set(&request, &mut device, &mut state, now()) {
-                            Ok(_) => SET_OK.to_owned(),
-                            Err(e) => e.reply(),
-                        };
-                        let _ = reply.send(text);
+                        let result = request.desired(&snapshot).map(|desired| {
+                            let plan = reconcile::plan(&snapshot, &desired);
+                            reconcile::apply_to_device(&mut device, &plan, now());
+                            plan.changes()
+                        });
+                        let _ = reply.send(result.map_err(SetError::from));
                     }
-                    ControlRequest::SyncMtu | ControlRequest::Run(_) | ControlRequest::Stop => {}
+                    ControlRequest::Apply { .. }
+                    | ControlRequest::SyncMtu
+                    | ControlRequest::Run(_)
+                    | ControlRequest::Stop => {}
                 }
             }
             device
@@ -664,9 +478,9 @@ mod tests {
     fn serves_get_set_and_tandem_get_over_the_socket() {
         let dir = TempDir::new("serve");
         rt().block_on(async {
-            let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+            let (tx, rx) = mpsc::channel(crate::driver::control::CONTROL_QUEUE);
             let tx = ControlSender::new(tx, None);
-            let device = fake_event_loop(rx);
+            let device = device_only_loop(rx);
             let mut names = PeerNames::new();
             names.insert(key(2).public_key(), "site-b\n".into());
             let server = UapiServer::start(&dir.0, "tnd-test0", tx, names).expect("start");
@@ -762,7 +576,7 @@ mod tests {
     fn a_live_socket_is_refused_and_a_stale_one_replaced() {
         let dir = TempDir::new("stale");
         rt().block_on(async {
-            let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let (tx, _rx) = mpsc::channel(crate::driver::control::CONTROL_QUEUE);
             let tx = ControlSender::new(tx, None);
             let first = UapiServer::start(&dir.0, "tnd-test1", tx.clone(), PeerNames::new())
                 .expect("start");
@@ -789,7 +603,7 @@ mod tests {
     fn deletion_and_replacement_are_noticed_and_drop_spares_a_replacement() {
         let dir = TempDir::new("gone");
         rt().block_on(async {
-            let (tx, _rx) = mpsc::channel(CONTROL_QUEUE);
+            let (tx, _rx) = mpsc::channel(crate::driver::control::CONTROL_QUEUE);
             let tx = ControlSender::new(tx, None);
             let server =
                 UapiServer::start(&dir.0, "tnd-test3", tx, PeerNames::new()).expect("start");
@@ -813,11 +627,11 @@ mod tests {
     #[test]
     fn query_reads_the_whole_reply() {
         let dir = TempDir::new("query");
-        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+        let (tx, rx) = mpsc::channel(crate::driver::control::CONTROL_QUEUE);
         let tx = ControlSender::new(tx, None);
         let runtime = rt();
         let _guard = runtime.enter();
-        let _device = fake_event_loop(rx);
+        let _device = device_only_loop(rx);
         let server = UapiServer::start(&dir.0, "tnd-test4", tx, PeerNames::new()).expect("start");
         let path = server.path().to_path_buf();
         // The blocking client runs on its own thread while the runtime serves.

@@ -16,22 +16,26 @@
 //! EINVAL), which is what wireguard-go sends and what `wg` turns back into `errno`.
 //!
 //! Unlike wireguard-go, which applies a `set` line by line and stops at the first bad one
-//! (leaving the lines before it applied), a `set` here is parsed whole ([`parse_set`]),
-//! simulated against a model of the device, and only then applied ([`apply_set`]): on an
-//! error nothing changed. The simulation follows wireguard-go's line-by-line semantics, so a
-//! request that succeeds there ends in the same state here.
+//! (leaving the lines before it applied), a `set` here is parsed whole ([`parse_set`]) into
+//! checked operations, which the event loop turns into a desired device and applies through
+//! the one reconciler (`crate::reconcile`): on an error nothing changed. The simulation
+//! follows wireguard-go's line-by-line semantics, so a request that succeeds there ends in the
+//! same state here.
+//!
+//! This module is text only: the loop answers a `get` with a [`Snapshot`], which
+//! [`format_get`] writes out here, off the loop's thread.
 
-mod apply;
 mod parse;
 #[cfg(test)]
 mod tests;
 
 use std::fmt::Write as _;
 
-use crate::proto::{Device, Now};
+use crate::driver::SetError;
+use crate::reconcile::{InvalidSet, Snapshot};
 
-pub use apply::apply_set;
-pub use parse::{SetRequest, parse_set};
+pub use crate::reconcile::{MAX_PEERS, SetRequest};
+pub use parse::parse_set;
 
 /// The longest line accepted in a request. The longest line `wg` writes (an endpoint with an
 /// IPv6 address and a zone) is under 100 bytes; wireguard-go's own reader stops at 64 KiB.
@@ -41,32 +45,6 @@ pub const MAX_LINE_LEN: usize = 4096;
 pub const MAX_SET_LINES: usize = 1 << 21;
 /// The most bytes one request may take before the framer gives up on it.
 pub const MAX_REQUEST_BYTES: usize = 64 << 20;
-/// The most peers a device may have, as in wireguard-go (`MaxPeers`).
-pub const MAX_PEERS: usize = 1 << 16;
-
-/// Settings the driver owns that UAPI reads and writes alongside the `Device`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct InterfaceState {
-    /// The UDP port actually bound (0 before the first bind). After binding a requested port
-    /// of 0, the driver stores the port the kernel chose, which `get` then reports.
-    pub listen_port: u16,
-    /// SO_MARK of the UDP sockets; 0 is off.
-    pub fwmark: u32,
-}
-
-/// What a successful `set` changed that the driver has to act on.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SetOutcome {
-    /// The request carried `listen_port`. wireguard-go rebinds then even when the port is
-    /// unchanged (and a port of 0 picks a fresh one).
-    pub listen_port_set: bool,
-    pub listen_port_changed: bool,
-    /// The request carried `fwmark` (wireguard-go re-marks the sockets then).
-    pub fwmark_set: bool,
-    pub fwmark_changed: bool,
-    pub private_key_changed: bool,
-}
-
 /// A failed request, answered as `errno=N` with N the value in `errno`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("UAPI error {errno}: {message}")]
@@ -92,7 +70,7 @@ impl UapiError {
         Self::new(libc::EIO, message)
     }
     /// Binding the new listen port or setting the fwmark failed (wireguard-go's
-    /// `IpcErrorPortInUse`); for the driver to send when its rebind fails.
+    /// `IpcErrorPortInUse`).
     pub fn addr_in_use(message: impl Into<String>) -> Self {
         Self::new(libc::EADDRINUSE, message)
     }
@@ -108,6 +86,33 @@ impl UapiError {
     pub fn reply(&self) -> String {
         format!("errno={}\n\n", self.errno)
     }
+}
+
+impl From<InvalidSet> for UapiError {
+    fn from(e: InvalidSet) -> Self {
+        UapiError::invalid(e.0)
+    }
+}
+
+impl From<&SetError> for UapiError {
+    fn from(e: &SetError) -> Self {
+        match e {
+            SetError::Invalid(e) => UapiError::invalid(e.0.clone()),
+            SetError::Apply(e) => UapiError::addr_in_use(error_chain(e)),
+        }
+    }
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The reply to a successful `set`.
@@ -146,52 +151,27 @@ pub fn parse_request(input: &str) -> Request {
     }
 }
 
-/// Answers one request: the full reply text, or an empty string when the connection is to be
-/// closed without a reply (an unknown operation, as wireguard-go does).
-///
-/// This ignores what a `set` means for the sockets and cannot look up interface names, so an
-/// endpoint zone given by name is refused (EINVAL). The driver instead uses
-/// [`parse_request`], resolves zones ([`SetRequest::resolve_zones`]), binds first when
-/// [`SetRequest::listen_port`] is set (answering [`UapiError::addr_in_use`] on failure, with
-/// nothing applied), then calls [`apply_set`].
-pub fn handle_request(
-    input: &str,
-    device: &mut Device,
-    state: &mut InterfaceState,
-    now: Now,
-) -> String {
-    match parse_request(input) {
-        Request::Get => format_get(device, state, now),
-        Request::Set(req) => match apply_set(&req, device, state, now) {
-            Ok(_) => SET_OK.to_string(),
-            Err(e) => e.reply(),
-        },
-        Request::Invalid(e) => e.reply(),
-        Request::Close => String::new(),
-    }
-}
-
 /// The reply to `get=1`, in wireguard-go's key order, ending in `errno=0` and a blank line.
 ///
 /// Device: `private_key` (when set), `listen_port` and `fwmark` (when not 0). Then per peer:
 /// `public_key`, `preshared_key` (all zeros when none), `protocol_version=1`, `endpoint` (when
 /// known), `last_handshake_time_sec`, `last_handshake_time_nsec` (0 and 0 when none),
 /// `tx_bytes`, `rx_bytes`, `persistent_keepalive_interval` and one `allowed_ip` per prefix.
-pub fn format_get(device: &Device, state: &InterfaceState, _now: Now) -> String {
+pub fn format_get(device: &Snapshot) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail; the results are ignored for that reason.
-    if let Some(key) = device.private_key().filter(|k| !k.is_zero()) {
+    if let Some(key) = device.private_key.as_ref().filter(|k| !k.is_zero()) {
         let _ = writeln!(out, "private_key={}", key.to_hex());
     }
-    if state.listen_port != 0 {
-        let _ = writeln!(out, "listen_port={}", state.listen_port);
+    if device.listen_port != 0 {
+        let _ = writeln!(out, "listen_port={}", device.listen_port);
     }
-    if state.fwmark != 0 {
-        let _ = writeln!(out, "fwmark={}", state.fwmark);
+    if device.fwmark != 0 {
+        let _ = writeln!(out, "fwmark={}", device.fwmark);
     }
-    for peer in device.peers() {
+    for peer in &device.peers {
         let _ = writeln!(out, "public_key={}", peer.public_key.to_hex());
-        let psk = peer.preshared_key.unwrap_or_default();
+        let psk = peer.preshared_key.clone().unwrap_or_default();
         let _ = writeln!(out, "preshared_key={}", psk.to_hex());
         out.push_str("protocol_version=1\n");
         if let Some(endpoint) = peer.endpoint {
@@ -223,7 +203,7 @@ pub fn format_get(device: &Device, state: &InterfaceState, _now: Now) -> String 
 pub enum Frame {
     /// Read more bytes and ask again.
     Incomplete,
-    /// The first request is `buf[..n]`: hand it to [`parse_request`] or [`handle_request`],
+    /// The first request is `buf[..n]`: hand it to [`parse_request`],
     /// then drop those bytes from the buffer.
     Complete(usize),
     /// The request grew past [`MAX_REQUEST_BYTES`] (or its first line past

@@ -25,11 +25,12 @@ use super::notify;
 use super::reload::{self, Prepared};
 use super::settings::{self, Resolved};
 use crate::config::{Config, DEFAULT_MTU};
-use crate::control::server::{
-    ControlRequest, ControlSender, PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer,
-};
+use crate::control::server::{PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer};
+use crate::driver::control::log_changes;
 use crate::driver::tun::{Tun, TunError, open_tun};
-use crate::driver::{Clock, DataPlane, Driver, DriverError, UdpSockets, sys};
+use crate::driver::{
+    Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets, sys,
+};
 use crate::keygen::os_random;
 use crate::netconf::{self, Applied, NetConf};
 use crate::proto::Device;
@@ -222,11 +223,12 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let udp =
         UdpSockets::bind(iface.listen_port, iface.fwmark).context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
-    let mut device = Device::new(Some(iface.private_key.clone()), seed);
-    device.set_mtu(usize::from(iface.mtu));
-    let mut driver = Driver::new(device, tun, udp, Clock::new())?;
-    let now = driver.now();
-    settings::sync_peers(&mut driver.device, &resolved, now)?;
+    let mut driver = Driver::new(Device::new(None, seed), tun, udp, Clock::new())?;
+    // The same path as every later change: from an empty device to the config's.
+    let changes = driver
+        .reconcile(&settings::desired(&resolved))
+        .context("cannot configure the device")?;
+    log_changes("start", &changes);
 
     let nc = NetConf::new()
         .await

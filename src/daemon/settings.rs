@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::config::{Config, PeerConfig, Table};
+use crate::config::{Config, Table};
 use crate::netconf::InterfacePlan;
-use crate::proto::{self, Device, Now, PublicKey};
+use crate::reconcile::{DesiredDevice, DesiredPeer};
 
 /// How long one endpoint name may take to resolve.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,96 +109,54 @@ pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<Stri
     (plan, warnings)
 }
 
-/// What [`sync_peers`] changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerChanges {
-    pub added: Vec<PublicKey>,
-    pub updated: Vec<PublicKey>,
-    pub removed: Vec<PublicKey>,
-}
-
-/// Makes the device's peers those of `resolved`: peers that are gone are removed; a peer whose
-/// public key stays keeps its sessions and (when the new config names no endpoint) its
-/// learned endpoint, and gets the new preshared key, AllowedIPs and keepalive; new peers are
-/// added. Persistent keepalive is set last, so turning it on sends the first keepalive (or
-/// handshake) at once, as the kernel does.
-///
-/// The config was checked (no duplicate keys, no own key, valid prefixes), so the core has no
-/// reason to refuse; should it still, the error names the peer and the devices's peers are
-/// left partly updated (the caller logs it).
-pub fn sync_peers(
-    device: &mut Device,
-    resolved: &Resolved,
-    now: Now,
-) -> anyhow::Result<PeerChanges> {
-    let mut changes = PeerChanges::default();
-    let wanted: HashSet<PublicKey> = resolved.config.peers.iter().map(|p| p.public_key).collect();
-    for info in device.peers() {
-        if !wanted.contains(&info.public_key) && device.remove_peer(&info.public_key) {
-            changes.removed.push(info.public_key);
-        }
+/// The device `resolved` asks for, for the one reconciler (`crate::reconcile`): its key,
+/// port, fwmark, MTU and peers. A peer without an endpoint in the file keeps the one it has
+/// (learned by roaming, or from an earlier config); a port of 0 or none keeps the bound one.
+pub fn desired(resolved: &Resolved) -> DesiredDevice {
+    let iface = &resolved.config.interface;
+    DesiredDevice {
+        private_key: Some(iface.private_key.clone()),
+        listen_port: iface.listen_port.unwrap_or(0),
+        fwmark: iface.fwmark,
+        mtu: Some(usize::from(iface.mtu)),
+        peers: resolved
+            .config
+            .peers
+            .iter()
+            .zip(&resolved.endpoints)
+            .map(|(peer, endpoint)| DesiredPeer {
+                public_key: peer.public_key,
+                preshared_key: peer.preshared_key.clone(),
+                endpoint: *endpoint,
+                persistent_keepalive: peer.persistent_keepalive.unwrap_or(0),
+                allowed_ips: peer
+                    .allowed_ips
+                    .iter()
+                    .map(|cidr| {
+                        let net = cidr.network();
+                        (net.addr, net.prefix_len)
+                    })
+                    .collect(),
+                fresh: false,
+            })
+            .collect(),
     }
-    // Clear every kept peer's prefixes first, so a prefix that moves between two peers is
-    // not removed from its new owner afterwards.
-    let mut ids = Vec::with_capacity(resolved.config.peers.len());
-    for (peer, endpoint) in resolved.config.peers.iter().zip(&resolved.endpoints) {
-        let id = match device.peer_id(&peer.public_key) {
-            Some(id) => {
-                device.clear_allowed_ips(id);
-                changes.updated.push(peer.public_key);
-                id
-            }
-            None => {
-                let mut new = proto::PeerConfig::new(peer.public_key);
-                new.preshared_key = peer.preshared_key.clone();
-                new.endpoint = *endpoint;
-                let id = device
-                    .upsert_peer(&new)
-                    .with_context(|| format!("cannot add peer {}", peer.label()))?;
-                changes.added.push(peer.public_key);
-                id
-            }
-        };
-        ids.push(id);
-    }
-    for ((peer, endpoint), &id) in resolved
-        .config
-        .peers
-        .iter()
-        .zip(&resolved.endpoints)
-        .zip(&ids)
-    {
-        configure_peer(device, id, peer, *endpoint, now)?;
-    }
-    Ok(changes)
-}
-
-fn configure_peer(
-    device: &mut Device,
-    id: proto::PeerId,
-    peer: &PeerConfig,
-    endpoint: Option<SocketAddr>,
-    now: Now,
-) -> anyhow::Result<()> {
-    device.set_preshared_key(id, peer.preshared_key.clone());
-    if endpoint.is_some() {
-        device.set_endpoint(id, endpoint);
-    }
-    for cidr in &peer.allowed_ips {
-        device
-            .add_allowed_ip(id, cidr.addr, cidr.prefix_len)
-            .with_context(|| format!("peer {}: allowed ip {cidr}", peer.label()))?;
-    }
-    device.set_persistent_keepalive(id, peer.persistent_keepalive.unwrap_or(0), now);
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::parse_toml;
-    use crate::proto::PrivateKey;
+    use crate::proto::{Device, Now, PrivateKey};
+    use crate::reconcile::{self, Changes, Snapshot};
     use std::path::Path;
+
+    /// The core's half of the one reconciler, as the driver runs it (sockets aside).
+    fn sync_peers(device: &mut Device, resolved: &Resolved, now: Now) -> Changes {
+        let plan = reconcile::plan(&Snapshot::of(device, 0, 0), &desired(resolved));
+        reconcile::apply_to_device(device, &plan, now);
+        plan.changes()
+    }
 
     fn key(n: u8) -> PrivateKey {
         PrivateKey::from_bytes([n; 32])
@@ -303,7 +261,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             config: c.clone(),
             endpoints: endpoints.clone(),
         };
-        let changes = sync_peers(&mut device, &first, now()).expect("sync");
+        let changes = sync_peers(&mut device, &first, now());
         assert_eq!(changes.added.len(), 2);
         let b = key(2).public_key();
         let id_b = device.peer_id(&b).expect("peer b");
@@ -328,10 +286,10 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             config: c2,
             endpoints: vec![None, None],
         };
-        let changes = sync_peers(&mut device, &second, now()).expect("sync");
+        let changes = sync_peers(&mut device, &second, now());
         assert_eq!(changes.removed, vec![key(3).public_key()]);
         assert_eq!(changes.added, vec![key(4).public_key()]);
-        assert_eq!(changes.updated, vec![b]);
+        assert_eq!(changes.changed, vec![b]);
         assert_eq!(device.peer_id(&b), Some(id_b), "kept peer keeps its slot");
         let info = device.peer_info(id_b).expect("info");
         assert_eq!(
@@ -356,7 +314,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             endpoints: vec![None, None],
             config: c.clone(),
         };
-        sync_peers(&mut device, &r, now()).expect("sync");
+        sync_peers(&mut device, &r, now());
         // 10.20.0.0/16 moves from the first peer to the second (listed after it).
         let mut c2 = c;
         c2.peers[0].allowed_ips.retain(|a| a.prefix_len == 32);
@@ -367,7 +325,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             endpoints: vec![None, None],
             config: c2,
         };
-        sync_peers(&mut device, &r2, now()).expect("sync");
+        sync_peers(&mut device, &r2, now());
         let id3 = device.peer_id(&key(3).public_key()).expect("peer");
         let info = device.peer_info(id3).expect("info");
         assert!(info.allowed_ips.iter().any(|&(_, l)| l == 16), "{info:?}");

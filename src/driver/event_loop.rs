@@ -46,11 +46,11 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{self, Sealed};
 use super::clock::Clock;
+use super::control::{self, ControlRequest, ControlSender};
 use super::crypto_pool::{CryptoPool, Item, Job};
 use super::sys::{self, RecvMeta};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
-use crate::control::server::{self as control, ControlRequest, ControlSender};
 use crate::proto::{
     Decapsulated, Device, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
     TAILROOM, Transmit,
@@ -277,7 +277,7 @@ pub struct Driver {
     out: Box<[u8]>,
     stats: DriverStats,
     /// Control hook: requests (UAPI, reloads, stop), answered on this thread between two
-    /// batches (the device has no lock). See `control::server`.
+    /// batches (the device has no lock). See `driver::control`.
     control: Option<mpsc::Receiver<ControlRequest>>,
     /// The epoll instance the loop waits on, and the waker of the control channel.
     poll: Poll,
@@ -900,7 +900,7 @@ impl Driver {
     }
 
     /// Control hook: a new channel whose requests the loop answers from now on (see
-    /// `control::server`); a channel made earlier is closed.
+    /// `driver::control`); a channel made earlier is closed.
     pub fn control_channel(&mut self) -> io::Result<ControlSender> {
         let waker = match &self.waker {
             Some(w) => Arc::clone(w),

@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
+use super::control::{ControlRequest, ControlSender, LoopGone};
 use super::event_loop::{Driver, DriverError};
-use crate::control::server::{ControlRequest, ControlSender, LoopGone};
 
 /// A running data plane: its control channel, and the thread that hands the driver back
 /// when the loop ends.

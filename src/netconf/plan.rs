@@ -24,6 +24,8 @@ pub struct InterfacePlan {
 pub struct Applied {
     pub ifname: String,
     pub index: u32,
+    /// The MTU set (the link's, not undone on teardown).
+    pub mtu: u32,
     pub table: Option<u32>,
     /// Addresses added, in the order they were added.
     pub addresses: Vec<(IpAddr, u8)>,
@@ -58,6 +60,7 @@ pub async fn apply(nc: &NetConf, plan: &InterfacePlan) -> Result<Applied, Netcon
     let mut applied = Applied {
         ifname: plan.ifname.clone(),
         index,
+        mtu: plan.mtu,
         table: plan.table,
         addresses: Vec::with_capacity(plan.addresses.len()),
         routes: Vec::with_capacity(plan.routes.len()),

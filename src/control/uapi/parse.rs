@@ -7,100 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{MAX_LINE_LEN, MAX_SET_LINES, UapiError};
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
-
-/// One `key=value` line of a `set`, checked.
-#[derive(Debug, Clone)]
-pub(super) enum Op {
-    // Device lines (before the first `public_key`).
-    /// `None` clears the key (an all-zero `private_key`).
-    PrivateKey(Option<PrivateKey>),
-    ListenPort(u16),
-    Fwmark(u32),
-    ReplacePeers,
-    // Peer lines.
-    /// `public_key`: the peer the following lines configure (created if missing).
-    Peer(PublicKey),
-    UpdateOnly,
-    Remove,
-    /// All zeros removes the preshared key.
-    PresharedKey(PresharedKey),
-    /// `zone` is an IPv6 zone given by interface name, still to be turned into the scope id
-    /// of `addr` ([`SetRequest::resolve_zones`]).
-    Endpoint {
-        addr: SocketAddr,
-        zone: Option<String>,
-    },
-    PersistentKeepalive(u16),
-    ReplaceAllowedIps,
-    /// `allowed_ip=[-]addr/cidr`, host bits cleared; `remove` for the `-` form.
-    AllowedIp {
-        addr: IpAddr,
-        cidr: u8,
-        remove: bool,
-    },
-}
-
-/// A parsed, fully validated `set=1` request; applying it cannot fail halfway.
-#[derive(Debug, Clone, Default)]
-pub struct SetRequest {
-    /// Each operation with its line number in the request (`set=1` is line 1).
-    pub(super) ops: Vec<(usize, Op)>,
-}
-
-impl SetRequest {
-    /// The listen port this request sets (the last one, if it names several), so the driver
-    /// can bind it before applying the request.
-    pub fn listen_port(&self) -> Option<u16> {
-        self.ops.iter().rev().find_map(|(_, op)| match op {
-            Op::ListenPort(port) => Some(*port),
-            _ => None,
-        })
-    }
-
-    /// The fwmark this request sets (the last one), for the driver to try first.
-    pub fn fwmark(&self) -> Option<u32> {
-        self.ops.iter().rev().find_map(|(_, op)| match op {
-            Op::Fwmark(mark) => Some(*mark),
-            _ => None,
-        })
-    }
-
-    /// How many operations the request holds (lines other than `protocol_version`).
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    /// Turns IPv6 zones given by interface name (`endpoint=[fe80::1%eth0]:51820`, which is
-    /// how `wg` writes a link-local endpoint) into scope ids, with the caller's lookup (the
-    /// driver's `if_nametoindex`). [`apply_set`](super::apply_set) refuses a request with a
-    /// zone left unresolved; numeric zones need no lookup. An unknown name is EINVAL.
-    pub fn resolve_zones(
-        &mut self,
-        mut resolve: impl FnMut(&str) -> Option<u32>,
-    ) -> Result<(), UapiError> {
-        for (number, op) in &mut self.ops {
-            if let Op::Endpoint { addr, zone } = op
-                && let Some(name) = zone.as_deref()
-            {
-                let index = resolve(name).ok_or_else(|| {
-                    invalid(
-                        *number,
-                        &format!("no interface {} for the endpoint zone", quoted(name)),
-                    )
-                })?;
-                if let SocketAddr::V6(v6) = addr {
-                    v6.set_scope_id(index);
-                }
-                *zone = None;
-            }
-        }
-        Ok(())
-    }
-}
+use crate::reconcile::{Op, SetRequest, mask};
 
 /// Parses the lines after `set=1`, up to the blank line that ends the request (or the end of
 /// `body`, which wireguard-go also accepts). Lines may end in `\r\n`, as Go's line scanner
@@ -328,25 +235,6 @@ pub(super) fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
     Some((addr, cidr))
 }
 
-/// The prefix's network address (host bits cleared), the form AllowedIPs stores and `get`
-/// prints.
-pub(super) fn mask(addr: IpAddr, cidr: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let keep = u32::MAX
-                .checked_shl(32u32.saturating_sub(cidr.into()))
-                .unwrap_or(0);
-            IpAddr::V4((a.to_bits() & keep).into())
-        }
-        IpAddr::V6(a) => {
-            let keep = u128::MAX
-                .checked_shl(128u32.saturating_sub(cidr.into()))
-                .unwrap_or(0);
-            IpAddr::V6((a.to_bits() & keep).into())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -441,7 +329,7 @@ mod tests {
         let body = "public_key=".to_string() + &"11".repeat(32) + "\nendpoint=[fe80::1%lo]:5\n\n";
         let mut req = parse_set(&body).unwrap();
         let err = req.clone().resolve_zones(|_| None).unwrap_err();
-        assert_eq!(err.errno, -libc::EINVAL);
+        assert_eq!(UapiError::from(err).errno, -libc::EINVAL);
         req.resolve_zones(|name| (name == "lo").then_some(1))
             .unwrap();
         let Some((_, Op::Endpoint { addr, zone: None })) = req.ops.last() else {
@@ -489,10 +377,12 @@ mod tests {
     fn parsing_stops_at_the_blank_line_and_accepts_crlf() {
         let req = parse_set("listen_port=1\r\nfwmark=2\n\r\nnot a line\n").unwrap();
         assert_eq!(req.len(), 2);
-        assert_eq!(req.listen_port(), Some(1));
-        assert_eq!(req.fwmark(), Some(2));
+        assert!(matches!(
+            req.ops.as_slice(),
+            [(2, Op::ListenPort(1)), (3, Op::Fwmark(2))]
+        ));
         // The end of the input ends the request too (wireguard-go's scanner at EOF).
         let req = parse_set("listen_port=3\nlisten_port=4").unwrap();
-        assert_eq!(req.listen_port(), Some(4));
+        assert!(matches!(req.ops.last(), Some((3, Op::ListenPort(4)))));
     }
 }

@@ -1,11 +1,59 @@
 //! UAPI get/set against a real `Device`: exact reply texts, every key, wireguard-go's
-//! line-by-line semantics, and atomicity (a refused request changes nothing).
+//! line-by-line semantics, and atomicity (a refused request changes nothing). Requests go
+//! through the production steps: parse, simulate into a desired device, plan, apply the
+//! core's part (the driver's socket part is tested in tests/data_plane.rs and tests/uapi_wg.rs).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::proto::{Decapsulated, PeerConfig, PresharedKey, PrivateKey, PublicKey};
+use crate::proto::{Decapsulated, Device, Now, PeerConfig, PresharedKey, PrivateKey, PublicKey};
+use crate::reconcile::{self, DevicePlan};
+
+/// The sockets' settings, which the driver owns beside the `Device`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct InterfaceState {
+    listen_port: u16,
+    fwmark: u32,
+}
+
+/// A request answered as the driver answers it, with `state` standing in for its sockets.
+fn handle_request(
+    input: &str,
+    device: &mut Device,
+    state: &mut InterfaceState,
+    now: Now,
+) -> String {
+    match parse_request(input) {
+        Request::Get => format_get(&Snapshot::of(device, state.listen_port, state.fwmark)),
+        Request::Set(req) => match apply_set(&req, device, state, now) {
+            Ok(_) => SET_OK.to_string(),
+            Err(e) => e.reply(),
+        },
+        Request::Invalid(e) => e.reply(),
+        Request::Close => String::new(),
+    }
+}
+
+/// Simulate, plan and apply the core's part; the plan says what the sockets must do.
+fn apply_set(
+    req: &SetRequest,
+    device: &mut Device,
+    state: &mut InterfaceState,
+    now: Now,
+) -> Result<DevicePlan, UapiError> {
+    let running = Snapshot::of(device, state.listen_port, state.fwmark);
+    let desired = req.desired(&running)?;
+    let plan = reconcile::plan(&running, &desired);
+    reconcile::apply_to_device(device, &plan, now);
+    if let Some(port) = plan.listen_port {
+        state.listen_port = port;
+    }
+    if let Some(mark) = plan.fwmark {
+        state.fwmark = mark;
+    }
+    Ok(plan)
+}
 
 /// A clamped key from one repeated byte, so its hex is easy to write down.
 fn private(seed: u8) -> PrivateKey {
@@ -247,42 +295,40 @@ fn set_of_every_key() {
 }
 
 #[test]
-fn set_reports_what_the_driver_must_redo() {
+fn set_plans_what_the_driver_must_redo() {
     let mut dev = device();
     let mut state = InterfaceState {
         listen_port: 51820,
         fwmark: 0,
     };
-    let req = parse_set("listen_port=51820\n\n").unwrap();
-    assert_eq!(req.listen_port(), Some(51820));
-    assert_eq!(req.fwmark(), None);
-    let outcome = apply_set(&req, &mut dev, &mut state, now()).unwrap();
-    assert_eq!(
-        outcome,
-        SetOutcome {
-            listen_port_set: true,
-            ..SetOutcome::default()
-        }
-    );
+    // The port already bound, and 0 ("any port", which the bound one is): nothing to redo.
+    for line in ["listen_port=51820\n\n", "listen_port=0\n\n"] {
+        let req = parse_set(line).unwrap();
+        let plan = apply_set(&req, &mut dev, &mut state, now()).unwrap();
+        assert_eq!(plan.listen_port, None, "{line:?}");
+        assert_eq!(plan.fwmark, None);
+        assert!(plan.private_key.is_none());
+        assert!(plan.changes().is_empty());
+    }
     let req = parse_set(&format!(
         "private_key={}\nlisten_port=1\nfwmark=7\n\n",
         "22".repeat(32)
     ))
     .unwrap();
-    let outcome = apply_set(&req, &mut dev, &mut state, now()).unwrap();
+    let plan = apply_set(&req, &mut dev, &mut state, now()).unwrap();
+    assert_eq!(plan.listen_port, Some(1));
+    assert_eq!(plan.fwmark, Some(7));
+    assert!(plan.private_key.is_some());
     assert_eq!(
-        outcome,
-        SetOutcome {
-            listen_port_set: true,
-            listen_port_changed: true,
-            fwmark_set: true,
-            fwmark_changed: true,
-            private_key_changed: true,
+        state,
+        InterfaceState {
+            listen_port: 1,
+            fwmark: 7
         }
     );
     // The same key again changes nothing (and keeps the sessions, as wireguard-go does).
-    let outcome = apply_set(&req, &mut dev, &mut state, now()).unwrap();
-    assert!(!outcome.private_key_changed && !outcome.listen_port_changed);
+    let plan = apply_set(&req, &mut dev, &mut state, now()).unwrap();
+    assert!(plan.private_key.is_none() && plan.listen_port.is_none());
 }
 
 #[test]

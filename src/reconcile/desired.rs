@@ -1,0 +1,95 @@
+//! What a device should look like, and what it looks like now.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::proto::{Device, PeerInfo, PresharedKey, PrivateKey, PublicKey};
+
+/// An AllowedIP with its host bits cleared (see [`mask`]).
+pub type Prefix = (IpAddr, u8);
+
+/// The device's settings as one source wants them.
+#[derive(Debug, Clone, Default)]
+pub struct DesiredDevice {
+    pub private_key: Option<PrivateKey>,
+    /// 0: any port. The port already bound is one, so 0 never rebinds (see the module notes).
+    pub listen_port: u16,
+    /// SO_MARK of the UDP sockets; 0 is off.
+    pub fwmark: u32,
+    /// The inner MTU, which bounds padding; `None` leaves it (UAPI has no MTU).
+    pub mtu: Option<usize>,
+    /// In order; no two with the same public key, none with our own.
+    pub peers: Vec<DesiredPeer>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesiredPeer {
+    pub public_key: PublicKey,
+    pub preshared_key: Option<PresharedKey>,
+    /// `None` keeps the endpoint the peer has (configured before, or learned by roaming).
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds; 0 is off.
+    pub persistent_keepalive: u16,
+    /// Host bits cleared, each at most once.
+    pub allowed_ips: Vec<Prefix>,
+    /// Start the peer over (no sessions) even if it exists: a UAPI `set` that removes a peer
+    /// and adds it again, as wireguard-go does.
+    pub fresh: bool,
+}
+
+impl DesiredPeer {
+    pub fn new(public_key: PublicKey) -> Self {
+        DesiredPeer {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: 0,
+            allowed_ips: Vec::new(),
+            fresh: false,
+        }
+    }
+}
+
+/// The running device as the plan sees it: the core's keys and peers and the driver's
+/// sockets. Also what a UAPI `get` reports.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub private_key: Option<PrivateKey>,
+    /// The port actually bound (0 before the first bind).
+    pub listen_port: u16,
+    pub fwmark: u32,
+    pub mtu: usize,
+    /// In the device's order, AllowedIPs with host bits cleared.
+    pub peers: Vec<PeerInfo>,
+}
+
+impl Snapshot {
+    /// The snapshot of `device` with the driver's socket settings.
+    pub fn of(device: &Device, listen_port: u16, fwmark: u32) -> Self {
+        Snapshot {
+            private_key: device.private_key().cloned(),
+            listen_port,
+            fwmark,
+            mtu: device.mtu(),
+            peers: device.peers(),
+        }
+    }
+}
+
+/// The prefix's network address (host bits cleared), the form AllowedIPs stores and `get`
+/// prints. A length beyond the family's is taken as the full length.
+pub fn mask(addr: IpAddr, cidr: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let keep = u32::MAX
+                .checked_shl(32u32.saturating_sub(cidr.into()))
+                .unwrap_or(0);
+            IpAddr::V4((a.to_bits() & keep).into())
+        }
+        IpAddr::V6(a) => {
+            let keep = u128::MAX
+                .checked_shl(128u32.saturating_sub(cidr.into()))
+                .unwrap_or(0);
+            IpAddr::V6((a.to_bits() & keep).into())
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! A UAPI `set`, parsed and checked (by `control::uapi`), as operations; and its simulation
+//! on a [`Snapshot`], line by line with wireguard-go's semantics, which turns it into a
+//! [`DesiredDevice`] for the one reconciler.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
+use crate::proto::{PresharedKey, PrivateKey, PublicKey};
+
+/// The most peers a device may have, as in wireguard-go (`MaxPeers`).
+pub const MAX_PEERS: usize = 1 << 16;
+
+/// One `key=value` line of a `set`, checked.
+#[derive(Debug, Clone)]
+pub enum Op {
+    // Device lines (before the first `public_key`).
+    /// `None` clears the key (an all-zero `private_key`).
+    PrivateKey(Option<PrivateKey>),
+    ListenPort(u16),
+    Fwmark(u32),
+    ReplacePeers,
+    // Peer lines.
+    /// `public_key`: the peer the following lines configure (created if missing).
+    Peer(PublicKey),
+    UpdateOnly,
+    Remove,
+    /// All zeros removes the preshared key.
+    PresharedKey(PresharedKey),
+    /// `zone` is an IPv6 zone given by interface name, still to be turned into the scope id
+    /// of `addr` ([`SetRequest::resolve_zones`]).
+    Endpoint {
+        addr: SocketAddr,
+        zone: Option<String>,
+    },
+    PersistentKeepalive(u16),
+    ReplaceAllowedIps,
+    /// `allowed_ip=[-]addr/cidr`, host bits cleared; `remove` for the `-` form.
+    AllowedIp {
+        addr: IpAddr,
+        cidr: u8,
+        remove: bool,
+    },
+}
+
+/// A `set` that cannot be applied (EINVAL on the wire). Never holds key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSet(pub String);
+
+/// A parsed, fully validated `set=1` request.
+#[derive(Debug, Clone, Default)]
+pub struct SetRequest {
+    /// Each operation with its line number in the request (`set=1` is line 1).
+    pub ops: Vec<(usize, Op)>,
+}
+
+impl SetRequest {
+    /// How many operations the request holds (lines other than `protocol_version`).
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Turns IPv6 zones given by interface name (`endpoint=[fe80::1%eth0]:51820`, which is
+    /// how `wg` writes a link-local endpoint) into scope ids, with the caller's lookup
+    /// (`if_nametoindex`). [`SetRequest::desired`] refuses a request with a zone left
+    /// unresolved; numeric zones need no lookup.
+    pub fn resolve_zones(
+        &mut self,
+        mut resolve: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<(), InvalidSet> {
+        for (number, op) in &mut self.ops {
+            if let Op::Endpoint { addr, zone } = op
+                && let Some(name) = zone.as_deref()
+            {
+                let index = resolve(name).ok_or_else(|| {
+                    InvalidSet(format!(
+                        "line {number}: no interface \"{}\" for the endpoint zone",
+                        name.escape_debug()
+                    ))
+                })?;
+                if let SocketAddr::V6(v6) = addr {
+                    v6.set_scope_id(index);
+                }
+                *zone = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The device this request asks for, starting from `running`.
+    ///
+    /// Semantics (wireguard-go's, line by line): `private_key` changes the identity and drops
+    /// a peer carrying the new public key; `replace_peers` drops every peer; `public_key`
+    /// selects a peer, creating it if missing; a peer equal to our own public key is ignored
+    /// with all its lines, as wireguard-go and the kernel do (so one peer list can be pushed
+    /// to every member of a mesh); `update_only` drops a peer this section created (so it only
+    /// updates existing ones); `remove` drops the peer and ignores the rest of its section;
+    /// `allowed_ip` moves a prefix from whichever peer held it, and `allowed_ip=-prefix`
+    /// removes it only from this peer. A peer removed and added again in one request comes
+    /// back fresh (no sessions). Errors: more than [`MAX_PEERS`] peers, an unresolved zone.
+    pub fn desired(&self, running: &Snapshot) -> Result<DesiredDevice, InvalidSet> {
+        let mut model = Model::of(running);
+        model.simulate(self)?;
+        Ok(model.into_desired(running))
+    }
+}
+
+/// A peer as the request leaves it.
+struct ModelPeer {
+    public_key: PublicKey,
+    /// Continues the running peer of this key; false for a peer (re)created by the request.
+    original: bool,
+    /// All zeros: none.
+    preshared_key: PresharedKey,
+    endpoint: Option<SocketAddr>,
+    keepalive: u16,
+    allowed_ips: BTreeSet<Prefix>,
+}
+
+/// The peer the current section configures.
+#[derive(Clone, Copy)]
+struct Section {
+    /// Slot in `Model::peers`; `None` when the section is ignored (our own key, removed,
+    /// update_only on a missing peer).
+    slot: Option<usize>,
+    /// The section's `public_key` created the peer.
+    created: bool,
+}
+
+struct Model {
+    private_key: Option<PrivateKey>,
+    public_key: Option<PublicKey>,
+    listen_port: u16,
+    fwmark: u32,
+    /// Peers in order; removed ones leave `None`.
+    peers: Vec<Option<ModelPeer>>,
+    by_key: HashMap<PublicKey, usize>,
+    /// Which slot holds each prefix (a prefix belongs to one peer at most).
+    owner: HashMap<Prefix, usize>,
+    live: usize,
+}
+
+impl Model {
+    fn of(running: &Snapshot) -> Self {
+        let mut model = Model {
+            private_key: running.private_key.clone(),
+            public_key: running.private_key.as_ref().map(PrivateKey::public_key),
+            listen_port: running.listen_port,
+            fwmark: running.fwmark,
+            peers: Vec::with_capacity(running.peers.len()),
+            by_key: HashMap::with_capacity(running.peers.len()),
+            owner: HashMap::new(),
+            live: 0,
+        };
+        for info in &running.peers {
+            let slot = model.peers.len();
+            let allowed_ips: BTreeSet<Prefix> = info
+                .allowed_ips
+                .iter()
+                .map(|&(a, c)| (mask(a, c), c))
+                .collect();
+            for &prefix in &allowed_ips {
+                model.owner.insert(prefix, slot);
+            }
+            model.peers.push(Some(ModelPeer {
+                public_key: info.public_key,
+                original: true,
+                preshared_key: info.preshared_key.clone().unwrap_or_default(),
+                endpoint: info.endpoint,
+                keepalive: info.persistent_keepalive,
+                allowed_ips,
+            }));
+            model.by_key.insert(info.public_key, slot);
+            model.live += 1;
+        }
+        model
+    }
+
+    fn simulate(&mut self, req: &SetRequest) -> Result<(), InvalidSet> {
+        let mut section = Section {
+            slot: None,
+            created: false,
+        };
+        for (number, op) in &req.ops {
+            match op {
+                Op::PrivateKey(key) => self.set_private_key(key.as_ref()),
+                Op::ListenPort(port) => self.listen_port = *port,
+                Op::Fwmark(mark) => self.fwmark = *mark,
+                Op::ReplacePeers => {
+                    for slot in 0..self.peers.len() {
+                        self.remove_slot(slot);
+                    }
+                }
+                Op::Peer(key) => section = self.select(*number, key)?,
+                Op::UpdateOnly => {
+                    if section.created
+                        && let Some(slot) = section.slot.take()
+                    {
+                        self.remove_slot(slot);
+                    }
+                }
+                Op::Remove => {
+                    if let Some(slot) = section.slot.take() {
+                        self.remove_slot(slot);
+                    }
+                }
+                Op::PresharedKey(psk) => {
+                    if let Some(peer) = self.peer_mut(section.slot) {
+                        peer.preshared_key = psk.clone();
+                    }
+                }
+                Op::Endpoint { addr, zone } => {
+                    if zone.is_some() {
+                        return Err(InvalidSet(format!(
+                            "line {number}: the endpoint's zone names an interface; \
+                             the driver must resolve it first"
+                        )));
+                    }
+                    if let Some(peer) = self.peer_mut(section.slot) {
+                        peer.endpoint = Some(*addr);
+                    }
+                }
+                Op::PersistentKeepalive(secs) => {
+                    if let Some(peer) = self.peer_mut(section.slot) {
+                        peer.keepalive = *secs;
+                    }
+                }
+                Op::ReplaceAllowedIps => {
+                    if let Some(peer) = self.peer_mut(section.slot) {
+                        let gone = std::mem::take(&mut peer.allowed_ips);
+                        for prefix in gone {
+                            self.owner.remove(&prefix);
+                        }
+                    }
+                }
+                Op::AllowedIp { addr, cidr, remove } => {
+                    if let Some(slot) = section.slot {
+                        let prefix = (mask(*addr, *cidr), *cidr);
+                        if *remove {
+                            self.remove_prefix(slot, prefix);
+                        } else {
+                            self.insert_prefix(slot, prefix);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_private_key(&mut self, key: Option<&PrivateKey>) {
+        if self.private_key.as_ref() == key {
+            return;
+        }
+        self.private_key = key.cloned();
+        self.public_key = key.map(PrivateKey::public_key);
+        // We cannot be our own peer.
+        if let Some(own) = self.public_key
+            && let Some(&slot) = self.by_key.get(&own)
+        {
+            self.remove_slot(slot);
+        }
+    }
+
+    /// A `public_key` line: the peer it names, created if missing.
+    fn select(&mut self, number: usize, key: &PublicKey) -> Result<Section, InvalidSet> {
+        if self.public_key.as_ref() == Some(key) {
+            return Ok(Section {
+                slot: None,
+                created: false,
+            });
+        }
+        if let Some(&slot) = self.by_key.get(key) {
+            return Ok(Section {
+                slot: Some(slot),
+                created: false,
+            });
+        }
+        if self.live >= MAX_PEERS {
+            return Err(InvalidSet(format!(
+                "line {number}: too many peers (at most {MAX_PEERS})"
+            )));
+        }
+        let slot = self.peers.len();
+        self.peers.push(Some(ModelPeer {
+            public_key: *key,
+            original: false,
+            preshared_key: PresharedKey::default(),
+            endpoint: None,
+            keepalive: 0,
+            allowed_ips: BTreeSet::new(),
+        }));
+        self.by_key.insert(*key, slot);
+        self.live += 1;
+        Ok(Section {
+            slot: Some(slot),
+            created: true,
+        })
+    }
+
+    fn peer_mut(&mut self, slot: Option<usize>) -> Option<&mut ModelPeer> {
+        self.peers.get_mut(slot?)?.as_mut()
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        let Some(peer) = self.peers.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        for prefix in &peer.allowed_ips {
+            self.owner.remove(prefix);
+        }
+        self.by_key.remove(&peer.public_key);
+        self.live -= 1;
+    }
+
+    /// Inserting a prefix takes it from the peer that held it, as AllowedIPs does.
+    fn insert_prefix(&mut self, slot: usize, prefix: Prefix) {
+        if let Some(previous) = self.owner.insert(prefix, slot)
+            && previous != slot
+            && let Some(Some(peer)) = self.peers.get_mut(previous)
+        {
+            peer.allowed_ips.remove(&prefix);
+        }
+        if let Some(Some(peer)) = self.peers.get_mut(slot) {
+            peer.allowed_ips.insert(prefix);
+        }
+    }
+
+    /// `allowed_ip=-prefix` removes the prefix only if this peer holds it.
+    fn remove_prefix(&mut self, slot: usize, prefix: Prefix) {
+        if self.owner.get(&prefix) == Some(&slot) {
+            self.owner.remove(&prefix);
+            if let Some(Some(peer)) = self.peers.get_mut(slot) {
+                peer.allowed_ips.remove(&prefix);
+            }
+        }
+    }
+
+    /// The model as a desired device. A running peer that the request removed and created
+    /// again comes back fresh. The running MTU is not the request's business.
+    fn into_desired(self, running: &Snapshot) -> DesiredDevice {
+        let running_keys: std::collections::HashSet<PublicKey> =
+            running.peers.iter().map(|p| p.public_key).collect();
+        let peers = self
+            .peers
+            .into_iter()
+            .flatten()
+            .map(|peer| {
+                let fresh = !peer.original && running_keys.contains(&peer.public_key);
+                DesiredPeer {
+                    public_key: peer.public_key,
+                    preshared_key: (!peer.preshared_key.is_zero()).then_some(peer.preshared_key),
+                    endpoint: peer.endpoint,
+                    persistent_keepalive: peer.keepalive,
+                    allowed_ips: peer.allowed_ips.into_iter().collect(),
+                    fresh,
+                }
+            })
+            .collect();
+        DesiredDevice {
+            private_key: self.private_key,
+            listen_port: self.listen_port,
+            fwmark: self.fwmark,
+            mtu: None,
+            peers,
+        }
+    }
+}
