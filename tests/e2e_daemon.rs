@@ -917,3 +917,150 @@ fn unprivileged_commands_explain_what_they_need() {
         "error printed once:\n{stderr}"
     );
 }
+
+/// The interface of a as seen from outside: `wg show dump` (keys, peers, endpoints, latest
+/// handshakes, byte counters, keepalives), its addresses, its routes in every table, and its
+/// UDP sockets with their fwmark.
+fn outside_state_a(t: &Tunnel) -> String {
+    let dump = t.a.exec_ok("wg", &["show", &t.ifname, "dump"]);
+    let addresses = t.a.ip(&["addr", "show", "dev", &t.ifname]);
+    let sockets: Vec<String> =
+        t.a.exec_ok("ss", &["-H", "-u", "-l", "-n", "-e"])
+            .lines()
+            .map(|l| {
+                // Keep the address, port and mark; drop counters that move on their own.
+                l.split_whitespace()
+                    .filter(|w| w.contains(':') && !w.starts_with("uid:"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+    format!(
+        "--- wg show dump\n{dump}\n--- ip addr\n{addresses}\n--- routes\n{}\n--- sockets\n{}",
+        t.routes_a(),
+        sockets.join("\n")
+    )
+}
+
+/// A reload or a UAPI set that cannot be applied whole changes nothing, checked from outside:
+/// a new listen port that is taken (SIGHUP and `wg set`), and a reload whose netlink part
+/// fails half way (an IPv6 address on a link with IPv6 turned off, after a new IPv4 address
+/// went on). Each carried other changes too (a new peer, a new route, a
+/// new fwmark), none of which may show; the running session keeps carrying traffic with no
+/// new handshake.
+#[test]
+fn failed_reloads_and_sets_change_nothing() {
+    let mut t = Tunnel::new("atomic", Opts::default());
+    t.start();
+    t.ping_all_ways();
+    let hs = t.daemon_a().count("handshake completed");
+    let original = t.config_a();
+    let c = key(251).public_key().to_base64();
+    let extra_peer =
+        format!("[[peer]]\nname = \"c\"\npublic_key = \"{c}\"\nallowed_ips = [\"10.78.0.3/32\"]\n");
+
+    // 1. SIGHUP with a taken port (and a new peer, a new address and a fwmark).
+    let holder =
+        t.a.run(|| std::net::UdpSocket::bind("0.0.0.0:0").expect("hold a port"));
+    let busy = holder.local_addr().expect("addr").port();
+    let before = outside_state_a(&t);
+    let text = original
+        .replace(
+            &format!("listen_port = {}\n", t.port_a),
+            &format!("listen_port = {busy}\nfwmark = 77\n"),
+        )
+        .replace(
+            &format!("address = [\"{A4}/24\""),
+            &format!("address = [\"10.78.0.1/24\", \"{A4}/24\""),
+        )
+        + &extra_peer;
+    assert!(text.contains(&format!("listen_port = {busy}")), "{text}");
+    t.write_config_a(&text);
+    t.daemon_a().signal("HUP");
+    t.daemon_a()
+        .wait_log_n("reload failed", 1, Duration::from_secs(10));
+    assert!(
+        t.daemon_a()
+            .log()
+            .contains(&format!("cannot listen on UDP port {busy}")),
+        "{}",
+        t.daemon_a().log()
+    );
+    assert_eq!(
+        outside_state_a(&t),
+        before,
+        "a reload with a taken port changed something"
+    );
+
+    // 2. The same request over UAPI.
+    let refused = t.a.exec(
+        "wg",
+        &[
+            "set",
+            &t.ifname,
+            "listen-port",
+            &busy.to_string(),
+            "fwmark",
+            "77",
+            "peer",
+            &c,
+            "allowed-ips",
+            "10.78.0.3/32",
+        ],
+    );
+    assert!(!refused.status.success(), "binding a taken port must fail");
+    assert_eq!(
+        outside_state_a(&t),
+        before,
+        "a refused UAPI set changed something"
+    );
+    drop(holder);
+
+    // 3. A reload whose netlink part fails after one of its steps went through.
+    t.a.exec_ok(
+        "sysctl",
+        &[
+            "-q",
+            "-w",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", t.ifname),
+        ],
+    );
+    let before = outside_state_a(&t);
+    let text = original
+        .replace(
+            &format!("address = [\"{A4}/24\", \"{A6}/64\"]"),
+            "address = [\"10.78.0.1/24\", \"fd78::1/64\"]",
+        )
+        .replace(
+            &format!("listen_port = {}\n", t.port_a),
+            &format!("listen_port = {}\nfwmark = 78\n", t.port_a),
+        )
+        + &extra_peer;
+    assert!(text.contains("fd78::1/64"), "{text}");
+    t.write_config_a(&text);
+    t.daemon_a().signal("HUP");
+    t.daemon_a()
+        .wait_log_n("reload failed", 2, Duration::from_secs(10));
+    assert!(
+        t.daemon_a().log().contains("cannot add address fd78::1/64"),
+        "{}",
+        t.daemon_a().log()
+    );
+    assert_eq!(
+        outside_state_a(&t),
+        before,
+        "a reload refused by netlink changed something"
+    );
+
+    // The session survived all three: traffic flows with no new handshake.
+    t.ping_within(true, B4, Duration::from_secs(5));
+    t.ping_within(false, A4, Duration::from_secs(5));
+    assert_eq!(t.daemon_a().count("handshake completed"), hs);
+
+    // And the daemon still reloads: back to the original file, then with the new peer.
+    t.write_config_a(&(original.clone() + &extra_peer));
+    t.daemon_a().signal("HUP");
+    t.daemon_a()
+        .wait_log("configuration reloaded", Duration::from_secs(10));
+    assert!(t.routes_a().contains("10.78.0.3"), "{}", t.routes_a());
+}

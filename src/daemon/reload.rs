@@ -92,7 +92,7 @@ pub(crate) async fn apply(
         tracing::warn!("a change of `offload` takes effect when the daemon restarts");
     }
     managed.applied = synced.applied;
-    log_changes("reload", &changes);
+    log_changes("configuration reloaded", &changes);
     managed.config = resolved.config;
     Ok(())
 }

@@ -228,7 +228,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
     let changes = driver
         .reconcile(&settings::desired(&resolved))
         .context("cannot configure the device")?;
-    log_changes("start", &changes);
+    log_changes("configuration applied", &changes);
 
     let nc = NetConf::new()
         .await

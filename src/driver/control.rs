@@ -64,7 +64,7 @@ pub fn handle(driver: &mut Driver, request: ControlRequest) {
         ControlRequest::Set { request, reply } => {
             let result = driver.set(&request);
             match &result {
-                Ok(changes) => log_changes("UAPI set", changes),
+                Ok(changes) => log_changes("configuration changed over UAPI", changes),
                 Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
             }
             let _ = reply.send(result);
@@ -79,12 +79,8 @@ pub fn handle(driver: &mut Driver, request: ControlRequest) {
     }
 }
 
-/// One line for a configuration change, counts only (never a key).
-pub fn log_changes(source: &str, changes: &Changes) {
-    if changes.is_empty() {
-        tracing::info!(peers = changes.unchanged, "{source}: nothing changed");
-        return;
-    }
+/// One line for a configuration change, `message` with the counts (never a key).
+pub fn log_changes(message: &str, changes: &Changes) {
     tracing::info!(
         added = changes.added.len(),
         removed = changes.removed.len(),
@@ -93,7 +89,7 @@ pub fn log_changes(source: &str, changes: &Changes) {
         listen_port = changes.listen_port,
         fwmark = changes.fwmark,
         private_key_changed = changes.private_key_changed,
-        "{source}: configuration changed"
+        "{message}"
     );
 }
 

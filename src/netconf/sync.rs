@@ -44,8 +44,9 @@ impl std::fmt::Display for Step {
     }
 }
 
-/// The steps from `applied` to `plan`, in the order they run: MTU, addresses removed, added,
-/// routes removed, added. Routes are compared as networks; a change of table moves every
+/// The steps from `applied` to `plan`, in the order they run: MTU, addresses added (those
+/// that only change their prefix length removed just before), addresses removed, routes
+/// removed, added. Routes are compared as networks; a change of table moves every
 /// route. Pure.
 pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -55,16 +56,26 @@ pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
             to: plan.mtu,
         });
     }
-    for &(addr, len) in &applied.addresses {
-        if !plan.addresses.contains(&(addr, len)) {
-            steps.push(Step::DelAddress(addr, len));
-        }
-    }
+    // New addresses go on before old ones come off: when the last IPv4 address of a link
+    // goes, the kernel drops every IPv4 route through it, ours included. An address that only
+    // changes its prefix length has to come off first (the kernel refuses the same IPv6
+    // address twice).
+    let gone: Vec<(IpAddr, u8)> = applied
+        .addresses
+        .iter()
+        .copied()
+        .filter(|a| !plan.addresses.contains(a))
+        .collect();
+    let (replaced, gone): (Vec<_>, Vec<_>) = gone
+        .into_iter()
+        .partition(|&(addr, _)| plan.addresses.iter().any(|&(a, _)| a == addr));
+    steps.extend(replaced.into_iter().map(|(a, l)| Step::DelAddress(a, l)));
     for &(addr, len) in &plan.addresses {
         if !applied.addresses.contains(&(addr, len)) {
             steps.push(Step::AddAddress(addr, len));
         }
     }
+    steps.extend(gone.into_iter().map(|(a, l)| Step::DelAddress(a, l)));
     let table_changed = applied.table != plan.table;
     let mut wanted: Vec<(IpAddr, u8)> = Vec::with_capacity(plan.routes.len());
     for &(a, l) in &plan.routes {
@@ -240,10 +251,25 @@ mod tests {
                     from: 1420,
                     to: 1380
                 },
-                Step::DelAddress(ip("fd00:9::1"), 64),
                 Step::AddAddress(ip("10.9.1.1"), 24),
+                Step::DelAddress(ip("fd00:9::1"), 64),
                 Step::DelRoute(ip("10.11.0.0"), 16, None),
                 Step::AddRoute(ip("10.12.0.0"), 16, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_address_changing_its_prefix_length_comes_off_first() {
+        let mut p = plan();
+        p.addresses = vec![(ip("10.9.0.1"), 16), (ip("10.9.7.1"), 24)];
+        assert_eq!(
+            diff(&applied(), &p),
+            [
+                Step::DelAddress(ip("10.9.0.1"), 24),
+                Step::AddAddress(ip("10.9.0.1"), 16),
+                Step::AddAddress(ip("10.9.7.1"), 24),
+                Step::DelAddress(ip("fd00:9::1"), 64),
             ]
         );
     }
