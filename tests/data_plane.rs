@@ -1,5 +1,6 @@
 //! The data plane on its own thread (`driver::plane`): requests reach its epoll loop while it
-//! sleeps, it hands the driver back when stopped, and it reports the loss of its interface.
+//! sleeps and are answered by the one dispatch (`Driver::answer`), it hands the driver back
+//! when stopped, and it reports the loss of its interface.
 //! Real TUN devices and sockets in a namespace of the test's own (needs root).
 
 #[path = "common/netns.rs"]
@@ -40,27 +41,6 @@ fn requests_wake_a_sleeping_loop_and_stop_hands_the_driver_back() {
         let plane = DataPlane::spawn(driver, control.clone()).expect("spawn");
         // Let the loop go to sleep in epoll_wait (no deadline: no timeout).
         tokio::time::sleep(Duration::from_millis(200)).await;
-
-        // A closure runs on the loop's thread, with the driver.
-        let seen =
-            tokio::time::timeout(ANSWER, plane.run(|d| (d.udp().port(), d.tun.name.clone())))
-                .await
-                .expect("the loop answered in time")
-                .expect("the loop is running");
-        assert_eq!(seen, (port, "tdp0".to_owned()));
-        assert_ne!(
-            std::thread::current().name(),
-            Some("tandem-data"),
-            "the test runs elsewhere"
-        );
-        let thread = tokio::time::timeout(
-            ANSWER,
-            plane.run(|_| std::thread::current().name().map(str::to_owned)),
-        )
-        .await
-        .expect("in time")
-        .expect("running");
-        assert_eq!(thread.as_deref(), Some("tandem-data"));
 
         // A UAPI get, as the socket server sends it.
         let (reply, answer) = oneshot::channel();
@@ -110,7 +90,7 @@ fn the_loop_reports_that_its_interface_was_deleted() {
         // Requests fail at once instead of waiting for a loop that is gone, even more of them
         // than the queue holds.
         for _ in 0..40 {
-            let answer = tokio::time::timeout(ANSWER, plane.run(|_| ()))
+            let answer = tokio::time::timeout(ANSWER, plane.control().get())
                 .await
                 .expect("refused in time, not left waiting");
             assert!(answer.is_err(), "answered by a stopped loop");

@@ -441,7 +441,6 @@ mod tests {
                     }
                     ControlRequest::Apply { .. }
                     | ControlRequest::SyncMtu
-                    | ControlRequest::Run(_)
                     | ControlRequest::Stop => {}
                 }
             }

@@ -3,16 +3,26 @@
 //! (another interface name, a port that is taken, an address the kernel refuses), changes
 //! nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use super::run::Managed;
 use super::settings::{self, Resolved};
 use crate::config;
+use crate::config::Config;
 use crate::driver::DataPlane;
 use crate::driver::control::log_changes;
-use crate::netconf;
+use crate::netconf::{self, Applied, NetConf};
+
+/// What a config file manages besides the data plane.
+pub(crate) struct Managed {
+    pub netconf: NetConf,
+    pub applied: Applied,
+    pub config: Config,
+    pub path: PathBuf,
+    /// `tandem up --no-offload`: reloaded configs keep offloads off too.
+    pub no_offload: bool,
+}
 
 /// A new configuration, loaded, checked and resolved, not applied yet.
 #[derive(Debug)]

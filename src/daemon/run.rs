@@ -22,7 +22,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::notify;
-use super::reload::{self, Prepared};
+use super::reload::{self, Managed, Prepared};
 use super::settings::{self, Resolved};
 use crate::config::{Config, DEFAULT_MTU};
 use crate::control::server::{PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer};
@@ -32,7 +32,7 @@ use crate::driver::{
     Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets, sys,
 };
 use crate::keygen::os_random;
-use crate::netconf::{self, Applied, NetConf};
+use crate::netconf::{self, NetConf};
 use crate::proto::Device;
 
 /// How often the daemon checks that its socket file is still there (and syncs the MTU).
@@ -41,16 +41,6 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// The environment variable naming a file to write the interface's name to (wireguard-go's;
 /// removed again on exit).
 pub const TUN_NAME_FILE_ENV: &str = "WG_TUN_NAME_FILE";
-
-/// What a config file manages besides the data plane.
-pub(crate) struct Managed {
-    pub netconf: NetConf,
-    pub applied: Applied,
-    pub config: Config,
-    pub path: PathBuf,
-    /// `tandem up --no-offload`: reloaded configs keep offloads off too.
-    pub no_offload: bool,
-}
 
 /// The state the main loop keeps besides the driver.
 pub(crate) struct Running {

@@ -13,15 +13,11 @@ use std::ops::Range;
 use std::time::Duration;
 
 use super::sys::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
-use super::udp::UdpSockets;
+use super::udp::{GSO_MAX_SEGMENTS, UdpSockets};
 
 /// Most bytes of payload one UDP send may carry: a 16-bit IPv4 total length less the IPv4
 /// and UDP headers (IPv6 allows a little more; the smaller limit serves both).
 pub const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
-
-/// Most segments of one GSO send: the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.11, 128
-/// since); the older, smaller value is safe everywhere.
-pub const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Longest wait for room in a full socket send buffer before the rest of a batch is dropped
 /// (counted as errors): UDP is lossy, and a loop stuck on one socket would starve the others

@@ -1,6 +1,6 @@
-//! The data plane's mailbox: the requests other threads may send the event loop, and the one
-//! dispatch ([`handle`]) that answers them on the loop's thread, between two batches, so the
-//! `Device` needs no lock. The UAPI socket (`control::server`) and the daemon (reloads,
+//! The data plane's mailbox: the requests other threads may send the event loop, which
+//! answers them on its own thread between two batches (`Driver::answer`, the one dispatch), so
+//! the `Device` needs no lock. The UAPI socket (`control::server`) and the daemon (reloads,
 //! housekeeping) are its clients; this side knows nothing of them, nor of the text protocol
 //! (as wireguard-go keeps `device/uapi.go` beside the device and `ipc/` for the socket).
 
@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::event_loop::Driver;
 use super::reconcile::{ApplyError, SetError};
 use crate::reconcile::{Changes, DesiredDevice, SetRequest, Snapshot};
 
@@ -32,8 +31,6 @@ pub enum ControlRequest {
     /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
     /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
     SyncMtu,
-    /// Anything else that needs the driver to itself, on the loop's thread (tests, tools).
-    Run(Box<dyn FnOnce(&mut Driver) + Send>),
     /// Stop the event loop (the daemon is shutting down); `Driver::run` returns.
     Stop,
 }
@@ -49,33 +46,8 @@ impl std::fmt::Debug for ControlRequest {
                 write!(f, "Apply({} peers)", desired.peers.len())
             }
             ControlRequest::SyncMtu => f.write_str("SyncMtu"),
-            ControlRequest::Run(_) => f.write_str("Run"),
             ControlRequest::Stop => f.write_str("Stop"),
         }
-    }
-}
-
-/// Answers one request on the event loop's thread.
-pub fn handle(driver: &mut Driver, request: ControlRequest) {
-    match request {
-        ControlRequest::Get { reply } => {
-            let _ = reply.send(driver.snapshot());
-        }
-        ControlRequest::Set { request, reply } => {
-            let result = driver.set(&request);
-            match &result {
-                Ok(changes) => log_changes("configuration changed over UAPI", changes),
-                Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
-            }
-            let _ = reply.send(result);
-        }
-        ControlRequest::Apply { desired, reply } => {
-            let _ = reply.send(driver.reconcile(&desired));
-        }
-        ControlRequest::Run(f) => f(driver),
-        // The event loop stops before it gets here.
-        ControlRequest::Stop => {}
-        ControlRequest::SyncMtu => driver.sync_mtu(),
     }
 }
 
@@ -164,19 +136,6 @@ impl ControlSender {
         self.ask(|reply| ControlRequest::Apply {
             desired: Box::new(desired),
             reply,
-        })
-        .await
-    }
-
-    /// Runs `f` on the event loop's thread, with the driver, and returns what it returns.
-    pub async fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Driver) -> R + Send + 'static,
-    ) -> Result<R, LoopGone> {
-        self.ask(|tx| {
-            ControlRequest::Run(Box::new(move |driver| {
-                let _ = tx.send(f(driver));
-            }))
         })
         .await
     }

@@ -46,7 +46,7 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{self, Sealed};
 use super::clock::Clock;
-use super::control::{self, ControlRequest, ControlSender};
+use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender, log_changes};
 use super::crypto_pool::{CryptoPool, Item, Job};
 use super::sys::{self, RecvMeta};
 use super::tun::Tun;
@@ -534,7 +534,7 @@ impl Driver {
             };
             match rx.try_recv() {
                 Ok(ControlRequest::Stop) => return Control::Stop,
-                Ok(request) => control::handle(self, request),
+                Ok(request) => self.answer(request),
                 Err(TryRecvError::Empty) => return Control::Idle,
                 Err(TryRecvError::Disconnected) => {
                     self.control = None;
@@ -910,9 +910,32 @@ impl Driver {
                 w
             }
         };
-        let (tx, rx) = mpsc::channel(control::CONTROL_QUEUE);
+        let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
         self.control = Some(rx);
         Ok(ControlSender::new(tx, Some(waker)))
+    }
+
+    /// Answers one control request, on the loop's thread: the one dispatch.
+    pub fn answer(&mut self, request: ControlRequest) {
+        match request {
+            ControlRequest::Get { reply } => {
+                let _ = reply.send(self.snapshot());
+            }
+            ControlRequest::Set { request, reply } => {
+                let result = self.set(&request);
+                match &result {
+                    Ok(changes) => log_changes("configuration changed over UAPI", changes),
+                    Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
+                }
+                let _ = reply.send(result);
+            }
+            ControlRequest::Apply { desired, reply } => {
+                let _ = reply.send(self.reconcile(&desired));
+            }
+            // The event loop stops before it gets here.
+            ControlRequest::Stop => {}
+            ControlRequest::SyncMtu => self.sync_mtu(),
+        }
     }
 
     /// The id of a peer, for callers that only know its key.

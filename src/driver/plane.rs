@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
-use super::control::{ControlRequest, ControlSender, LoopGone};
+use super::control::{ControlRequest, ControlSender};
 use super::event_loop::{Driver, DriverError};
 
 /// A running data plane: its control channel, and the thread that hands the driver back
@@ -45,14 +45,6 @@ impl DataPlane {
     /// The control channel, for the UAPI server and the daemon's housekeeping.
     pub fn control(&self) -> &ControlSender {
         &self.control
-    }
-
-    /// Runs `f` on the data plane's thread between two batches, with the driver to itself.
-    pub async fn run<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Driver) -> R + Send + 'static,
-    ) -> Result<R, LoopGone> {
-        self.control.run(f).await
     }
 
     /// Waits until the loop ends by itself (the TUN device failed), and says why. Waits

@@ -4,8 +4,11 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-use super::batch::GSO_MAX_SEGMENTS;
 use super::sys;
+
+/// Most segments of one GSO send: the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.11, 128
+/// since); the older, smaller value is safe everywhere.
+pub const GSO_MAX_SEGMENTS: usize = 64;
 
 /// Socket buffer size asked for: thousands of full-size datagrams, so that the kernel does
 /// not drop a burst that arrives while the loop is busy with the previous batch (the same
@@ -179,8 +182,15 @@ impl UdpSockets {
         if mark == self.fwmark {
             return Ok(());
         }
-        for s in self.v4.iter().chain(self.v6.iter()) {
-            sys::set_mark(s, mark).map_err(|source| UdpError::Mark { mark, source })?;
+        let sockets: Vec<&UdpSocket> = self.v4.iter().chain(self.v6.iter()).collect();
+        for (done, s) in sockets.iter().enumerate() {
+            if let Err(source) = sys::set_mark(s, mark) {
+                // All or nothing: the sockets marked already get the old mark back.
+                for s in sockets.iter().take(done) {
+                    let _ = sys::set_mark(s, self.fwmark);
+                }
+                return Err(UdpError::Mark { mark, source });
+            }
         }
         self.fwmark = mark;
         Ok(())
