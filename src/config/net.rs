@@ -1,6 +1,7 @@
 //! Address-like values of a configuration: CIDR prefixes, interface addresses, endpoints and
 //! interface names. Pure parsing; nothing here resolves names or touches the network.
 
+use crate::netconf::prefix::is_valid_ifname;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -305,17 +306,9 @@ impl FromStr for EndpointSpec {
     }
 }
 
-/// Linux interface names as wg-quick accepts them: 1..=15 bytes of `[A-Za-z0-9_=+.-]`, and
-/// not `.` or `..` (the kernel refuses those).
+/// An interface name by the one rule (`netconf::prefix::is_valid_ifname`), as a config error.
 pub fn check_interface_name(name: &str) -> Result<(), AddrError> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'=' | b'+' | b'.' | b'-'));
-    if ok {
+    if is_valid_ifname(name) {
         Ok(())
     } else {
         Err(AddrError::InterfaceName(name.to_owned()))

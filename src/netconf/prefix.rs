@@ -7,17 +7,23 @@ use super::NetconfError;
 /// Longest interface name the kernel accepts (IFNAMSIZ minus the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
 
-/// Checks an interface name by the kernel's own rule (`dev_valid_name`): 1 to 15 bytes,
-/// not `.` or `..`, no `/`, `:` or whitespace.
-pub fn check_ifname(name: &str) -> Result<(), NetconfError> {
-    let valid = !name.is_empty()
+/// The one interface-name rule, used by the config, the command line and the TUN device: what
+/// wg-quick accepts, 1..=15 bytes of `[A-Za-z0-9_=+.-]`, and not `.` or `..` (which the kernel
+/// refuses). The kernel itself allows more (anything but `/`, `:`, NUL and whitespace), but a
+/// name outside this set could not be brought up by wg-quick nor named in a systemd unit.
+pub fn is_valid_ifname(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_IFNAME_LEN
         && name != "."
         && name != ".."
-        && !name
+        && name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if valid {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'=' | b'+' | b'.' | b'-'))
+}
+
+/// [`is_valid_ifname`] as a netconf error.
+pub fn check_ifname(name: &str) -> Result<(), NetconfError> {
+    if is_valid_ifname(name) {
         Ok(())
     } else {
         Err(NetconfError::InvalidIfname(name.to_owned()))
@@ -80,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn ifname_rules_follow_the_kernel() {
+    fn ifname_rules_are_wg_quick_s() {
         for good in ["wg0", "tandem0", "a", "x23456789012345", "tun-1.2_x"] {
             assert!(check_ifname(good).is_ok(), "{good:?}");
         }
@@ -94,6 +100,10 @@ mod tests {
             "a b",
             "a\tb",
             "a\0b",
+            // The kernel would take these; wg-quick and systemd unit names would not.
+            "a@b",
+            "a%b",
+            "wg\u{e9}",
         ] {
             assert!(
                 matches!(check_ifname(bad), Err(NetconfError::InvalidIfname(n)) if n == bad),
