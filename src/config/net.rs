@@ -2,6 +2,7 @@
 //! interface names. Pure parsing; nothing here resolves names or touches the network.
 
 use crate::netconf::prefix::is_valid_ifname;
+use crate::proto::prefix::mask;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -77,18 +78,6 @@ fn parse_addr_and_len(text: &str) -> Result<(IpAddr, u8), AddrError> {
     Ok((addr, len))
 }
 
-fn mask_v4(addr: Ipv4Addr, len: u8) -> Ipv4Addr {
-    let bits = u32::from(addr);
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    Ipv4Addr::from(bits & mask)
-}
-
-fn mask_v6(addr: Ipv6Addr, len: u8) -> Ipv6Addr {
-    let bits = u128::from(addr);
-    let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-    Ipv6Addr::from(bits & mask)
-}
-
 /// An IP prefix such as `10.0.0.0/24` (AllowedIPs, routes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cidr {
@@ -112,10 +101,7 @@ impl Cidr {
 
     /// The same prefix with its host bits cleared (`10.0.0.7/24` -> `10.0.0.0/24`).
     pub fn network(&self) -> Cidr {
-        let addr = match self.addr {
-            IpAddr::V4(a) => IpAddr::V4(mask_v4(a, self.prefix_len)),
-            IpAddr::V6(a) => IpAddr::V6(mask_v6(a, self.prefix_len)),
-        };
+        let addr = mask(self.addr, self.prefix_len);
         Cidr {
             addr,
             prefix_len: self.prefix_len,

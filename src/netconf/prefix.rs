@@ -1,8 +1,9 @@
 //! Pure checks on names and prefixes, done before any request reaches the kernel.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use super::NetconfError;
+use crate::proto::prefix::{len_fits, mask};
 
 /// Longest interface name the kernel accepts (IFNAMSIZ minus the terminating NUL).
 pub const MAX_IFNAME_LEN: usize = 15;
@@ -30,17 +31,9 @@ pub fn check_ifname(name: &str) -> Result<(), NetconfError> {
     }
 }
 
-/// Bits in an address of this family: 32 or 128.
-fn family_bits(addr: IpAddr) -> u8 {
-    match addr {
-        IpAddr::V4(_) => 32,
-        IpAddr::V6(_) => 128,
-    }
-}
-
 /// Checks that `prefix_len` fits the address family of `addr`.
 pub fn check_prefix(addr: IpAddr, prefix_len: u8) -> Result<(), NetconfError> {
-    if prefix_len > family_bits(addr) {
+    if !len_fits(addr, prefix_len) {
         return Err(NetconfError::InvalidPrefix { addr, prefix_len });
     }
     Ok(())
@@ -61,25 +54,13 @@ pub fn check_interface_address(addr: IpAddr, prefix_len: u8) -> Result<(), Netco
 /// prints for such an AllowedIPs entry).
 pub fn network(addr: IpAddr, prefix_len: u8) -> Result<IpAddr, NetconfError> {
     check_prefix(addr, prefix_len)?;
-    Ok(match addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix_len))
-                .unwrap_or(0);
-            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
-        }
-    })
+    Ok(mask(addr, prefix_len))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")

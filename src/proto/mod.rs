@@ -13,6 +13,7 @@ pub mod keys;
 pub mod messages;
 pub mod noise;
 pub mod peer;
+pub mod prefix;
 pub mod ratelimiter;
 pub mod replay;
 pub mod tai64n;

@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use crate::proto::prefix::mask;
 use crate::proto::{Device, PeerInfo, PresharedKey, PrivateKey, PublicKey};
 
 /// An AllowedIP with its host bits cleared (see [`mask`]).
@@ -71,25 +72,6 @@ impl Snapshot {
             fwmark,
             mtu: device.mtu(),
             peers: device.peers(),
-        }
-    }
-}
-
-/// The prefix's network address (host bits cleared), the form AllowedIPs stores and `get`
-/// prints. A length beyond the family's is taken as the full length.
-pub fn mask(addr: IpAddr, cidr: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let keep = u32::MAX
-                .checked_shl(32u32.saturating_sub(cidr.into()))
-                .unwrap_or(0);
-            IpAddr::V4((a.to_bits() & keep).into())
-        }
-        IpAddr::V6(a) => {
-            let keep = u128::MAX
-                .checked_shl(128u32.saturating_sub(cidr.into()))
-                .unwrap_or(0);
-            IpAddr::V6((a.to_bits() & keep).into())
         }
     }
 }

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
+use crate::proto::prefix::len_fits;
 use crate::proto::{Device, Now, PeerConfig, PeerId, PresharedKey, PrivateKey, PublicKey};
 
 /// What has to change to go from a [`Snapshot`] to a [`DesiredDevice`].
@@ -186,7 +187,7 @@ fn valid_prefixes(prefixes: &[Prefix]) -> Vec<Prefix> {
     let mut seen = BTreeSet::new();
     prefixes
         .iter()
-        .filter(|(a, c)| *c <= if a.is_ipv4() { 32 } else { 128 })
+        .filter(|&&(a, c)| len_fits(a, c))
         .map(|&(a, c)| (mask(a, c), c))
         .filter(|p| seen.insert(*p))
         .collect()

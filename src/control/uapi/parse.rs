@@ -339,30 +339,6 @@ mod tests {
     }
 
     #[test]
-    fn mask_clears_host_bits() {
-        assert_eq!(
-            mask("10.1.2.3".parse().unwrap(), 24),
-            "10.1.2.0".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            mask("10.1.2.3".parse().unwrap(), 0),
-            "0.0.0.0".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            mask("10.1.2.3".parse().unwrap(), 32),
-            "10.1.2.3".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            mask("fd00:1:2:3::9".parse().unwrap(), 48),
-            "fd00:1:2::".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            mask("fd00::9".parse().unwrap(), 0),
-            "::".parse::<IpAddr>().unwrap()
-        );
-    }
-
-    #[test]
     fn private_key_is_clamped_and_zero_clears() {
         let req = parse_set(&format!("private_key={}\n\n", "ff".repeat(32))).unwrap();
         let Some((_, Op::PrivateKey(Some(key)))) = req.ops.first() else {
