@@ -4,4 +4,5 @@ pub mod daemon;
 pub mod driver;
 pub mod keygen;
 pub mod netconf;
+pub mod os;
 pub mod proto;

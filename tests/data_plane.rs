@@ -10,7 +10,8 @@ use std::time::Duration;
 use netns::{Netns, require_root};
 use tandem::control::server::ControlRequest;
 use tandem::driver::tun::open_tun;
-use tandem::driver::{Clock, DataPlane, Driver, DriverError, UdpSockets, sys};
+use tandem::driver::{Clock, DataPlane, Driver, DriverError, UdpSockets};
+use tandem::os;
 use tandem::proto::{Device, PrivateKey};
 use tokio::sync::oneshot;
 
@@ -77,9 +78,9 @@ fn requests_wake_a_sleeping_loop_and_stop_hands_the_driver_back() {
             .await
             .expect("stopped in time")
             .expect("the loop did not panic");
-        assert_eq!(sys::if_nametoindex("tdp0"), Some(driver.tun.index));
+        assert_eq!(os::if_nametoindex("tdp0"), Some(driver.tun.index));
         drop(driver);
-        assert_eq!(sys::if_nametoindex("tdp0"), None);
+        assert_eq!(os::if_nametoindex("tdp0"), None);
         // The channel is closed: requests fail instead of waiting forever.
         let (reply, _answer) = oneshot::channel();
         assert!(control.send(ControlRequest::Get { reply }).await.is_err());

@@ -33,7 +33,8 @@ use super::uapi::{
     Frame, Framer, InterfaceState, Request, SET_OK, SetRequest, UapiError, apply_set, format_get,
     parse_request,
 };
-use crate::driver::{Driver, UdpSockets, sys};
+use crate::driver::{Driver, UdpSockets};
+use crate::os;
 use crate::proto::PublicKey;
 
 /// Where wireguard-go, the kernel tools and `wg` look for userspace interfaces' sockets.
@@ -271,9 +272,9 @@ fn bind(dir: &Path, path: &Path) -> Result<std::os::unix::net::UnixListener, Ser
             source,
         })?;
     // The mask is process-wide; nothing else creates files while the daemon starts.
-    let previous = sys::set_umask(0o077);
+    let previous = os::set_umask(0o077);
     let result = bind_replacing_stale(path);
-    sys::set_umask(previous);
+    os::set_umask(previous);
     result
 }
 
@@ -402,7 +403,7 @@ async fn answer(text: &str, control: &ControlSender) -> Option<String> {
     match parse_request(text) {
         Request::Get => ask(control, |reply| ControlRequest::Get { reply }).await,
         Request::Set(mut request) => {
-            if let Err(e) = request.resolve_zones(sys::if_nametoindex) {
+            if let Err(e) = request.resolve_zones(os::if_nametoindex) {
                 tracing::warn!("UAPI set refused, nothing changed: {}", e.message);
                 return Some(e.reply());
             }
@@ -744,7 +745,7 @@ mod tests {
                 "errno=-22\n\n"
             );
             assert_eq!(exchange(&path, zoned("lo").as_bytes()).await, "errno=0\n\n");
-            let lo = sys::if_nametoindex("lo").expect("lo exists");
+            let lo = os::if_nametoindex("lo").expect("lo exists");
             assert!(
                 exchange(&path, b"get=1\n\n")
                     .await
@@ -877,10 +878,10 @@ mod tests {
 
     #[test]
     fn sys_helpers_used_here() {
-        assert_eq!(sys::if_nametoindex("lo"), Some(1), "loopback is index 1");
-        assert_eq!(sys::if_nametoindex("tandem-nope9"), None);
-        assert_eq!(sys::if_nametoindex("nul\0byte"), None);
-        assert_eq!(sys::if_indextoname(1).as_deref(), Some("lo"));
-        assert_eq!(sys::if_indextoname(u32::MAX), None);
+        assert_eq!(os::if_nametoindex("lo"), Some(1), "loopback is index 1");
+        assert_eq!(os::if_nametoindex("tandem-nope9"), None);
+        assert_eq!(os::if_nametoindex("nul\0byte"), None);
+        assert_eq!(os::if_indextoname(1).as_deref(), Some("lo"));
+        assert_eq!(os::if_indextoname(u32::MAX), None);
     }
 }
