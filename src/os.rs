@@ -108,7 +108,9 @@ pub fn if_nametoindex(name: &str) -> Option<u32> {
 /// namespace, or `None` when there is none.
 pub fn if_indextoname(index: u32) -> Option<String> {
     let name = if_::if_indextoname(index).ok()?;
-    Some(name.to_string_lossy().into_owned())
+    // nix 0.31 checks the C function's result against -1 rather than NULL, so an unknown
+    // index comes back as Ok with its zeroed buffer: an empty name. No interface has one.
+    (!name.is_empty()).then(|| name.to_string_lossy().into_owned())
 }
 
 // ------------------------------------------------------------------ sockets

@@ -150,3 +150,14 @@ fn send_signal_rejects_an_unknown_signal_number() {
     let err = send_signal(std::process::id(), 12345).expect_err("no such signal");
     assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
 }
+
+#[test]
+fn interface_names_and_indices_resolve_both_ways() {
+    // Loopback is index 1 in every network namespace.
+    assert_eq!(if_nametoindex("lo"), Some(1));
+    assert_eq!(if_indextoname(1).as_deref(), Some("lo"));
+    assert_eq!(if_nametoindex("tandem-nope9"), None);
+    assert_eq!(if_nametoindex("nul\0byte"), None);
+    // An unknown index is None, not an empty name (nix reports it as success).
+    assert_eq!(if_indextoname(u32::MAX), None);
+}
