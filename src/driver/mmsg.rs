@@ -36,14 +36,28 @@ const CMSG_BUF_LEN: usize = 64;
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_BUF_LEN]);
 
-/// A socket address as the kernel takes it, for either family.
+/// A socket address as the kernel takes it, for either family. Only ever written here (the
+/// kernel reads it), so no field is read back and no `unsafe` is needed to use it.
 #[derive(Clone, Copy)]
 #[repr(C)]
 union RawSockAddr {
     v4: libc::sockaddr_in,
     v6: libc::sockaddr_in6,
-    storage: libc::sockaddr_storage,
 }
+
+/// A placeholder for the unused entries of the send scratch array.
+const UNSPECIFIED: RawSockAddr = RawSockAddr {
+    v6: libc::sockaddr_in6 {
+        sin6_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+        sin6_scope_id: 0,
+    },
+};
+
+/// Bytes of a `sockaddr_storage`, the room [`recv_mmsg`] gives the kernel for a source.
+const STORAGE_LEN: usize = std::mem::size_of::<libc::sockaddr_storage>();
 
 fn raw_sockaddr(addr: SocketAddr) -> (RawSockAddr, libc::socklen_t) {
     match addr {
@@ -77,30 +91,41 @@ fn raw_sockaddr(addr: SocketAddr) -> (RawSockAddr, libc::socklen_t) {
     }
 }
 
-/// The address the kernel wrote into `raw`, if it is IPv4 or IPv6.
-fn socket_addr(raw: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(raw.ss_family) {
+/// The source address the kernel wrote at the start of `raw` (zeros after it), if it is IPv4
+/// or IPv6. Read field by field at the C structs' offsets, in safe code: the fields keep the
+/// byte order the kernel gave them, as std's own conversion does.
+fn socket_addr(raw: &[u8; STORAGE_LEN]) -> Option<SocketAddr> {
+    use std::mem::offset_of;
+    let family = libc::sa_family_t::from_ne_bytes(field(
+        raw,
+        offset_of!(libc::sockaddr_storage, ss_family),
+    )?);
+    match libc::c_int::from(family) {
         libc::AF_INET => {
-            // SAFETY: the kernel wrote an AF_INET address, so the storage holds a
-            // sockaddr_in; sockaddr_storage is larger than and aligned for it.
-            let sin =
-                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+            let port = field(raw, offset_of!(libc::sockaddr_in, sin_port))?;
+            let ip: [u8; 4] = field(raw, offset_of!(libc::sockaddr_in, sin_addr))?;
+            Some(SocketAddr::from((ip, u16::from_be_bytes(port))))
         }
         libc::AF_INET6 => {
-            // SAFETY: as above, for an AF_INET6 address and sockaddr_in6.
-            let sin6 =
-                unsafe { &*(raw as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let port = field(raw, offset_of!(libc::sockaddr_in6, sin6_port))?;
+            let flowinfo = field(raw, offset_of!(libc::sockaddr_in6, sin6_flowinfo))?;
+            let ip: [u8; 16] = field(raw, offset_of!(libc::sockaddr_in6, sin6_addr))?;
+            let scope_id = field(raw, offset_of!(libc::sockaddr_in6, sin6_scope_id))?;
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
-                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
+                ip.into(),
+                u16::from_be_bytes(port),
+                u32::from_ne_bytes(flowinfo),
+                u32::from_ne_bytes(scope_id),
             )))
         }
         _ => None,
     }
+}
+
+/// The `N` bytes of `raw` at offset `at` (the offsets are constants inside the buffer, so
+/// this never fails in practice and compiles to plain loads).
+fn field<const N: usize>(raw: &[u8], at: usize) -> Option<[u8; N]> {
+    raw.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// One message for [`send_mmsg`]: the concatenation of `iov` goes to `to`. With a
@@ -162,9 +187,7 @@ fn send_mmsg_n<const N: usize, F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Res
     const SEGMENT_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
     const _: () = assert!(SEGMENT_SPACE <= CMSG_BUF_LEN);
 
-    let mut names = [RawSockAddr {
-        storage: zeroed_storage(),
-    }; N];
+    let mut names = [UNSPECIFIED; N];
     let mut controls = [CmsgBuf([0; CMSG_BUF_LEN]); N];
     // SAFETY: mmsghdr is a plain C struct of integers and raw pointers, for which all-zero
     // bytes are a valid value (null pointers, zero lengths).
@@ -213,11 +236,6 @@ fn send_mmsg_n<const N: usize, F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Res
     } else {
         Ok(rc as usize)
     }
-}
-
-fn zeroed_storage() -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain bytes; all zeros is a valid (AF_UNSPEC) value.
-    unsafe { std::mem::zeroed() }
 }
 
 /// What [`recv_mmsg`] learnt about one received message.
@@ -335,9 +353,8 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
         }
         // Only the msg_namelen bytes the kernel wrote are copied out of the uninitialised
         // buffer, over a zeroed address.
-        let mut name = zeroed_storage();
-        let name_len =
-            (hdr.msg_hdr.msg_namelen as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        let mut name = [0u8; STORAGE_LEN];
+        let name_len = (hdr.msg_hdr.msg_namelen as usize).min(STORAGE_LEN);
         // SAFETY: `names[i]` is a live sockaddr_storage-sized buffer whose first
         // msg_namelen bytes the kernel wrote for this received message (it never reports
         // more than the buffer's size, and the length is capped to it again); `name` is a
@@ -345,7 +362,7 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
         unsafe {
             std::ptr::copy_nonoverlapping(
                 names[i].as_ptr().cast::<u8>(),
-                (&raw mut name).cast::<u8>(),
+                name.as_mut_ptr(),
                 name_len,
             );
         }

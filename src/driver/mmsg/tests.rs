@@ -179,3 +179,83 @@ fn truncation_is_reported() {
     }
     assert!(meta[0].truncated);
 }
+
+/// `raw` laid out as the kernel writes a source address: `fields` at their offsets, zeros
+/// elsewhere.
+fn storage(fields: &[(usize, &[u8])]) -> [u8; STORAGE_LEN] {
+    let mut raw = [0u8; STORAGE_LEN];
+    for (at, bytes) in fields {
+        raw[*at..*at + bytes.len()].copy_from_slice(bytes);
+    }
+    raw
+}
+
+#[test]
+fn source_addresses_are_read_at_the_c_offsets() {
+    use std::mem::offset_of;
+    let v4 = storage(&[
+        (0, &(libc::AF_INET as libc::sa_family_t).to_ne_bytes()),
+        (
+            offset_of!(libc::sockaddr_in, sin_port),
+            &51820u16.to_be_bytes(),
+        ),
+        (offset_of!(libc::sockaddr_in, sin_addr), &[192, 0, 2, 7]),
+    ]);
+    assert_eq!(
+        socket_addr(&v4),
+        Some("192.0.2.7:51820".parse().expect("addr"))
+    );
+    let ip: std::net::Ipv6Addr = "fe80::1".parse().expect("addr");
+    let v6 = storage(&[
+        (0, &(libc::AF_INET6 as libc::sa_family_t).to_ne_bytes()),
+        (
+            offset_of!(libc::sockaddr_in6, sin6_port),
+            &443u16.to_be_bytes(),
+        ),
+        (
+            offset_of!(libc::sockaddr_in6, sin6_flowinfo),
+            &7u32.to_ne_bytes(),
+        ),
+        (offset_of!(libc::sockaddr_in6, sin6_addr), &ip.octets()),
+        (
+            offset_of!(libc::sockaddr_in6, sin6_scope_id),
+            &3u32.to_ne_bytes(),
+        ),
+    ]);
+    assert_eq!(
+        socket_addr(&v6),
+        Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, 443, 7, 3)))
+    );
+    let unix = storage(&[(0, &(libc::AF_UNIX as libc::sa_family_t).to_ne_bytes())]);
+    assert_eq!(socket_addr(&unix), None);
+    assert_eq!(socket_addr(&[0; STORAGE_LEN]), None);
+}
+
+#[test]
+fn ipv6_sources_survive_the_round_trip() {
+    let bind = |addr: &str| bind_udp(addr.parse().expect("addr"), true);
+    let (a, b) = match (bind("[::1]:0"), bind("[::1]:0")) {
+        (Ok(a), Ok(b)) => (a, b),
+        // A kernel or namespace without IPv6 cannot run this check.
+        (Err(e), _) | (_, Err(e)) => {
+            assert!(
+                matches!(
+                    e.raw_os_error(),
+                    Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)
+                ),
+                "{e}"
+            );
+            return;
+        }
+    };
+    let iov = [IoSlice::new(b"six")];
+    let msg = SendMsg {
+        to: b.local_addr().expect("addr"),
+        iov: &iov,
+        segment_size: 0,
+    };
+    assert_eq!(send_mmsg(&a, &[msg]).expect("sendmmsg"), 1);
+    let got = recv_all(&b, 1);
+    assert_eq!(got[0].0, b"six");
+    assert_eq!(got[0].1.src, Some(a.local_addr().expect("addr")));
+}
