@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod driver;
 pub mod keygen;
 pub mod netconf;
+pub mod os;
 pub mod proto;
 pub mod reconcile;

@@ -14,8 +14,8 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command, Helper};
 use tandem::config::{self, ConfigErrors};
 use tandem::daemon::{self, EXIT_CONFIG, demo, detach, helper, status};
-use tandem::driver::sys;
 use tandem::keygen;
+use tandem::os;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
@@ -141,7 +141,7 @@ fn run_interface(ifname: &str, foreground: bool, log_level: Option<&str>) -> any
     if !foreground && !detached {
         return detach::spawn_detached(ifname, log_level);
     }
-    if detached && let Err(e) = sys::new_session() {
+    if detached && let Err(e) = os::new_session() {
         tracing::warn!(error = %e, "cannot start a new session");
     }
     let rt = tokio::runtime::Builder::new_current_thread()

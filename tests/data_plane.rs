@@ -12,8 +12,9 @@ use netns::{Netns, require_root};
 use tandem::control::uapi::{format_get, parse_set};
 use tandem::driver::tun::open_tun;
 use tandem::driver::{
-    ApplyError, Clock, ControlRequest, DataPlane, Driver, DriverError, SetError, UdpSockets, sys,
+    ApplyError, Clock, ControlRequest, DataPlane, Driver, DriverError, SetError, UdpSockets,
 };
+use tandem::os;
 use tandem::proto::{Device, PrivateKey};
 use tandem::reconcile::{DesiredDevice, DesiredPeer};
 use tokio::sync::oneshot;
@@ -60,9 +61,9 @@ fn requests_wake_a_sleeping_loop_and_stop_hands_the_driver_back() {
             .await
             .expect("stopped in time")
             .expect("the loop did not panic");
-        assert_eq!(sys::if_nametoindex("tdp0"), Some(driver.tun.index));
+        assert_eq!(os::if_nametoindex("tdp0"), Some(driver.tun.index));
         drop(driver);
-        assert_eq!(sys::if_nametoindex("tdp0"), None);
+        assert_eq!(os::if_nametoindex("tdp0"), None);
         // The channel is closed: requests fail instead of waiting forever.
         let (reply, _answer) = oneshot::channel();
         assert!(control.send(ControlRequest::Get { reply }).await.is_err());

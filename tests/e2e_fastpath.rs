@@ -212,10 +212,10 @@ fn udp_flood(t: &Tunnel, count: u32, port: u16) -> usize {
     // Receiver: its own thread in b's namespace, ready before the sender starts.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let receiver = std::thread::spawn(move || -> Result<(usize, usize), String> {
-        tandem::driver::sys::enter_netns(&b_path).map_err(|e| format!("enter netns: {e}"))?;
+        tandem::os::enter_netns(&b_path).map_err(|e| format!("enter netns: {e}"))?;
         let sock = UdpSocket::bind(to).map_err(|e| format!("bind {to}: {e}"))?;
         // Room for the whole flood (root may pass rmem_max).
-        let _ = tandem::driver::sys::force_buffer_sizes(&sock, 16 << 20);
+        let _ = tandem::os::force_buffer_sizes(&sock, 16 << 20);
         sock.set_read_timeout(Some(Duration::from_millis(1500)))
             .map_err(|e| e.to_string())?;
         let _ = ready_tx.send(());
@@ -246,7 +246,7 @@ fn udp_flood(t: &Tunnel, count: u32, port: u16) -> usize {
         .recv_timeout(Duration::from_secs(10))
         .expect("receiver ready");
     let sender = std::thread::spawn(move || -> Result<(), String> {
-        tandem::driver::sys::enter_netns(&a_path).map_err(|e| format!("enter netns: {e}"))?;
+        tandem::os::enter_netns(&a_path).map_err(|e| format!("enter netns: {e}"))?;
         let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
         // Bursts of 25, then a pause (at most ~12k packets/s): fast enough for batches,
         // slow enough not to overflow the TUN queue (500 packets) while a busy machine

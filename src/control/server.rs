@@ -30,7 +30,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::uapi::{Frame, Framer, Request, SET_OK, UapiError, format_get, parse_request};
-use crate::driver::{ControlSender, sys};
+use crate::driver::ControlSender;
+use crate::os;
 use crate::proto::PublicKey;
 
 /// Where wireguard-go, the kernel tools and `wg` look for userspace interfaces' sockets.
@@ -183,9 +184,9 @@ fn bind(dir: &Path, path: &Path) -> Result<std::os::unix::net::UnixListener, Ser
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(dir_err)?;
     }
     // The mask is process-wide; nothing else creates files while the daemon starts.
-    let previous = sys::set_umask(0o077);
+    let previous = os::set_umask(0o077);
     let result = bind_replacing_stale(path);
-    sys::set_umask(previous);
+    os::set_umask(previous);
     result
 }
 
@@ -314,7 +315,7 @@ async fn answer(text: &str, control: &ControlSender) -> Option<String> {
     match parse_request(text) {
         Request::Get => Some(format_get(&control.get().await.ok()?)),
         Request::Set(mut request) => {
-            if let Err(e) = request.resolve_zones(sys::if_nametoindex) {
+            if let Err(e) = request.resolve_zones(os::if_nametoindex) {
                 tracing::warn!("UAPI set refused, nothing changed: {e}");
                 return Some(UapiError::from(e).reply());
             }
@@ -557,7 +558,7 @@ mod tests {
                 "errno=-22\n\n"
             );
             assert_eq!(exchange(&path, zoned("lo").as_bytes()).await, "errno=0\n\n");
-            let lo = sys::if_nametoindex("lo").expect("lo exists");
+            let lo = os::if_nametoindex("lo").expect("lo exists");
             assert!(
                 exchange(&path, b"get=1\n\n")
                     .await
@@ -690,10 +691,10 @@ mod tests {
 
     #[test]
     fn sys_helpers_used_here() {
-        assert_eq!(sys::if_nametoindex("lo"), Some(1), "loopback is index 1");
-        assert_eq!(sys::if_nametoindex("tandem-nope9"), None);
-        assert_eq!(sys::if_nametoindex("nul\0byte"), None);
-        assert_eq!(sys::if_indextoname(1).as_deref(), Some("lo"));
-        assert_eq!(sys::if_indextoname(u32::MAX), None);
+        assert_eq!(os::if_nametoindex("lo"), Some(1), "loopback is index 1");
+        assert_eq!(os::if_nametoindex("tandem-nope9"), None);
+        assert_eq!(os::if_nametoindex("nul\0byte"), None);
+        assert_eq!(os::if_indextoname(1).as_deref(), Some("lo"));
+        assert_eq!(os::if_indextoname(u32::MAX), None);
     }
 }

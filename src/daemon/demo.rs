@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::driver::sys;
 use crate::keygen;
+use crate::os;
 
 /// Tunnel (inner) and veth (outer) addressing inside the demo's namespaces.
 const INNER_A4: &str = "10.88.0.1";
@@ -49,7 +49,7 @@ impl Cleanup {
         // anything still alive is killed.
         for (name, child) in self.children.iter_mut().rev() {
             if matches!(child.try_wait(), Ok(None)) {
-                let _ = sys::send_signal(child.id(), libc::SIGTERM);
+                let _ = os::send_signal(child.id(), libc::SIGTERM);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(20));
@@ -239,7 +239,7 @@ pub fn demo(options: &DemoOptions) -> anyhow::Result<()> {
 }
 
 fn steps(options: &DemoOptions) -> anyhow::Result<()> {
-    if sys::effective_uid() != 0 {
+    if os::effective_uid() != 0 {
         bail!(
             "`tandem demo` needs root: it creates network namespaces, a veth pair and TUN \
              devices (run it with sudo)"

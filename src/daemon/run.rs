@@ -29,10 +29,11 @@ use crate::control::server::{PeerNames, SOCKET_DIR, ServerError, SocketFile, Uap
 use crate::driver::control::log_changes;
 use crate::driver::tun::{Tun, TunError, open_tun};
 use crate::driver::{
-    Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets, sys,
+    Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets,
 };
 use crate::keygen::os_random;
 use crate::netconf::{self, NetConf};
+use crate::os;
 use crate::proto::Device;
 
 /// How often the daemon checks that its socket file is still there (and syncs the MTU).
@@ -127,7 +128,7 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
         "{} created, waiting for configuration over UAPI",
         driver.tun.name
     ));
-    if detached && let Err(e) = sys::detach_stdio() {
+    if detached && let Err(e) = os::detach_stdio() {
         tracing::warn!(error = %e, "cannot point stdio at /dev/null");
     }
     let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
@@ -404,7 +405,7 @@ fn data_plane_stopped(
     match result {
         Err(DriverError::TunRead(e))
             if e.raw_os_error() == Some(libc::EBADFD)
-                || sys::if_nametoindex(ifname) != Some(ifindex) =>
+                || os::if_nametoindex(ifname) != Some(ifindex) =>
         {
             tracing::info!(interface = %ifname, "the interface was deleted, shutting down");
             Ok(())

@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::control::server::{SOCKET_DIR, query, socket_path};
 use crate::control::show::{ShowError, format_interface, name_zones, parse_get_reply};
-use crate::driver::sys;
+use crate::os;
 
 /// How long one interface may take to answer.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ pub fn interface_status(dir: &Path, ifname: &str) -> anyhow::Result<String> {
             return Err(anyhow::Error::new(e).context(format!("interface {ifname}")));
         }
     };
-    name_zones(&mut device, sys::if_indextoname);
+    name_zones(&mut device, os::if_indextoname);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

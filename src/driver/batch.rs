@@ -12,8 +12,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::time::Duration;
 
-use super::sys::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
+use super::mmsg::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
 use super::udp::{GSO_MAX_SEGMENTS, UdpSockets};
+use crate::os;
 
 /// Most bytes of payload one UDP send may carry: a 16-bit IPv4 total length less the IPv4
 /// and UDP headers (IPv6 allows a little more; the smaller limit serves both).
@@ -81,11 +82,13 @@ pub fn segments(len: usize, stride: usize) -> impl Iterator<Item = Range<usize>>
         .map(move |start| start..(start + stride).min(len))
 }
 
-/// Whether a failed GSO send means this path or kernel cannot do GSO at all (EIO: the
-/// outgoing device has no checksum offload), rather than this one message being unsendable
-/// as one (then it is retried datagram by datagram).
+/// Whether a failed GSO send means this path or kernel cannot do GSO at all, rather than this
+/// one message being unsendable as one (then it is retried datagram by datagram). Linux
+/// reports it as EIO (the outgoing device has no checksum offload) or, from some drivers and
+/// paths, EINVAL; quinn-udp turns GSO off on both. Either way the message itself is retried
+/// datagram by datagram, so a wrong guess costs GSO, never packets.
 fn gso_unsupported(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::EIO)
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
 }
 
 /// Sends `sealed` (in order) from `bufs` through the socket of each endpoint's family.
@@ -205,7 +208,7 @@ fn send_messages(
 ) {
     let mut done = 0;
     while done < msgs.len() {
-        match sys::send_mmsg(socket, &msgs[done..]) {
+        match mmsg::send_mmsg(socket, &msgs[done..]) {
             Ok(k) if k > 0 => {
                 for m in &msgs[done..done + k] {
                     out.sent += m.iov.len() as u64;
@@ -223,7 +226,7 @@ fn send_messages(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if out.stalled || !matches!(sys::wait_writable(socket, SEND_WAIT), Ok(true)) {
+                if out.stalled || !matches!(os::wait_writable(socket, SEND_WAIT), Ok(true)) {
                     let dropped: usize = msgs[done..].iter().map(|m| m.iov.len()).sum();
                     out.errors += dropped as u64;
                     out.stalled = true;
@@ -273,7 +276,7 @@ pub fn send_one(
     loop {
         match socket.send_to(datagram, to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if *stalled || !sys::wait_writable(socket, SEND_WAIT)? {
+                if *stalled || !os::wait_writable(socket, SEND_WAIT)? {
                     *stalled = true;
                     return Err(e);
                 }
@@ -323,6 +326,30 @@ mod tests {
         let s = sealed(&[100, 100, 100], "192.0.2.1:1");
         assert_eq!(runs(&s, 0), [(0, 1), (1, 2), (2, 3)]);
         assert_eq!(runs(&s, 1), [(0, 1), (1, 2), (2, 3)]);
+    }
+
+    #[test]
+    fn gso_is_given_up_on_eio_and_einval_only() {
+        for errno in [libc::EIO, libc::EINVAL] {
+            assert!(
+                gso_unsupported(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        // A message too big, a full buffer, an unreachable peer: this send failed, GSO did not.
+        for errno in [
+            libc::EMSGSIZE,
+            libc::EAGAIN,
+            libc::ENOBUFS,
+            libc::ENETUNREACH,
+            libc::EPERM,
+        ] {
+            assert!(
+                !gso_unsupported(&io::Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+        assert!(!gso_unsupported(&io::Error::other("no errno")));
     }
 
     #[test]

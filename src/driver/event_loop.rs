@@ -48,7 +48,7 @@ use super::batch::{self, Sealed};
 use super::clock::Clock;
 use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender, log_changes};
 use super::crypto_pool::{CryptoPool, Item, Job};
-use super::sys::{self, RecvMeta};
+use super::mmsg::{self, RecvMeta};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
 use crate::proto::{
@@ -683,8 +683,8 @@ impl Driver {
         let state = &mut self.udp_state[family as usize];
         // Adaptive, as for the TUN device: a socket that was quiet is asked for a few
         // messages (small scratch for recvmmsg), one that was busy for a whole batch.
-        let want = if state.quiet { sys::SMALL_MMSG } else { BATCH };
-        let received = sys::recv_mmsg(
+        let want = if state.quiet { mmsg::SMALL_MMSG } else { BATCH };
+        let received = mmsg::recv_mmsg(
             socket,
             &mut self.pool.udp[..want],
             &mut self.pool.udp_meta[..want],

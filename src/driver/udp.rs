@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 
-use super::sys;
+use crate::os;
 
 /// Most segments of one GSO send: the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.11, 128
 /// since); the older, smaller value is safe everywhere.
@@ -58,8 +58,8 @@ fn family_unavailable(e: &io::Error) -> bool {
 /// Enlarges the socket's buffers (see [`SOCKET_BUFFER_BYTES`]); a kernel that refuses keeps
 /// its defaults.
 fn enlarge_buffers(socket: UdpSocket) -> UdpSocket {
-    if sys::force_buffer_sizes(&socket, SOCKET_BUFFER_BYTES).is_err()
-        && let Err(e) = sys::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES)
+    if os::force_buffer_sizes(&socket, SOCKET_BUFFER_BYTES).is_err()
+        && let Err(e) = os::set_buffer_sizes(&socket, SOCKET_BUFFER_BYTES)
     {
         tracing::debug!(error = %e, "cannot enlarge UDP socket buffers");
     }
@@ -103,7 +103,7 @@ impl UdpSockets {
 
     fn bind_once(wanted: u16, fwmark: u32) -> Result<UdpSockets, UdpError> {
         let addr4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, wanted));
-        let v4 = match sys::bind_udp(addr4, false) {
+        let v4 = match os::bind_udp(addr4, false) {
             Ok(s) => Some(s),
             Err(e) if family_unavailable(&e) => {
                 tracing::warn!(error = %e, "no IPv4 UDP socket");
@@ -127,7 +127,7 @@ impl UdpSockets {
             None => wanted,
         };
         let addr6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
-        let v6 = match sys::bind_udp(addr6, true) {
+        let v6 = match os::bind_udp(addr6, true) {
             Ok(s) => Some(s),
             Err(e) if family_unavailable(&e) && v4.is_some() => {
                 tracing::warn!(error = %e, "no IPv6 UDP socket, IPv4 only");
@@ -184,10 +184,10 @@ impl UdpSockets {
         }
         let sockets: Vec<&UdpSocket> = self.v4.iter().chain(self.v6.iter()).collect();
         for (done, s) in sockets.iter().enumerate() {
-            if let Err(source) = sys::set_mark(s, mark) {
+            if let Err(source) = os::set_mark(s, mark) {
                 // All or nothing: the sockets marked already get the old mark back.
                 for s in sockets.iter().take(done) {
-                    let _ = sys::set_mark(s, self.fwmark);
+                    let _ = os::set_mark(s, self.fwmark);
                 }
                 return Err(UdpError::Mark { mark, source });
             }
@@ -206,10 +206,10 @@ impl UdpSockets {
             return found;
         }
         let sockets: Vec<&UdpSocket> = self.v4.iter().chain(self.v6.iter()).collect();
-        let gso = on && sockets.iter().all(|s| sys::udp_gso_supported(*s));
+        let gso = on && sockets.iter().all(|s| os::udp_gso_supported(*s));
         let mut gro = on;
         for s in &sockets {
-            if let Err(e) = sys::set_udp_gro(*s, on) {
+            if let Err(e) = os::set_udp_gro(*s, on) {
                 if on {
                     tracing::debug!(error = %e, "UDP GRO unavailable");
                 }
@@ -218,7 +218,7 @@ impl UdpSockets {
         }
         let (mut rcvbuf, mut sndbuf) = (usize::MAX, usize::MAX);
         for s in &sockets {
-            if let Ok((r, w)) = sys::buffer_sizes(*s) {
+            if let Ok((r, w)) = os::buffer_sizes(*s) {
                 rcvbuf = rcvbuf.min(r);
                 sndbuf = sndbuf.min(w);
             }
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(v4.local_addr().expect("addr").port(), s.port());
         if let Some(v6) = &s.v6 {
             assert_eq!(v6.local_addr().expect("addr").port(), s.port());
-            assert!(sys::ipv6_only(v6).expect("getsockopt"));
+            assert!(os::ipv6_only(v6).expect("getsockopt"));
         }
         // The same fixed port again is refused: it is really held.
         let again = UdpSockets::bind(Some(s.port()), 0);

@@ -26,7 +26,7 @@ fn next_id() -> u32 {
 
 /// Panics with a clear message unless the test runs as root with iproute2's `ip` available.
 pub fn require_root() {
-    let euid = tandem::driver::sys::effective_uid();
+    let euid = tandem::os::effective_uid();
     assert!(
         euid == 0,
         "this test needs root (it creates network namespaces and TUN devices); running as uid \
@@ -168,7 +168,7 @@ impl Netns {
         let path = self.path();
         std::thread::scope(|s| {
             let worker = s.spawn(move || {
-                if let Err(e) = tandem::driver::sys::enter_netns(&path) {
+                if let Err(e) = tandem::os::enter_netns(&path) {
                     panic!("cannot enter network namespace {}: {e}", path.display());
                 }
                 f()
