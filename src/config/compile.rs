@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::error::{ConfigErrors, Diagnostics};
-use super::net::{Cidr, EndpointSpec, InterfaceAddress, check_interface_name};
+use super::net::{EndpointSpec, InterfaceAddress, Prefix, check_interface_name};
 use super::{Config, DEFAULT_MTU, InterfaceConfig, MAX_MTU, MIN_MTU, PeerConfig, Table};
 use crate::proto::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 
@@ -311,7 +311,8 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
     // Public key -> (index, name, line) of the peer that first used it.
     let mut seen_keys: HashMap<PublicKey, (usize, Option<String>, Option<usize>)> = HashMap::new();
     // Prefix -> (index, name, line of that value) of the peer that routes it.
-    let mut seen_prefixes: BTreeMap<Cidr, (usize, Option<String>, Option<usize>)> = BTreeMap::new();
+    let mut seen_prefixes: BTreeMap<Prefix, (usize, Option<String>, Option<usize>)> =
+        BTreeMap::new();
     let mut seen_names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
 
     for p in &draft.peers {
@@ -526,7 +527,7 @@ fn compile_peer(
     d: &PeerDraft,
     own_public: Option<&PublicKey>,
     seen_keys: &mut HashMap<PublicKey, (usize, Option<String>, Option<usize>)>,
-    seen_prefixes: &mut BTreeMap<Cidr, (usize, Option<String>, Option<usize>)>,
+    seen_prefixes: &mut BTreeMap<Prefix, (usize, Option<String>, Option<usize>)>,
     seen_names: &mut HashMap<String, (usize, Option<usize>)>,
 ) -> Option<PeerConfig> {
     let mut ok = true;
@@ -632,7 +633,7 @@ fn compile_peer(
 
     let mut allowed_ips = Vec::with_capacity(d.allowed_ips.len());
     for at in &d.allowed_ips {
-        let cidr = match at.value.parse::<Cidr>() {
+        let cidr = match at.value.parse::<Prefix>() {
             Ok(c) => c,
             Err(e) => {
                 diag.error(at.line, &at.key, e.to_string());
@@ -646,7 +647,7 @@ fn compile_peer(
                 &at.key,
                 format!(
                     "{cidr} has host bits set beyond the /{} prefix (did you mean {}?)",
-                    cidr.prefix_len,
+                    cidr.len(),
                     cidr.network()
                 ),
             );

@@ -70,7 +70,7 @@ mod test_util;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
-pub use net::{AddrError, Cidr, EndpointSpec, InterfaceAddress, check_interface_name};
+pub use net::{AddrError, EndpointSpec, InterfaceAddress, Prefix, check_interface_name};
 pub use to_toml::to_toml;
 
 use crate::proto::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -136,7 +136,7 @@ pub struct PeerConfig {
     /// `preshared_key_file`.
     pub preshared_key_file: Option<PathBuf>,
     pub endpoint: Option<EndpointSpec>,
-    pub allowed_ips: Vec<Cidr>,
+    pub allowed_ips: Vec<Prefix>,
     /// Seconds; `None` = off.
     pub persistent_keepalive: Option<u16>,
 }
@@ -201,7 +201,7 @@ mod tests {
         }
     }
 
-    fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    fn cidrs(list: &[&str]) -> Vec<Prefix> {
         list.iter().map(|s| s.parse().unwrap()).collect()
     }
 
@@ -343,7 +343,7 @@ mod tests {
                     assert_eq!(config.peers.len(), 1);
                     let p = &config.peers[0];
                     assert_eq!(p.allowed_ips, cidrs(&["0.0.0.0/0", "::/0"]));
-                    assert!(p.allowed_ips.iter().all(Cidr::is_default_route));
+                    assert!(p.allowed_ips.iter().all(Prefix::is_default_route));
                     assert_eq!(p.persistent_keepalive, Some(25));
                     let ep = p.endpoint.as_ref().unwrap();
                     assert_eq!(

@@ -1,8 +1,8 @@
-//! Address-like values of a configuration: CIDR prefixes, interface addresses, endpoints and
+//! Address-like values of a configuration: prefixes (the core's [`Prefix`]), interface addresses, endpoints and
 //! interface names. Pure parsing; nothing here resolves names or touches the network.
 
 use crate::netconf::prefix::is_valid_ifname;
-use crate::proto::prefix::mask;
+pub use crate::proto::prefix::{Prefix, PrefixError};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
@@ -39,113 +39,22 @@ pub enum AddrError {
     InterfaceName(String),
 }
 
-fn family_max(addr: &IpAddr) -> (&'static str, u8) {
-    match addr {
-        IpAddr::V4(_) => ("IPv4", 32),
-        IpAddr::V6(_) => ("IPv6", 128),
-    }
-}
-
-/// `addr[/len]` with the prefix length checked against the address family; a missing length
-/// means a single host (/32 or /128), as `wg` and `ip` read it.
-fn parse_addr_and_len(text: &str) -> Result<(IpAddr, u8), AddrError> {
-    let text = text.trim();
-    let (addr_text, len_text) = match text.split_once('/') {
-        Some((a, l)) => (a.trim(), Some(l.trim())),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr_text
-        .parse()
-        .map_err(|_| AddrError::Address(addr_text.to_owned()))?;
-    let (family, max) = family_max(&addr);
-    let len = match len_text {
-        None => max,
-        Some(l) => {
-            let digits_ok = !l.is_empty() && l.len() <= 9 && l.bytes().all(|b| b.is_ascii_digit());
-            if !digits_ok {
-                return Err(AddrError::PrefixSyntax(l.to_owned()));
+impl From<PrefixError> for AddrError {
+    fn from(e: PrefixError) -> Self {
+        match e {
+            PrefixError::Address(text) => AddrError::Address(text),
+            PrefixError::LenSyntax(text) => AddrError::PrefixSyntax(text),
+            PrefixError::LenRange { len, family, max } => {
+                AddrError::PrefixRange { len, family, max }
             }
-            let len: u32 = l
-                .parse()
-                .map_err(|_| AddrError::PrefixSyntax(l.to_owned()))?;
-            if len > u32::from(max) {
-                return Err(AddrError::PrefixRange { len, family, max });
-            }
-            // In range, so it fits in a u8.
-            u8::try_from(len).map_err(|_| AddrError::PrefixRange { len, family, max })?
         }
-    };
-    Ok((addr, len))
-}
-
-/// An IP prefix such as `10.0.0.0/24` (AllowedIPs, routes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Cidr {
-    pub addr: IpAddr,
-    pub prefix_len: u8,
-}
-
-impl Cidr {
-    /// A prefix, with the length checked against the family (host bits are kept as given).
-    pub fn new(addr: IpAddr, prefix_len: u8) -> Result<Self, AddrError> {
-        let (family, max) = family_max(&addr);
-        if prefix_len > max {
-            return Err(AddrError::PrefixRange {
-                len: u32::from(prefix_len),
-                family,
-                max,
-            });
-        }
-        Ok(Cidr { addr, prefix_len })
-    }
-
-    /// The same prefix with its host bits cleared (`10.0.0.7/24` -> `10.0.0.0/24`).
-    pub fn network(&self) -> Cidr {
-        let addr = mask(self.addr, self.prefix_len);
-        Cidr {
-            addr,
-            prefix_len: self.prefix_len,
-        }
-    }
-
-    /// True when bits beyond the prefix length are set (`10.0.0.7/24`).
-    pub fn has_host_bits(&self) -> bool {
-        self.network().addr != self.addr
-    }
-
-    /// Whether `ip` falls inside this prefix (families must match).
-    pub fn contains(&self, ip: &IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => {
-                Cidr {
-                    addr: *ip,
-                    prefix_len: self.prefix_len,
-                }
-                .network()
-                    == self.network()
-            }
-            _ => false,
-        }
-    }
-
-    /// `0.0.0.0/0` or `::/0`.
-    pub fn is_default_route(&self) -> bool {
-        self.prefix_len == 0
     }
 }
 
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = AddrError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix_len) = parse_addr_and_len(s)?;
-        Ok(Cidr { addr, prefix_len })
-    }
+/// A prefix as the config writes it (`addr[/len]`, no length: one host), with the config's
+/// error messages.
+pub fn parse_prefix(text: &str) -> Result<Prefix, AddrError> {
+    Ok(text.parse::<Prefix>()?)
 }
 
 /// An address assigned to the interface with the length of its on-link prefix
@@ -157,13 +66,15 @@ pub struct InterfaceAddress {
 }
 
 impl InterfaceAddress {
+    /// The address with its length, as a prefix (`10.9.0.1/24`).
+    pub fn prefix(&self) -> Prefix {
+        // The length was checked when the address was parsed.
+        Prefix::new(self.addr, self.prefix_len).unwrap_or_else(|_| Prefix::host(self.addr))
+    }
+
     /// The on-link prefix (`10.9.0.1/24` -> `10.9.0.0/24`).
-    pub fn network(&self) -> Cidr {
-        Cidr {
-            addr: self.addr,
-            prefix_len: self.prefix_len,
-        }
-        .network()
+    pub fn network(&self) -> Prefix {
+        self.prefix().network()
     }
 }
 
@@ -176,8 +87,11 @@ impl fmt::Display for InterfaceAddress {
 impl FromStr for InterfaceAddress {
     type Err = AddrError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix_len) = parse_addr_and_len(s)?;
-        Ok(InterfaceAddress { addr, prefix_len })
+        let p = parse_prefix(s)?;
+        Ok(InterfaceAddress {
+            addr: p.addr(),
+            prefix_len: p.len(),
+        })
     }
 }
 
@@ -306,25 +220,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidr_parse_display_and_host_bits() {
-        let c: Cidr = "10.0.0.0/24".parse().unwrap();
-        assert_eq!(c.to_string(), "10.0.0.0/24");
-        assert!(!c.has_host_bits());
-        let h: Cidr = "10.0.0.7/24".parse().unwrap();
-        assert!(h.has_host_bits());
-        assert_eq!(h.network(), c);
-        let single: Cidr = "192.0.2.1".parse().unwrap();
-        assert_eq!(single.to_string(), "192.0.2.1/32");
-        let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert_eq!(v6.to_string(), "2001:db8::/32");
-        assert!(v6.contains(&"2001:db8::99".parse().unwrap()));
-        assert!(!v6.contains(&"10.0.0.1".parse().unwrap()));
-        let all: Cidr = "::/0".parse().unwrap();
-        assert!(all.is_default_route() && !all.has_host_bits());
-        let all4: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all4.contains(&"203.0.113.9".parse().unwrap()));
+    fn prefixes_give_the_configs_errors() {
         assert_eq!(
-            "10.0.0.0/33".parse::<Cidr>(),
+            parse_prefix("10.0.0.7/24").unwrap().to_string(),
+            "10.0.0.7/24"
+        );
+        assert_eq!(
+            parse_prefix("10.0.0.0/33"),
             Err(AddrError::PrefixRange {
                 len: 33,
                 family: "IPv4",
@@ -332,22 +234,21 @@ mod tests {
             })
         );
         assert!(matches!(
-            "fd00::/129".parse::<Cidr>(),
+            parse_prefix("fd00::/129"),
             Err(AddrError::PrefixRange { max: 128, .. })
         ));
         assert!(matches!(
-            "10.0.0.0/x".parse::<Cidr>(),
+            parse_prefix("10.0.0.0/x"),
             Err(AddrError::PrefixSyntax(_))
         ));
         assert!(matches!(
-            "10.0.0.0/-1".parse::<Cidr>(),
+            parse_prefix("10.0.0.0/-1"),
             Err(AddrError::PrefixSyntax(_))
         ));
         assert!(matches!(
-            "10.0.0/8".parse::<Cidr>(),
+            parse_prefix("10.0.0/8"),
             Err(AddrError::Address(_))
         ));
-        assert!(Cidr::new("10.0.0.0".parse().unwrap(), 40).is_err());
     }
 
     #[test]

@@ -300,7 +300,7 @@ fn peer_key(
 #[cfg(test)]
 mod tests {
     use crate::config::test_util::{assert_error, file, private, public};
-    use crate::config::{Cidr, Table, parse_wg_quick};
+    use crate::config::{Prefix, Table, parse_wg_quick};
     use crate::proto::keys::PresharedKey;
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
         let p = &c.peers[0];
         assert_eq!(p.public_key.to_base64(), public(2));
         assert_eq!(p.preshared_key, Some(PresharedKey::from_bytes([7; 32])));
-        let want: Vec<Cidr> = ["10.0.0.2/32", "192.168.1.0/24", "fd00::2/128"]
+        let want: Vec<Prefix> = ["10.0.0.2/32", "192.168.1.0/24", "fd00::2/128"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();

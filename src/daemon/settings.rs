@@ -89,8 +89,8 @@ pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<Stri
                     continue;
                 }
                 let net = cidr.network();
-                if seen.insert((net.addr, net.prefix_len)) {
-                    routes.push((net.addr, net.prefix_len));
+                if seen.insert(net) {
+                    routes.push((net.addr(), net.len()));
                 }
             }
         }
@@ -129,14 +129,7 @@ pub fn desired(resolved: &Resolved) -> DesiredDevice {
                 preshared_key: peer.preshared_key.clone(),
                 endpoint: *endpoint,
                 persistent_keepalive: peer.persistent_keepalive.unwrap_or(0),
-                allowed_ips: peer
-                    .allowed_ips
-                    .iter()
-                    .map(|cidr| {
-                        let net = cidr.network();
-                        (net.addr, net.prefix_len)
-                    })
-                    .collect(),
+                allowed_ips: peer.allowed_ips.clone(),
                 fresh: false,
             })
             .collect(),
@@ -317,7 +310,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         sync_peers(&mut device, &r, now());
         // 10.20.0.0/16 moves from the first peer to the second (listed after it).
         let mut c2 = c;
-        c2.peers[0].allowed_ips.retain(|a| a.prefix_len == 32);
+        c2.peers[0].allowed_ips.retain(|a| a.len() == 32);
         c2.peers[1]
             .allowed_ips
             .push("10.20.0.0/16".parse().expect("cidr"));

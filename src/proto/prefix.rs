@@ -1,8 +1,136 @@
-//! IP prefixes: the one place that knows how long a prefix may be and how its host bits are
-//! cleared. The config's prefixes (`config::Cidr`), AllowedIPs, UAPI `allowed_ip` lines, the
-//! reconciler and netconf's routes all mask through here.
+//! IP prefixes: [`Prefix`], the one prefix type (a length that fits its family, checked when
+//! it is made), and the one place that knows how host bits are cleared. The config's
+//! AllowedIPs, the core's AllowedIPs table, UAPI `allowed_ip` lines, the reconciler and
+//! netconf's routes all use it.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+/// An IP prefix such as `10.0.0.0/24`: an address and a length that fits its family. Host
+/// bits are kept as given (`10.0.0.7/24` is a valid prefix whose [`Prefix::network`] is
+/// `10.0.0.0/24`), since an interface address is written that way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+/// Why a prefix was refused. Messages quote the offending text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("\"{0}\" is not an IPv4 or IPv6 address")]
+    Address(String),
+    #[error("\"{0}\" is not a prefix length (a number after the /)")]
+    LenSyntax(String),
+    #[error("prefix length {len} is out of range for {family} (0..={max})")]
+    LenRange {
+        len: u32,
+        family: &'static str,
+        max: u8,
+    },
+}
+
+impl Prefix {
+    /// A prefix, with the length checked against the family.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Prefix, PrefixError> {
+        if len_fits(addr, len) {
+            Ok(Prefix { addr, len })
+        } else {
+            Err(PrefixError::LenRange {
+                len: u32::from(len),
+                family: family_name(addr),
+                max: max_len(addr),
+            })
+        }
+    }
+
+    /// One address: /32 or /128.
+    pub fn host(addr: IpAddr) -> Prefix {
+        Prefix {
+            addr,
+            len: max_len(addr),
+        }
+    }
+
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length (never beyond the family's).
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// The same prefix with its host bits cleared (`10.0.0.7/24` -> `10.0.0.0/24`).
+    pub fn network(&self) -> Prefix {
+        Prefix {
+            addr: mask(self.addr, self.len),
+            len: self.len,
+        }
+    }
+
+    /// True when bits beyond the prefix length are set (`10.0.0.7/24`).
+    pub fn has_host_bits(&self) -> bool {
+        self.network().addr != self.addr
+    }
+
+    /// Whether `ip` falls inside this prefix (families must match).
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(*ip, self.len) == self.network().addr
+    }
+
+    /// `0.0.0.0/0` or `::/0`.
+    pub fn is_default_route(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl fmt::Display for Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// `addr[/len]`; a missing length means a single host (/32 or /128), as `wg` and `ip` read
+/// it. Surrounding spaces are allowed; the length is decimal digits only.
+impl FromStr for Prefix {
+    type Err = PrefixError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let (addr_text, len_text) = match text.split_once('/') {
+            Some((a, l)) => (a.trim(), Some(l.trim())),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr_text
+            .parse()
+            .map_err(|_| PrefixError::Address(addr_text.to_owned()))?;
+        let Some(l) = len_text else {
+            return Ok(Prefix::host(addr));
+        };
+        let digits_ok = !l.is_empty() && l.len() <= 9 && l.bytes().all(|b| b.is_ascii_digit());
+        let len: u32 = l
+            .parse()
+            .ok()
+            .filter(|_| digits_ok)
+            .ok_or_else(|| PrefixError::LenSyntax(l.to_owned()))?;
+        let out_of_range = || PrefixError::LenRange {
+            len,
+            family: family_name(addr),
+            max: max_len(addr),
+        };
+        let len = u8::try_from(len).map_err(|_| out_of_range())?;
+        Prefix::new(addr, len).map_err(|_| out_of_range())
+    }
+}
+
+fn family_name(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "IPv4",
+        IpAddr::V6(_) => "IPv6",
+    }
+}
 
 /// The longest prefix of `addr`'s family: 32 or 128.
 pub fn max_len(addr: IpAddr) -> u8 {
@@ -58,6 +186,47 @@ mod tests {
         assert_eq!(mask(ip("fd00:1:2:3::9"), 48), ip("fd00:1:2::"));
         assert_eq!(mask(ip("fd00::9"), 0), ip("::"));
         assert_eq!(mask(ip("fd00::9"), 128), ip("fd00::9"));
+    }
+
+    #[test]
+    fn prefixes_parse_display_and_check_their_length() {
+        let c: Prefix = "10.0.0.7/24".parse().unwrap();
+        assert_eq!((c.addr(), c.len()), (ip("10.0.0.7"), 24));
+        assert!(c.has_host_bits());
+        assert_eq!(c.network().to_string(), "10.0.0.0/24");
+        assert!(c.contains(&ip("10.0.0.200")) && !c.contains(&ip("10.0.1.1")));
+        assert!(!c.contains(&ip("::1")));
+        assert_eq!(
+            "192.0.2.1".parse::<Prefix>().unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            " fd00::/8 ".parse::<Prefix>().unwrap().to_string(),
+            "fd00::/8"
+        );
+        assert!("::/0".parse::<Prefix>().unwrap().is_default_route());
+        assert!(matches!(
+            "10.0.0.0/33".parse::<Prefix>(),
+            Err(PrefixError::LenRange {
+                len: 33,
+                max: 32,
+                ..
+            })
+        ));
+        assert!(matches!(
+            "fd00::/4294967296".parse::<Prefix>(),
+            Err(PrefixError::LenSyntax(_))
+        ));
+        assert!(matches!(
+            "10.0.0.0/+1".parse::<Prefix>(),
+            Err(PrefixError::LenSyntax(_))
+        ));
+        assert!(matches!(
+            "x/1".parse::<Prefix>(),
+            Err(PrefixError::Address(_))
+        ));
+        assert!(Prefix::new(ip("::"), 129).is_err());
+        assert_eq!(Prefix::host(ip("::1")).len(), 128);
     }
 
     #[test]

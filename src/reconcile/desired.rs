@@ -1,12 +1,9 @@
 //! What a device should look like, and what it looks like now.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-pub use crate::proto::prefix::mask;
+pub use crate::proto::prefix::{Prefix, mask};
 use crate::proto::{Device, PeerInfo, PresharedKey, PrivateKey, PublicKey};
-
-/// An AllowedIP with its host bits cleared (see [`mask`]).
-pub type Prefix = (IpAddr, u8);
 
 /// The device's settings as one source wants them.
 #[derive(Debug, Clone, Default)]
@@ -30,7 +27,7 @@ pub struct DesiredPeer {
     pub endpoint: Option<SocketAddr>,
     /// Seconds; 0 is off.
     pub persistent_keepalive: u16,
-    /// Host bits cleared, each at most once.
+    /// Each at most once (host bits are cleared by the plan).
     pub allowed_ips: Vec<Prefix>,
     /// Start the peer over (no sessions) even if it exists: a UAPI `set` that removes a peer
     /// and adds it again, as wireguard-go does.
@@ -74,4 +71,12 @@ impl Snapshot {
             peers: device.peers(),
         }
     }
+}
+
+/// A running peer's AllowedIPs as prefixes, host bits cleared.
+pub(super) fn running_prefixes(info: &PeerInfo) -> impl Iterator<Item = Prefix> + '_ {
+    info.allowed_ips
+        .iter()
+        .filter_map(|&(a, l)| Prefix::new(a, l).ok())
+        .map(|p| p.network())
 }

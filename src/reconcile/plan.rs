@@ -4,8 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
-use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
-use crate::proto::prefix::len_fits;
+use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, running_prefixes};
 use crate::proto::{Device, Now, PeerConfig, PeerId, PresharedKey, PrivateKey, PublicKey};
 
 /// What has to change to go from a [`Snapshot`] to a [`DesiredDevice`].
@@ -102,9 +101,8 @@ impl DevicePlan {
 }
 
 /// The changes that take `running` to `desired`. Pure. A desired peer carrying our own
-/// (desired) public key is left out, as the kernel and wireguard-go do; a prefix longer than
-/// its family's length is left out too (every source checks that before; this keeps the apply
-/// step infallible whatever the source).
+/// (desired) public key is left out, as the kernel and wireguard-go do, which with
+/// [`Prefix`]'s checked lengths keeps the apply step infallible whatever the source.
 pub fn plan(running: &Snapshot, desired: &DesiredDevice) -> DevicePlan {
     let mut plan = DevicePlan::default();
     if desired.listen_port != 0 && desired.listen_port != running.listen_port {
@@ -144,18 +142,14 @@ pub fn plan(running: &Snapshot, desired: &DesiredDevice) -> DevicePlan {
         if !seen.insert(peer.public_key) {
             continue; // listed twice: the first one counts
         }
-        let allowed_ips: Vec<Prefix> = valid_prefixes(&peer.allowed_ips);
+        let allowed_ips: Vec<Prefix> = networks(&peer.allowed_ips);
         let Some(info) = running_by_key.get(&peer.public_key) else {
             let mut add = peer.clone();
             add.allowed_ips = allowed_ips;
             plan.add.push(add);
             continue;
         };
-        let before: BTreeSet<Prefix> = info
-            .allowed_ips
-            .iter()
-            .map(|&(a, c)| (mask(a, c), c))
-            .collect();
+        let before: BTreeSet<Prefix> = running_prefixes(info).collect();
         let after: BTreeSet<Prefix> = allowed_ips.iter().copied().collect();
         let update = PeerUpdate {
             id: info.id,
@@ -182,13 +176,12 @@ pub fn plan(running: &Snapshot, desired: &DesiredDevice) -> DevicePlan {
     plan
 }
 
-/// Host bits cleared, duplicates and impossible lengths left out, order kept.
-fn valid_prefixes(prefixes: &[Prefix]) -> Vec<Prefix> {
+/// Host bits cleared, duplicates left out, order kept.
+fn networks(prefixes: &[Prefix]) -> Vec<Prefix> {
     let mut seen = BTreeSet::new();
     prefixes
         .iter()
-        .filter(|&&(a, c)| len_fits(a, c))
-        .map(|&(a, c)| (mask(a, c), c))
+        .map(Prefix::network)
         .filter(|p| seen.insert(*p))
         .collect()
 }
@@ -217,12 +210,12 @@ pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
         if let Some(endpoint) = update.endpoint {
             device.set_endpoint(id, Some(endpoint));
         }
-        for &(addr, cidr) in &update.remove_ips {
-            device.remove_allowed_ip(id, addr, cidr);
+        for p in &update.remove_ips {
+            device.remove_allowed_ip(id, p.addr(), p.len());
         }
-        for &(addr, cidr) in &update.add_ips {
-            // Cannot fail: the length was checked by `plan`.
-            let _ = device.add_allowed_ip(id, addr, cidr);
+        for p in &update.add_ips {
+            // Cannot fail: a `Prefix`'s length fits its family.
+            let _ = device.add_allowed_ip(id, p.addr(), p.len());
         }
         if let Some(seconds) = update.persistent_keepalive {
             device.set_persistent_keepalive(id, seconds, now);
@@ -240,8 +233,8 @@ pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
         let Ok(id) = device.upsert_peer(&config) else {
             continue;
         };
-        for &(addr, cidr) in &peer.allowed_ips {
-            let _ = device.add_allowed_ip(id, addr, cidr);
+        for p in &peer.allowed_ips {
+            let _ = device.add_allowed_ip(id, p.addr(), p.len());
         }
         if peer.persistent_keepalive != 0 {
             device.set_persistent_keepalive(id, peer.persistent_keepalive, now);
@@ -265,8 +258,7 @@ mod tests {
     }
 
     fn prefix(s: &str) -> Prefix {
-        let (a, l) = s.split_once('/').expect("prefix");
-        (a.parse().expect("addr"), l.parse().expect("len"))
+        s.parse().expect("prefix")
     }
 
     fn peer(n: u8, ips: &[&str]) -> DesiredPeer {
@@ -362,13 +354,16 @@ mod tests {
     }
 
     #[test]
-    fn impossible_prefixes_are_left_out_so_apply_cannot_fail() {
+    fn prefixes_are_planned_as_networks_once_each() {
         let d = desired(vec![peer(
             2,
-            &["10.0.0.2/33", "10.0.0.2/32", "10.0.0.2/32"],
+            &["10.0.0.9/24", "10.0.0.0/24", "10.0.0.2/32"],
         )]);
         let p = plan(&Snapshot::default(), &d);
-        assert_eq!(p.add[0].allowed_ips, vec![prefix("10.0.0.2/32")]);
+        assert_eq!(
+            p.add[0].allowed_ips,
+            vec![prefix("10.0.0.0/24"), prefix("10.0.0.2/32")]
+        );
     }
 
     #[test]
@@ -413,13 +408,13 @@ mod tests {
             // Every prefix is routed to the peer that wants it.
             let mut owner = HashMap::new();
             for peer in &again.peers {
-                for &(a, l) in &peer.allowed_ips {
-                    owner.insert((mask(a, l), l), peer.public_key);
+                for p in &peer.allowed_ips {
+                    owner.insert(p.network(), peer.public_key);
                 }
             }
             for info in &after.peers {
-                for &(a, l) in &info.allowed_ips {
-                    assert_eq!(owner.get(&(a, l)), Some(&info.public_key));
+                for p in running_prefixes(info) {
+                    assert_eq!(owner.get(&p), Some(&info.public_key));
                 }
             }
         }

@@ -3,9 +3,9 @@
 //! [`DesiredDevice`] for the one reconciler.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
-use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
+use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, running_prefixes};
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
 
 /// The most peers a device may have, as in wireguard-go (`MaxPeers`).
@@ -37,8 +37,7 @@ pub enum Op {
     ReplaceAllowedIps,
     /// `allowed_ip=[-]addr/cidr`, host bits cleared; `remove` for the `-` form.
     AllowedIp {
-        addr: IpAddr,
-        cidr: u8,
+        prefix: Prefix,
         remove: bool,
     },
 }
@@ -159,11 +158,7 @@ impl Model {
         };
         for info in &running.peers {
             let slot = model.peers.len();
-            let allowed_ips: BTreeSet<Prefix> = info
-                .allowed_ips
-                .iter()
-                .map(|&(a, c)| (mask(a, c), c))
-                .collect();
+            let allowed_ips: BTreeSet<Prefix> = running_prefixes(info).collect();
             for &prefix in &allowed_ips {
                 model.owner.insert(prefix, slot);
             }
@@ -238,9 +233,9 @@ impl Model {
                         }
                     }
                 }
-                Op::AllowedIp { addr, cidr, remove } => {
+                Op::AllowedIp { prefix, remove } => {
                     if let Some(slot) = section.slot {
-                        let prefix = (mask(*addr, *cidr), *cidr);
+                        let prefix = prefix.network();
                         if *remove {
                             self.remove_prefix(slot, prefix);
                         } else {

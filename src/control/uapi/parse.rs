@@ -6,8 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use zeroize::Zeroizing;
 
 use super::{MAX_LINE_LEN, MAX_SET_LINES, UapiError};
+use crate::proto::prefix::{Prefix, max_len};
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
-use crate::reconcile::{Op, SetRequest, mask};
+use crate::reconcile::{Op, SetRequest};
 
 /// Parses the lines after `set=1`, up to the blank line that ends the request (or the end of
 /// `body`, which wireguard-go also accepts). Lines may end in `\r\n`, as Go's line scanner
@@ -124,11 +125,10 @@ fn peer_line(number: usize, key: &str, value: &str) -> Result<Option<Op>, UapiEr
                 Some(rest) => (true, rest),
                 None => (false, value),
             };
-            let (addr, cidr) = parse_prefix(prefix)
+            let prefix = parse_prefix(prefix)
                 .ok_or_else(|| invalid(number, "allowed_ip is not a valid prefix"))?;
             Op::AllowedIp {
-                addr: mask(addr, cidr),
-                cidr,
+                prefix: prefix.network(),
                 remove,
             }
         }
@@ -224,15 +224,14 @@ pub(super) fn parse_endpoint(text: &str) -> Option<(SocketAddr, Option<String>)>
 
 /// `addr/cidr` as Go's `netip.ParsePrefix` reads it: no zone, and the length is `0` or a
 /// decimal without leading zeros or sign, at most 32 (IPv4) or 128 (IPv6).
-pub(super) fn parse_prefix(text: &str) -> Option<(IpAddr, u8)> {
+pub(super) fn parse_prefix(text: &str) -> Option<Prefix> {
     let (addr, bits) = text.split_once('/')?;
     let addr: IpAddr = addr.parse().ok()?;
     if bits.len() > 1 && bits.starts_with('0') {
         return None;
     }
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let cidr = u8::try_from(decimal(bits, max)?).ok()?;
-    Some((addr, cidr))
+    let cidr = u8::try_from(decimal(bits, u64::from(max_len(addr)))?).ok()?;
+    Prefix::new(addr, cidr).ok()
 }
 
 #[cfg(test)]
@@ -255,15 +254,15 @@ mod tests {
     fn prefixes_read_like_netip() {
         assert_eq!(
             parse_prefix("10.1.2.3/24"),
-            Some(("10.1.2.3".parse().unwrap(), 24))
+            Some(Prefix::new("10.1.2.3".parse().unwrap(), 24).unwrap())
         );
         assert_eq!(
             parse_prefix("fd00::1/128"),
-            Some(("fd00::1".parse().unwrap(), 128))
+            Some(Prefix::new("fd00::1".parse().unwrap(), 128).unwrap())
         );
         assert_eq!(
             parse_prefix("0.0.0.0/0"),
-            Some(("0.0.0.0".parse().unwrap(), 0))
+            Some(Prefix::new("0.0.0.0".parse().unwrap(), 0).unwrap())
         );
         for bad in [
             "10.0.0.0",
