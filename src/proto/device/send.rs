@@ -52,7 +52,7 @@ impl Device {
         };
         if peer.staged.is_empty() && peer.sendable(now.monotonic) {
             let Some(keypair) = peer.current.as_deref_mut() else {
-                return PreparedSend::Dropped(self.drop_reason(DropReason::NoEndpoint));
+                return PreparedSend::Dropped(self.drop_reason(DropReason::NoKeypair));
             };
             let Some(job) = keypair.prepare_seal(buf.len(), len, mtu) else {
                 return PreparedSend::Dropped(self.drop_reason(DropReason::BufferTooSmall));

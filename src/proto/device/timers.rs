@@ -53,7 +53,7 @@ impl Device {
                         peer.timers.on_session_derived(now.monotonic);
                     }
                     for _ in 0..dropped {
-                        self.drops.count(DropReason::NoEndpoint);
+                        self.drops.count(DropReason::HandshakeTimeout);
                     }
                 } else {
                     peer.timers.handshake_attempts += 1;
