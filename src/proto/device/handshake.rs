@@ -27,7 +27,7 @@ impl Device {
         let Some(identity) = self.identity.as_ref() else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if !is_retry {
@@ -116,7 +116,7 @@ impl Device {
         let partial = handshake::read_initiation_static(&self.protocol, identity, msg)?;
         let key = PublicKey::from_bytes(partial.initiator_static);
         let id = *self.by_key.get(&key).ok_or(DropReason::UnknownPeer)?;
-        let peer = self.peer(id).ok_or(DropReason::UnknownPeer)?;
+        let peer = self.peers.get(id).ok_or(DropReason::UnknownPeer)?;
         let (state, timestamp) = handshake::read_initiation_payload(partial, peer, msg)?;
         if timestamp <= peer.latest_timestamp {
             return Err(DropReason::ReplayedInitiation);
@@ -133,7 +133,7 @@ impl Device {
         let mut ephemeral = [0u8; 32];
         self.rng.fill_bytes(&mut ephemeral);
         let mut out = [0u8; RESPONSE_LEN];
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             self.index.remove(local_index);
             return Err(DropReason::UnknownPeer);
         };
@@ -199,11 +199,7 @@ impl Device {
             .get(receiver)
             .ok_or(DropReason::UnknownReceiverIndex)?;
         let identity = self.identity.as_ref().ok_or(DropReason::NoPrivateKey)?;
-        let peer = self
-            .peers
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
-            .ok_or(DropReason::UnknownPeer)?;
+        let peer = self.peers.get_mut(id).ok_or(DropReason::UnknownPeer)?;
         let handshake = match &peer.handshake {
             Some(h) if h.local_index == receiver => h,
             _ => return Err(DropReason::UnexpectedHandshakeMessage),
@@ -259,13 +255,13 @@ impl Device {
             .index
             .get(receiver)
             .ok_or(DropReason::UnknownReceiverIndex)?;
-        let peer = self.peer_mut(id).ok_or(DropReason::UnknownPeer)?;
+        let peer = self.peers.get_mut(id).ok_or(DropReason::UnknownPeer)?;
         peer.cookie.consume_reply(msg, now.monotonic)
     }
 
     /// Erases a peer's sessions and handshake (and their indices), keeping its configuration.
     pub(super) fn clear_sessions(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         for index in peer.local_indices().collect::<Vec<_>>() {

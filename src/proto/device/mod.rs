@@ -27,6 +27,7 @@ use super::keys::{PresharedKey, PrivateKey, PublicKey};
 use super::messages::MAX_HANDSHAKE_LEN;
 use super::noise::Protocol;
 use super::peer::{MAX_STAGED_PACKETS, Peer, PeerConfig, PeerId, PeerStats};
+use super::peer_table::PeerTable;
 use super::ratelimiter::RateLimiter;
 use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
@@ -155,7 +156,7 @@ struct Control {
 pub struct Device {
     protocol: Protocol,
     identity: Option<Identity>,
-    peers: Vec<Option<Peer>>,
+    peers: PeerTable<Peer>,
     by_key: HashMap<PublicKey, PeerId>,
     index: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
@@ -184,7 +185,7 @@ impl Device {
         Device {
             identity: private_key.map(|k| Identity::new(k, &protocol)),
             protocol,
-            peers: Vec::new(),
+            peers: PeerTable::default(),
             by_key: HashMap::new(),
             index: IndexTable::default(),
             allowed_ips: AllowedIps::new(),
@@ -220,13 +221,16 @@ impl Device {
             self.remove_peer(&own);
         }
         let private = self.identity.as_ref().map(|i| &i.private);
-        for peer in self.peers.iter_mut().flatten() {
+        for peer in self.peers.values_mut() {
             peer.set_own_private_key(private);
         }
-        for slot in 0..self.peers.len() {
-            self.clear_sessions(PeerId(slot as u32));
+        for slot in 0..self.peers.slot_count() {
+            let Some(id) = self.peers.id_at(slot) else {
+                continue;
+            };
+            self.clear_sessions(id);
             // The old handshakes are void: a new one may start at once.
-            if let Some(peer) = self.peers[slot].as_mut() {
+            if let Some(peer) = self.peers.get_mut(id) {
                 peer.timers.last_sent_handshake = None;
             }
         }
@@ -252,7 +256,7 @@ impl Device {
         }
         let id = match self.by_key.get(&config.public_key) {
             Some(&id) => {
-                let peer = self.peer_mut(id).ok_or(ConfigureError::UnknownPeer)?;
+                let peer = self.peers.get_mut(id).ok_or(ConfigureError::UnknownPeer)?;
                 if let Some(psk) = &config.preshared_key {
                     peer.preshared_key = psk.clone();
                 }
@@ -263,16 +267,7 @@ impl Device {
             }
             None => {
                 let peer = Peer::new(config, self.private_key(), &self.protocol);
-                let id = match self.peers.iter().position(Option::is_none) {
-                    Some(free) => {
-                        self.peers[free] = Some(peer);
-                        PeerId(free as u32)
-                    }
-                    None => {
-                        self.peers.push(Some(peer));
-                        PeerId((self.peers.len() - 1) as u32)
-                    }
-                };
+                let id = self.peers.insert(peer);
                 self.by_key.insert(config.public_key, id);
                 id
             }
@@ -286,7 +281,7 @@ impl Device {
     /// Sets a peer's persistent keepalive; turning it on sends a keepalive at once (which
     /// starts a handshake when there is no session), as the kernel does.
     pub fn set_persistent_keepalive(&mut self, id: PeerId, seconds: u16, now: Now) {
-        let Some(peer) = self.peer_mut(id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         let was = peer.persistent_keepalive;
@@ -300,13 +295,13 @@ impl Device {
     }
 
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: Option<SocketAddr>) {
-        if let Some(peer) = self.peer_mut(id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.endpoint = endpoint;
         }
     }
 
     pub fn set_preshared_key(&mut self, id: PeerId, psk: Option<PresharedKey>) {
-        if let Some(peer) = self.peer_mut(id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.preshared_key = psk.unwrap_or_default();
         }
     }
@@ -316,12 +311,17 @@ impl Device {
         self.allowed_ips.remove_value(id);
     }
 
+    /// Routes `addr/cidr` to `id` (taking it from another peer if it had it). Refuses the id
+    /// of a removed peer, which would make a route to nowhere.
     pub fn add_allowed_ip(
         &mut self,
         id: PeerId,
         addr: IpAddr,
         cidr: u8,
     ) -> Result<(), ConfigureError> {
+        if self.peers.get(id).is_none() {
+            return Err(ConfigureError::UnknownPeer);
+        }
         self.allowed_ips.insert(addr, cidr, id)?;
         Ok(())
     }
@@ -343,7 +343,7 @@ impl Device {
         };
         self.clear_sessions(id);
         self.allowed_ips.remove_value(id);
-        self.peers[id.0 as usize] = None;
+        self.peers.remove(id);
         self.control.retain(|c| c.peer != Some(id));
         self.flush.retain(|&p| p != id);
         true
@@ -354,7 +354,7 @@ impl Device {
     }
 
     pub fn peer_info(&self, id: PeerId) -> Option<PeerInfo> {
-        let peer = self.peer(id)?;
+        let peer = self.peers.get(id)?;
         Some(PeerInfo {
             id,
             public_key: peer.public_key,
@@ -368,8 +368,9 @@ impl Device {
 
     /// Every peer, in the order they were added (slot order).
     pub fn peers(&self) -> Vec<PeerInfo> {
-        (0..self.peers.len() as u32)
-            .filter_map(|i| self.peer_info(PeerId(i)))
+        self.peers
+            .iter()
+            .filter_map(|(id, _)| self.peer_info(id))
             .collect()
     }
 
@@ -390,14 +391,6 @@ impl Device {
     /// How many receiver indices are in use (handshakes and sessions): for leak checks.
     pub fn index_count(&self) -> usize {
         self.index.len()
-    }
-
-    pub(super) fn peer(&self, id: PeerId) -> Option<&Peer> {
-        self.peers.get(id.0 as usize)?.as_ref()
-    }
-
-    pub(super) fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
-        self.peers.get_mut(id.0 as usize)?.as_mut()
     }
 
     pub(super) fn drop_reason(&mut self, reason: DropReason) -> DropReason {
@@ -437,4 +430,134 @@ fn check_prefix(addr: IpAddr, cidr: u8) -> Result<(), ConfigureError> {
         probe.insert(addr, cidr, 0)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::proto::ip::tests::ipv4;
+
+    const BUF: usize = 2048;
+    const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1001);
+    const B_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1002);
+
+    fn key(seed: u8) -> PrivateKey {
+        PrivateKey::from_bytes([seed; 32])
+    }
+
+    fn peer_config(seed: u8, inner: [u8; 4], endpoint: SocketAddr) -> PeerConfig {
+        PeerConfig {
+            allowed_ips: vec![(IpAddr::from(inner), 32)],
+            endpoint: Some(endpoint),
+            ..PeerConfig::new(key(seed).public_key())
+        }
+    }
+
+    /// An IP packet from B's inner address to A's, framed with headroom and tailroom.
+    fn b_to_a_packet() -> (Vec<u8>, usize) {
+        let packet = ipv4([10, 0, 0, 2], [10, 0, 0, 1], b"ping");
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+        (buf, packet.len())
+    }
+
+    /// Feeds everything `from` has to send into `to`; what `to` made of each datagram.
+    fn pump(
+        from: &mut Device,
+        from_addr: SocketAddr,
+        to: &mut Device,
+        now: Now,
+    ) -> Vec<Decapsulated> {
+        let mut out = vec![0u8; BUF];
+        let mut results = Vec::new();
+        while let Some(t) = from.poll_transmit(&mut out, now) {
+            results.push(to.decapsulate(from_addr, &mut out, t.len, now));
+        }
+        results
+    }
+
+    /// A stale `PeerId` (and a stale receiver index) of a removed peer never reaches the peer
+    /// that now lives in its slot.
+    #[test]
+    fn removed_peer_is_unreachable_after_its_slot_is_reused() {
+        let now = Now::new(
+            Duration::from_secs(1000),
+            Duration::from_secs(1_700_000_000),
+        );
+        let mut a = Device::new(Some(key(1)), [1; 32]);
+        let mut b = Device::new(Some(key(2)), [2; 32]);
+        let old = a
+            .upsert_peer(&peer_config(2, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        b.upsert_peer(&peer_config(1, [10, 0, 0, 1], A_ADDR))
+            .unwrap();
+
+        // Handshake, then B's staged packet arrives at A.
+        let (mut buf, len) = b_to_a_packet();
+        assert_eq!(b.encapsulate(&mut buf, len, now), Encapsulated::Queued);
+        pump(&mut b, B_ADDR, &mut a, now); // initiation
+        pump(&mut a, A_ADDR, &mut b, now); // response
+        let delivered = pump(&mut b, B_ADDR, &mut a, now);
+        assert!(
+            matches!(delivered.as_slice(), [Decapsulated::Deliver { peer, .. }] if *peer == old),
+            "{delivered:?}"
+        );
+
+        // Two transport messages under the session A is about to forget: one still in
+        // flight, one whose decryption job was prepared before the removal.
+        let (mut late, len) = b_to_a_packet();
+        let Encapsulated::Send { len: late_len, .. } = b.encapsulate(&mut late, len, now) else {
+            panic!("B has a session");
+        };
+        let (mut in_job, len) = b_to_a_packet();
+        let Encapsulated::Send { len: job_len, .. } = b.encapsulate(&mut in_job, len, now) else {
+            panic!("B has a session");
+        };
+        let PreparedReceive::Open(job) = a.prepare_decapsulate(B_ADDR, &mut in_job, job_len, now)
+        else {
+            panic!("a transport message for a live session");
+        };
+        let opened = job.open(&mut in_job[..job_len]);
+        assert!(opened.is_some());
+
+        // B goes; C comes, with B's inner address, into B's old slot.
+        assert!(a.remove_peer(&key(2).public_key()));
+        assert_eq!(a.index_count(), 0, "B's sessions left the index table");
+        let new = a
+            .upsert_peer(&peer_config(3, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        assert_eq!(a.peers.slot_count(), 1, "the slot was reused");
+        assert_ne!(new, old);
+
+        // The old id finds nothing and changes nothing.
+        assert!(a.peer_info(old).is_none());
+        a.set_endpoint(old, Some(A_ADDR));
+        a.set_persistent_keepalive(old, 25, now);
+        a.set_preshared_key(old, Some(PresharedKey::from_bytes([9; 32])));
+        assert_eq!(
+            a.add_allowed_ip(old, IpAddr::from([10, 9, 9, 9]), 32),
+            Err(ConfigureError::UnknownPeer)
+        );
+        a.remove_allowed_ip(old, IpAddr::from([10, 0, 0, 2]), 32);
+        a.clear_allowed_ips(old);
+        let info = a.peer_info(new).unwrap();
+        assert_eq!(info.endpoint, Some(B_ADDR));
+        assert_eq!(info.persistent_keepalive, 0);
+        assert_eq!(info.preshared_key, None);
+        assert_eq!(info.allowed_ips, vec![(IpAddr::from([10, 0, 0, 2]), 32)]);
+        assert!(!a.has_transmit());
+
+        // The old peer's packets are dropped, both ways in.
+        assert_eq!(
+            a.decapsulate(B_ADDR, &mut late, late_len, now),
+            Decapsulated::Dropped(DropReason::UnknownReceiverIndex)
+        );
+        assert_eq!(
+            a.finish_decapsulate(&job, opened, &in_job[..job_len], now),
+            Decapsulated::Dropped(DropReason::UnknownReceiverIndex)
+        );
+        assert_eq!(a.peer_info(new).unwrap().stats.rx_bytes, 0);
+    }
 }

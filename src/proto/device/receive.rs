@@ -89,8 +89,7 @@ impl Device {
             .ok_or(DropReason::UnknownReceiverIndex)?;
         let keypair = self
             .peers
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
+            .get_mut(id)
             .and_then(|p| p.keypair_mut(receiver))
             .ok_or(DropReason::UnknownReceiverIndex)?;
         if !keypair.can_receive(now.monotonic) {
@@ -121,7 +120,7 @@ impl Device {
             return Decapsulated::Dropped(self.drop_reason(DropReason::DecryptFailed));
         };
         let (src, receiver, id) = (job.src, job.receiver, job.peer);
-        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
         };
         let Some(keypair) = peer.keypair_mut(receiver) else {
@@ -201,7 +200,7 @@ impl Device {
         if owner != Some(id) {
             return Decapsulated::Dropped(self.drop_reason(DropReason::SourceNotAllowed));
         }
-        if let Some(peer) = self.peer_mut(id) {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.timers.on_data_received(now.monotonic);
         }
         Decapsulated::Deliver {

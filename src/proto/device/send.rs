@@ -44,7 +44,7 @@ impl Device {
             return PreparedSend::Dropped(self.drop_reason(DropReason::NoRoute));
         };
         let mtu = self.mtu;
-        let Some(peer) = self.peer_mut(id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return PreparedSend::Dropped(self.drop_reason(DropReason::NoRoute));
         };
         let Some(endpoint) = peer.endpoint else {
@@ -76,7 +76,7 @@ impl Device {
         let mut copy = self.spare.pop().unwrap_or_default();
         copy.clear();
         copy.extend_from_slice(packet);
-        let Some(peer) = self.peer_mut(id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return PreparedSend::Queued;
         };
         peer.staged.push_back(copy);
@@ -91,14 +91,15 @@ impl Device {
     fn after_data_sent(&mut self, id: PeerId, bytes: usize, rekey: bool, now: Now) {
         // Draw jitter only when the timer will be armed (not on every packet).
         let needs_jitter = self
-            .peer(id)
+            .peers
+            .get(id)
             .is_some_and(|p| p.timers.new_handshake.is_none());
         let jitter = if needs_jitter {
             self.jitter()
         } else {
             Duration::ZERO
         };
-        let Some(peer) = self.peer_mut(id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         peer.stats.tx_bytes += bytes as u64;
@@ -114,7 +115,7 @@ impl Device {
     /// A keepalive if a session is usable (and nothing else waits to go), else a handshake.
     pub(super) fn send_keepalive(&mut self, id: PeerId, now: Now) {
         let mtu = self.mtu;
-        let Some(peer) = self.peer_mut(id) else {
+        let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if !peer.staged.is_empty() {
@@ -187,7 +188,7 @@ impl Device {
         }
         let mtu = self.mtu;
         while let Some(&id) = self.flush.front() {
-            let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            let Some(peer) = self.peers.get_mut(id) else {
                 self.flush.pop_front();
                 continue;
             };

@@ -21,12 +21,15 @@ impl Device {
             self.under_load_until = None;
         }
         self.rate_limiter.gc(now.monotonic);
-        for slot in 0..self.peers.len() {
-            let id = PeerId(slot as u32);
+        for slot in 0..self.peers.slot_count() {
+            let Some(id) = self.peers.id_at(slot) else {
+                continue;
+            };
             // Bounded: each event clears its own deadline before it can set a later one.
             for _ in 0..8 {
                 let Some(event) = self
-                    .peer_mut(id)
+                    .peers
+                    .get_mut(id)
                     .and_then(|p| p.timers.take_due(now.monotonic))
                 else {
                     break;
@@ -39,7 +42,7 @@ impl Device {
     fn fire(&mut self, id: PeerId, event: TimerEvent, now: Now) {
         match event {
             TimerEvent::RetransmitHandshake => {
-                let Some(peer) = self.peer_mut(id) else {
+                let Some(peer) = self.peers.get_mut(id) else {
                     return;
                 };
                 if peer.timers.handshake_attempts > MAX_TIMER_HANDSHAKES {
@@ -62,7 +65,7 @@ impl Device {
             }
             TimerEvent::SendKeepalive => {
                 self.send_keepalive(id, now);
-                if let Some(peer) = self.peer_mut(id)
+                if let Some(peer) = self.peers.get_mut(id)
                     && peer.timers.need_another_keepalive
                 {
                     peer.timers.need_another_keepalive = false;
@@ -71,17 +74,24 @@ impl Device {
             }
             TimerEvent::NewHandshake => self.send_initiation(id, false, now),
             TimerEvent::ZeroKeyMaterial => {
-                if let Some(peer) = self.peer_mut(id) {
+                if let Some(peer) = self.peers.get_mut(id) {
                     tracing::debug!(peer = %peer.public_key, "erasing session keys");
                 }
-                let staged = self.peer_mut(id).map(|p| std::mem::take(&mut p.staged));
+                let staged = self
+                    .peers
+                    .get_mut(id)
+                    .map(|p| std::mem::take(&mut p.staged));
                 self.clear_sessions(id);
-                if let (Some(staged), Some(peer)) = (staged, self.peer_mut(id)) {
+                if let (Some(staged), Some(peer)) = (staged, self.peers.get_mut(id)) {
                     peer.staged = staged;
                 }
             }
             TimerEvent::PersistentKeepalive => {
-                if self.peer(id).is_some_and(|p| p.persistent_keepalive > 0) {
+                if self
+                    .peers
+                    .get(id)
+                    .is_some_and(|p| p.persistent_keepalive > 0)
+                {
                     self.send_keepalive(id, now);
                 }
             }
@@ -90,11 +100,7 @@ impl Device {
 
     /// When `update_timers` next has work (monotonic), if ever.
     pub fn next_deadline(&self) -> Option<Duration> {
-        let peers = self
-            .peers
-            .iter()
-            .flatten()
-            .filter_map(|p| p.timers.next_deadline());
+        let peers = self.peers.values().filter_map(|p| p.timers.next_deadline());
         let load = self.under_load_until;
         peers.chain(load).min()
     }
