@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use rand::RngCore;
+use rand_core::RngCore;
 
 use crate::proto::error::DropReason;
 use crate::proto::handshake;
