@@ -10,6 +10,11 @@
 //! keepalives, packets that waited for a handshake) is drained with
 //! [`Device::poll_transmit`] after every batch. Packets are processed in the caller's buffers
 //! with [`HEADROOM`] and [`TAILROOM`]: no allocation per packet on the data path.
+//!
+//! Laid out by concern, as the kernel splits its files: this file holds the state, the peers
+//! and their configuration; `send.rs` (TUN -> UDP, the kernel's `send.c`), `receive.rs`
+//! (UDP -> TUN, `receive.c`), `handshake.rs` (initiations, responses, cookie replies) and
+//! `timers.rs` (`timers.c`) each add one `impl Device` block.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +38,6 @@ use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
 use super::transport::{OpenJob, SealJob};
 
-// One `impl Device` block per concern, as the kernel splits its files.
 mod handshake;
 mod receive;
 mod send;
