@@ -3,7 +3,7 @@
 //! after the ciphertext), at a small packet (64 bytes) and a full 1420-byte MTU packet.
 //!
 //! Contenders: RustCrypto `chacha20poly1305`, `ring`, `aws-lc-rs`, and tandem's own
-//! `TransportKey` (ring underneath, plus its nonce and tag plumbing). Before timing anything
+//! `TransportKey` (aws-lc underneath, plus its nonce and tag plumbing). Before timing anything
 //! the bench checks that all four produce the same ciphertext and tag and open each other's
 //! output, so the numbers compare the same work. Results: benches/README.md.
 

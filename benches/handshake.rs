@@ -34,10 +34,7 @@ const STEP: Duration = Duration::from_secs(6);
 const EXPIRE: Duration = Duration::from_secs(200);
 
 fn key(seed: u8) -> PrivateKey {
-    let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
-    PrivateKey::from_bytes(b)
+    PrivateKey::from_bytes([seed; 32]).clamped()
 }
 
 /// A 64-byte IPv4 packet 10.0.0.1 -> 10.0.0.2.

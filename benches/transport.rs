@@ -36,10 +36,7 @@ const BATCH: usize = 1024;
 const BUF: usize = 2048;
 
 fn key(seed: u8) -> PrivateKey {
-    let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
-    PrivateKey::from_bytes(b)
+    PrivateKey::from_bytes([seed; 32]).clamped()
 }
 
 /// An IPv4 packet 10.0.0.1 -> 10.0.0.2 of `size` bytes in all.

@@ -30,8 +30,7 @@ const BT_INNER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2
 
 fn clamped(seed: u8) -> [u8; 32] {
     let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
+    tandem::proto::keys::clamp(&mut b);
     b
 }
 

@@ -135,7 +135,9 @@ fn handshake_retries_every_rekey_timeout_with_jitter_then_gives_up() {
         last >= Duration::from_secs(90) && last < Duration::from_secs(110),
         "{last:?}"
     );
-    // The packet that waited is dropped when the handshake gives up.
+    // The packet that waited is dropped when the handshake gives up, and counted as such.
+    assert_eq!(p.a.dev.drops().get(DropReason::HandshakeTimeout), 1);
+    assert_eq!(p.a.dev.drops().get(DropReason::NoEndpoint), 0);
     p.advance_dropping(10 * S, S);
     let new = p.packet(true, b"new");
     p.send_ip(true, &new);

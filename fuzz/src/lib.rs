@@ -45,10 +45,7 @@ const OUT_BUF: usize = 4096;
 const MAX_DELIVERIES: usize = 256;
 
 fn key(seed: u8) -> PrivateKey {
-    let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
-    PrivateKey::from_bytes(b)
+    PrivateKey::from_bytes([seed; 32]).clamped()
 }
 
 /// An IPv4 packet (protocol UDP, no options) carrying `payload`.

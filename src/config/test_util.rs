@@ -8,10 +8,7 @@ use crate::proto::keys::PrivateKey;
 
 /// A valid private key (base64) built from a seed byte, and its public key.
 pub(crate) fn key_pair(seed: u8) -> (String, String) {
-    let mut bytes = [seed; 32];
-    bytes[0] &= 248;
-    bytes[31] = (bytes[31] & 127) | 64;
-    let k = PrivateKey::from_bytes(bytes);
+    let k = PrivateKey::from_bytes([seed; 32]).clamped();
     (k.to_base64(), k.public_key().to_base64())
 }
 

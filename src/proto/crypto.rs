@@ -1,8 +1,9 @@
 //! The whitepaper's primitives (section 5.4): HASH, MAC, HMAC, KDF_n, DH, AEAD and XAEAD.
 //!
 //! Handshake-time primitives use RustCrypto (`blake2`, `hmac`, `chacha20poly1305`); the
-//! transport data path uses `ring` (see `transport.rs`), which seals 1420-byte packets about 4.5 times faster
-//! here (benches/README.md). All produce byte-identical output for the same key and nonce.
+//! transport data path uses aws-lc (see `transport.rs`), which seals 1420-byte packets about
+//! 4.5 times faster here (benches/README.md). All produce byte-identical output for the same
+//! key and nonce.
 
 use blake2::digest::{Digest, KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac};

@@ -57,15 +57,19 @@ pub enum DropReason {
     NoRoute,
     /// The peer has no known endpoint to send to.
     NoEndpoint,
+    /// The peer has no current session to seal with.
+    NoKeypair,
     /// The packet does not fit the caller's buffer with headroom and tailroom.
     BufferTooSmall,
     /// The peer's queue of packets waiting for a handshake is full.
     QueueFull,
+    /// The handshake gave up after REKEY_ATTEMPT_TIME; the packets waiting for it went.
+    HandshakeTimeout,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 27] = [
         DropReason::Truncated,
         DropReason::Oversized,
         DropReason::UnknownType,
@@ -89,8 +93,10 @@ impl DropReason {
         DropReason::SourceNotAllowed,
         DropReason::NoRoute,
         DropReason::NoEndpoint,
+        DropReason::NoKeypair,
         DropReason::BufferTooSmall,
         DropReason::QueueFull,
+        DropReason::HandshakeTimeout,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -120,8 +126,10 @@ impl DropReason {
             DropReason::SourceNotAllowed => "source_not_allowed",
             DropReason::NoRoute => "no_route",
             DropReason::NoEndpoint => "no_endpoint",
+            DropReason::NoKeypair => "no_keypair",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::QueueFull => "queue_full",
+            DropReason::HandshakeTimeout => "handshake_timeout",
         }
     }
 }
@@ -173,5 +181,13 @@ mod tests {
             c.iter().collect::<Vec<_>>(),
             vec![(DropReason::QueueFull, 2)]
         );
+    }
+
+    #[test]
+    fn metric_labels_are_distinct() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
     }
 }

@@ -1,5 +1,8 @@
 //! The receiver-index table: our random 32-bit indices -> the peer holding that handshake or
 //! session. Indices come from our CSPRNG, so they are already uniform and need no hashing.
+//!
+//! A peer's indices are removed with its sessions; even one that outlived them would name the
+//! removed peer's generation-checked `PeerId`, which finds nothing once the slot is reused.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -48,83 +48,126 @@ fn encode_hex(bytes: &[u8; 32]) -> String {
     s
 }
 
-/// A Curve25519 private key (clamped when used, as X25519 does).
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct PrivateKey([u8; 32]);
+/// Clamps an X25519 scalar as RFC 7748 section 5 does: clear the three low bits (a multiple
+/// of the cofactor 8), clear bit 255 and set bit 254. X25519 does this to every scalar it
+/// uses; `wg genkey` and wireguard-go also store keys clamped, so the stored bytes match.
+pub fn clamp(scalar: &mut [u8; 32]) {
+    scalar[0] &= 248;
+    scalar[31] &= 127;
+    scalar[31] |= 64;
+}
+
+/// What every 32-byte key type shares: raw bytes, base64 (as `wg` prints keys) and hex (as
+/// the UAPI speaks them).
+macro_rules! key_encodings {
+    ($name:ident) => {
+        impl $name {
+            pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+                $name(bytes)
+            }
+            pub fn from_base64(text: &str) -> Result<Self, KeyError> {
+                decode_base64(text).map($name)
+            }
+            pub fn from_hex(text: &str) -> Result<Self, KeyError> {
+                decode_hex(text).map($name)
+            }
+            pub fn to_base64(&self) -> String {
+                BASE64.encode(self.0)
+            }
+            pub fn to_hex(&self) -> String {
+                encode_hex(&self.0)
+            }
+            pub fn as_bytes(&self) -> &[u8; 32] {
+                &self.0
+            }
+        }
+    };
+}
+
+/// A secret key type: zeroized on drop, compared in constant time, and shown in `Debug` as
+/// `Name(<redacted>)` (with `hint(&key)` after it when given: never the secret itself).
+macro_rules! secret_key {
+    ($(#[$doc:meta])* $name:ident $(, hint = $hint:path)?) => {
+        $(#[$doc])*
+        #[derive(Clone, Zeroize, ZeroizeOnDrop)]
+        pub struct $name([u8; 32]);
+
+        key_encodings!($name);
+
+        impl $name {
+            /// All zeros: the UAPI's way to say "none".
+            pub fn is_zero(&self) -> bool {
+                self.0.ct_eq(&[0u8; 32]).into()
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.ct_eq(&other.0).into()
+            }
+        }
+        impl Eq for $name {}
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>"))?;
+                $(write!(f, ", {}", $hint(self))?;)?
+                f.write_str(")")
+            }
+        }
+    };
+}
+
+secret_key!(
+    /// A Curve25519 private key (clamped when used, as X25519 does).
+    PrivateKey,
+    hint = private_key_hint
+);
+
+/// Which identity a private key is, for `Debug`: its public key's fingerprint.
+fn private_key_hint(key: &PrivateKey) -> String {
+    format!("public {}", key.public_key())
+}
 
 impl PrivateKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        PrivateKey(bytes)
-    }
     /// A fresh key from the caller's RNG, clamped like `wg genkey` prints it.
     pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        let mut bytes = [0u8; 32];
-        rng.fill_bytes(&mut bytes);
-        bytes[0] &= 248;
-        bytes[31] &= 127;
-        bytes[31] |= 64;
-        PrivateKey(bytes)
+        let mut key = PrivateKey([0u8; 32]);
+        rng.fill_bytes(&mut key.0);
+        key.clamped()
     }
-    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        decode_base64(text).map(PrivateKey)
-    }
-    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
-        decode_hex(text).map(PrivateKey)
-    }
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
-    }
-    pub fn to_hex(&self) -> String {
-        encode_hex(&self.0)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-    pub fn is_zero(&self) -> bool {
-        self.0.ct_eq(&[0u8; 32]).into()
+    /// The same key with its bytes clamped (see [`clamp`]): what wireguard-go stores.
+    pub fn clamped(mut self) -> Self {
+        clamp(&mut self.0);
+        self
     }
     pub fn public_key(&self) -> PublicKey {
         PublicKey(super::crypto::dh_pubkey(&self.0))
     }
 }
 
-impl fmt::Debug for PrivateKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PrivateKey(<redacted>, public {})", self.public_key())
-    }
-}
+secret_key!(
+    /// The optional symmetric key mixed in at the `psk` token; all zeros when a peer has none.
+    #[derive(Default)]
+    PresharedKey
+);
 
-impl PartialEq for PrivateKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+impl PresharedKey {
+    pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        let mut key = PresharedKey([0u8; 32]);
+        rng.fill_bytes(&mut key.0);
+        key
     }
 }
-impl Eq for PrivateKey {}
 
 /// A Curve25519 public key. `Display` prints a short fingerprint (the first 8 base64
 /// characters, as `wg` users recognise them); `to_base64` prints the whole key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
 
+key_encodings!(PublicKey);
+
 impl PublicKey {
-    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
-        PublicKey(bytes)
-    }
-    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        decode_base64(text).map(PublicKey)
-    }
-    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
-        decode_hex(text).map(PublicKey)
-    }
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
-    }
-    pub fn to_hex(&self) -> String {
-        encode_hex(&self.0)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
     /// Short, log-safe identifier: the first 8 base64 characters.
     pub fn fingerprint(&self) -> String {
         let mut s = self.to_base64();
@@ -148,52 +191,6 @@ impl fmt::Debug for PublicKey {
         write!(f, "PublicKey({})", self.fingerprint())
     }
 }
-
-/// The optional symmetric key mixed in at the `psk` token; all zeros when a peer has none.
-#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
-pub struct PresharedKey([u8; 32]);
-
-impl PresharedKey {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        PresharedKey(bytes)
-    }
-    pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        let mut bytes = [0u8; 32];
-        rng.fill_bytes(&mut bytes);
-        PresharedKey(bytes)
-    }
-    pub fn from_base64(text: &str) -> Result<Self, KeyError> {
-        decode_base64(text).map(PresharedKey)
-    }
-    pub fn from_hex(text: &str) -> Result<Self, KeyError> {
-        decode_hex(text).map(PresharedKey)
-    }
-    pub fn to_base64(&self) -> String {
-        BASE64.encode(self.0)
-    }
-    pub fn to_hex(&self) -> String {
-        encode_hex(&self.0)
-    }
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-    pub fn is_zero(&self) -> bool {
-        self.0.ct_eq(&[0u8; 32]).into()
-    }
-}
-
-impl fmt::Debug for PresharedKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PresharedKey(<redacted>)")
-    }
-}
-
-impl PartialEq for PresharedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-impl Eq for PresharedKey {}
 
 #[cfg(test)]
 mod tests {
@@ -223,12 +220,47 @@ mod tests {
     }
 
     #[test]
+    fn clamp_is_rfc7748() {
+        let mut k = [0xff; 32];
+        clamp(&mut k);
+        assert_eq!((k[0], k[31]), (0xf8, 0x7f));
+        let mut k = [0; 32];
+        clamp(&mut k);
+        assert_eq!((k[0], k[31]), (0, 0x40));
+        assert_eq!(
+            PrivateKey::from_bytes([0xff; 32]).clamped().as_bytes()[..],
+            [[0xf8].as_slice(), &[0xff; 30], &[0x7f]].concat()[..]
+        );
+        // Clamping never changes the public key: X25519 clamps anyway.
+        let raw = PrivateKey::from_bytes([0xff; 32]);
+        assert_eq!(raw.public_key(), raw.clone().clamped().public_key());
+    }
+
+    #[test]
+    fn secrets_compare_by_value_and_zero_means_none() {
+        assert_eq!(
+            PrivateKey::from_bytes([3; 32]),
+            PrivateKey::from_bytes([3; 32])
+        );
+        assert_ne!(
+            PresharedKey::from_bytes([3; 32]),
+            PresharedKey::from_bytes([4; 32])
+        );
+        assert!(PresharedKey::default().is_zero());
+        assert!(!PrivateKey::from_bytes([1; 32]).is_zero());
+        let psk = PresharedKey::from_bytes([5; 32]);
+        assert_eq!(PresharedKey::from_hex(&psk.to_hex()).unwrap(), psk);
+        assert_eq!(PresharedKey::from_base64(&psk.to_base64()).unwrap(), psk);
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let k = PrivateKey::from_bytes([7; 32]);
         let shown = format!("{k:?}");
         assert!(shown.contains("redacted"));
         assert!(!shown.contains(&k.to_base64()));
+        assert!(shown.contains(&k.public_key().fingerprint()));
         let p = PresharedKey::from_bytes([9; 32]);
-        assert!(!format!("{p:?}").contains(&p.to_base64()));
+        assert_eq!(format!("{p:?}"), "PresharedKey(<redacted>)");
     }
 }

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod messages;
 pub mod noise;
 pub mod peer;
+mod peer_table;
 pub mod prefix;
 pub mod ratelimiter;
 pub mod replay;

@@ -15,9 +15,7 @@ use super::tai64n::Tai64N;
 use super::timers::PeerTimers;
 use super::transport::Keypair;
 
-/// A handle to a peer inside one `Device`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u32);
+pub use super::peer_table::PeerId;
 
 /// The most packets one peer keeps while waiting for a handshake (the kernel's number);
 /// beyond that the oldest is dropped.

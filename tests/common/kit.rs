@@ -37,9 +37,8 @@ pub fn unique() -> u32 {
 /// the test configured.
 pub fn key(seed: u8) -> PrivateKey {
     let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(13).wrapping_add(8) & 248;
-    bytes[31] = 0x40 | (seed & 0x3f);
-    PrivateKey::from_bytes(bytes)
+    bytes[0] = seed.wrapping_mul(13).wrapping_add(8);
+    PrivateKey::from_bytes(bytes).clamped()
 }
 
 /// A temporary directory, removed on drop. Its name holds the test binary's name, the tag,

@@ -13,10 +13,7 @@ use tandem::proto::{
 pub const BUF: usize = 2048;
 
 pub fn key(seed: u8) -> PrivateKey {
-    let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
-    PrivateKey::from_bytes(b)
+    PrivateKey::from_bytes([seed; 32]).clamped()
 }
 
 pub fn t0() -> Now {

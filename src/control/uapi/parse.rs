@@ -3,8 +3,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use zeroize::Zeroizing;
-
 use super::{MAX_LINE_LEN, MAX_SET_LINES, UapiError};
 use crate::proto::prefix::{Prefix, max_len};
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
@@ -65,11 +63,7 @@ fn device_line(number: usize, key: &str, value: &str) -> Result<Op, UapiError> {
                 Ok(Op::PrivateKey(None))
             } else {
                 // wireguard-go clamps the key as it stores it, so `get` shows it clamped.
-                let mut bytes = Zeroizing::new(*key.as_bytes());
-                bytes[0] &= 248;
-                bytes[31] &= 127;
-                bytes[31] |= 64;
-                Ok(Op::PrivateKey(Some(PrivateKey::from_bytes(*bytes))))
+                Ok(Op::PrivateKey(Some(key.clamped())))
             }
         }
         "listen_port" => decimal(value, u16::MAX.into())

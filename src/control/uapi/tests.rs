@@ -57,10 +57,7 @@ fn apply_set(
 
 /// A clamped key from one repeated byte, so its hex is easy to write down.
 fn private(seed: u8) -> PrivateKey {
-    let mut b = [seed; 32];
-    b[0] &= 248;
-    b[31] = (b[31] & 127) | 64;
-    PrivateKey::from_bytes(b)
+    PrivateKey::from_bytes([seed; 32]).clamped()
 }
 
 fn public(seed: u8) -> PublicKey {

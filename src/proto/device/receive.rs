@@ -1,0 +1,227 @@
+//! UDP -> TUN, as the kernel's `receive.c`: classify a datagram, hand handshake messages to
+//! `handshake.rs`, and take a transport message through the replay check, decryption,
+//! session confirmation, roaming and the cryptokey-routing check on its inner source.
+
+use std::net::SocketAddr;
+
+use crate::proto::error::DropReason;
+use crate::proto::ip::{self, Addr};
+use crate::proto::messages::{MessageKind, classify};
+use crate::proto::time::Now;
+use crate::proto::timers::REKEY_ON_RECEIVE_AGE;
+
+use super::{Decapsulated, Device, Event, HEADROOM, PreparedReceive, ReceiveJob};
+
+impl Device {
+    /// Handles the datagram `buf[..len]` from `src`. A transport packet is decrypted in place
+    /// (`buf` needs no extra room); the IP packet is then `buf[range]`.
+    pub fn decapsulate(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Now,
+    ) -> Decapsulated {
+        let Some(datagram) = buf.get_mut(..len) else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall));
+        };
+        let result = match classify(datagram) {
+            Err(reason) => Err(reason),
+            Ok(MessageKind::Transport { receiver, counter }) => {
+                return self.consume_transport(src, datagram, receiver, counter, now);
+            }
+            Ok(MessageKind::Initiation) => match (&*datagram).try_into() {
+                Ok(msg) => self.consume_initiation(src, msg, now),
+                Err(_) => Err(DropReason::Truncated),
+            },
+            Ok(MessageKind::Response) => match (&*datagram).try_into() {
+                Ok(msg) => self.consume_response(src, msg, now),
+                Err(_) => Err(DropReason::Truncated),
+            },
+            Ok(MessageKind::CookieReply) => match (&*datagram).try_into() {
+                Ok(msg) => self.consume_cookie_reply(msg, now),
+                Err(_) => Err(DropReason::Truncated),
+            },
+        };
+        match result {
+            Ok(()) => Decapsulated::Done,
+            Err(reason) => Decapsulated::Dropped(self.drop_reason(reason)),
+        }
+    }
+
+    /// The sequential half of [`Device::decapsulate`]: frames and handshake messages are
+    /// handled here entirely; a transport message yields a [`ReceiveJob`] whose decryption
+    /// may run on another core, followed by [`Device::finish_decapsulate`] in arrival order.
+    pub fn prepare_decapsulate(
+        &mut self,
+        src: SocketAddr,
+        buf: &mut [u8],
+        len: usize,
+        now: Now,
+    ) -> PreparedReceive {
+        let Some(datagram) = buf.get(..len) else {
+            return PreparedReceive::Dropped(self.drop_reason(DropReason::BufferTooSmall));
+        };
+        match classify(datagram) {
+            Ok(MessageKind::Transport { receiver, counter }) => {
+                match self.prepare_transport(src, receiver, counter, now) {
+                    Ok(job) => PreparedReceive::Open(job),
+                    Err(reason) => PreparedReceive::Dropped(self.drop_reason(reason)),
+                }
+            }
+            _ => match self.decapsulate(src, buf, len, now) {
+                Decapsulated::Dropped(reason) => PreparedReceive::Dropped(reason),
+                _ => PreparedReceive::Done,
+            },
+        }
+    }
+
+    fn prepare_transport(
+        &mut self,
+        src: SocketAddr,
+        receiver: u32,
+        counter: u64,
+        now: Now,
+    ) -> Result<ReceiveJob, DropReason> {
+        let id = self
+            .index
+            .get(receiver)
+            .ok_or(DropReason::UnknownReceiverIndex)?;
+        let keypair = self
+            .peers
+            .get_mut(id)
+            .and_then(|p| p.keypair_mut(receiver))
+            .ok_or(DropReason::UnknownReceiverIndex)?;
+        if !keypair.can_receive(now.monotonic) {
+            return Err(DropReason::KeypairExpired);
+        }
+        let open = keypair
+            .prepare_open(counter)
+            .map_err(|_| DropReason::ReplayedCounter)?;
+        Ok(ReceiveJob {
+            open,
+            peer: id,
+            receiver,
+            src,
+        })
+    }
+
+    /// Completes a transport message after its [`ReceiveJob`] ran (`opened` is what
+    /// `job.open` returned): replay marking, session confirmation, roaming, timers and the
+    /// cryptokey-routing check, exactly as [`Device::decapsulate`] does.
+    pub fn finish_decapsulate(
+        &mut self,
+        job: &ReceiveJob,
+        opened: Option<usize>,
+        datagram: &[u8],
+        now: Now,
+    ) -> Decapsulated {
+        let Some(len) = opened else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::DecryptFailed));
+        };
+        let (src, receiver, id) = (job.src, job.receiver, job.peer);
+        let Some(peer) = self.peers.get_mut(id) else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
+        };
+        let Some(keypair) = peer.keypair_mut(receiver) else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::UnknownReceiverIndex));
+        };
+        // Marked only after authentication, so a forged packet cannot move the window.
+        if !keypair.mark(job.open.counter()) {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::ReplayedCounter));
+        }
+
+        // Authenticated.
+        let is_initiator = keypair.i_am_initiator;
+        let birth = keypair.birth;
+        peer.endpoint = Some(src);
+        peer.stats.rx_bytes += datagram.len() as u64;
+        let ka = peer.persistent_keepalive;
+        peer.timers.on_authenticated_received();
+        peer.timers.on_authenticated_traversal(now.monotonic, ka);
+        // The first packet under `next` confirms it: it becomes current.
+        let mut confirmed = false;
+        let mut dropped = None;
+        if peer
+            .next
+            .as_ref()
+            .is_some_and(|k| k.local_index == receiver)
+        {
+            let next = peer.next.take();
+            let old_current = std::mem::replace(&mut peer.current, next);
+            dropped = std::mem::replace(&mut peer.previous, old_current);
+            peer.timers.on_handshake_complete();
+            peer.stats.last_handshake = Some(now.unix);
+            confirmed = true;
+            tracing::debug!(peer = %peer.public_key, "handshake complete (responder)");
+        }
+        // An initiator rekeys before its session could expire under a peer that only receives.
+        let rekey = is_initiator
+            && !peer.timers.sent_lastminute_handshake
+            && now.monotonic.saturating_sub(birth) > REKEY_ON_RECEIVE_AGE
+            && peer
+                .current
+                .as_ref()
+                .is_some_and(|k| k.local_index == receiver);
+        if rekey {
+            peer.timers.sent_lastminute_handshake = true;
+        }
+        let has_staged = !peer.staged.is_empty();
+        let peer_key = peer.public_key;
+        if let Some(k) = dropped {
+            self.index.remove(k.local_index);
+        }
+        if confirmed {
+            self.push_event(Event::HandshakeCompleted {
+                peer: id,
+                public_key: peer_key,
+                endpoint: Some(src),
+            });
+            if has_staged {
+                self.schedule_flush(id);
+            }
+        }
+        if rekey {
+            self.send_initiation(id, false, now);
+        }
+        if len == 0 {
+            return Decapsulated::Done; // keepalive
+        }
+        let Some(plaintext) = datagram.get(HEADROOM..HEADROOM + len) else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::InvalidInnerPacket));
+        };
+        let Some((source, real_len)) = ip::source_and_len(plaintext) else {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::InvalidInnerPacket));
+        };
+        let owner = match source {
+            Addr::V4(a) => self.allowed_ips.lookup_v4(a),
+            Addr::V6(a) => self.allowed_ips.lookup_v6(&a),
+        };
+        if owner != Some(id) {
+            return Decapsulated::Dropped(self.drop_reason(DropReason::SourceNotAllowed));
+        }
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.timers.on_data_received(now.monotonic);
+        }
+        Decapsulated::Deliver {
+            peer: id,
+            range: HEADROOM..HEADROOM + real_len,
+        }
+    }
+
+    fn consume_transport(
+        &mut self,
+        src: SocketAddr,
+        datagram: &mut [u8],
+        receiver: u32,
+        counter: u64,
+        now: Now,
+    ) -> Decapsulated {
+        let job = match self.prepare_transport(src, receiver, counter, now) {
+            Ok(job) => job,
+            Err(reason) => return Decapsulated::Dropped(self.drop_reason(reason)),
+        };
+        let opened = job.open(datagram);
+        self.finish_decapsulate(&job, opened, datagram, now)
+    }
+}
