@@ -5,3 +5,7 @@ pub mod driver;
 pub mod keygen;
 pub mod netconf;
 pub mod proto;
+/// Test kit (virtual-time device pair, packet builders, seeded generator, fuzz bodies) for
+/// unit tests, `tests/`, `benches/` and `fuzz/`; why it is here: see the module's docs.
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;

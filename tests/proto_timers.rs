@@ -1,10 +1,9 @@
 //! Every timer rule of the whitepaper, in virtual time (no sleeping): two tandem devices back
 //! to back, with the clock advanced by the test.
 
-mod common {
-    pub mod pair;
-}
-use common::pair::*;
+use tandem::testkit::packet::ty;
+use tandem::testkit::pair::*;
+use tandem::testkit::t0;
 
 use std::time::Duration;
 use tandem::proto::{Decapsulated, DropReason, Encapsulated};
