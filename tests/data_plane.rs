@@ -2,8 +2,8 @@
 //! sleeps, it hands the driver back when stopped, and it reports the loss of its interface.
 //! Real TUN devices and sockets in a namespace of the test's own (needs root).
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::netns;
 
 use std::time::Duration;
 
