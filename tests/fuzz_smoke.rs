@@ -3,7 +3,7 @@
 //! peers still work or recover afterwards), without needing libFuzzer or a nightly toolchain.
 //! Longer campaigns: see fuzz/README.md.
 
-use tandem::testkit::fuzz as tandem_fuzz;
+use tandem::testkit::fuzz;
 use tandem::testkit::rng::SplitMix64;
 
 /// Input number `i`: the flags byte first (every mode, load and mac1 choice in turn), then up
@@ -30,30 +30,30 @@ fn run(name: &str, body: fn(&[u8]), count: usize, max: usize, seed: u64) {
 
 #[test]
 fn initiation_bodies() {
-    run("initiation", tandem_fuzz::fuzz_initiation, 400, 160, 1);
+    run("initiation", fuzz::fuzz_initiation, 400, 160, 1);
 }
 
 #[test]
 fn response_bodies() {
-    run("response", tandem_fuzz::fuzz_response, 400, 100, 2);
+    run("response", fuzz::fuzz_response, 400, 100, 2);
 }
 
 #[test]
 fn cookie_reply_bodies() {
-    run("cookie_reply", tandem_fuzz::fuzz_cookie_reply, 400, 80, 3);
+    run("cookie_reply", fuzz::fuzz_cookie_reply, 400, 80, 3);
 }
 
 #[test]
 fn transport_bodies() {
-    run("transport", tandem_fuzz::fuzz_transport, 400, 120, 4);
+    run("transport", fuzz::fuzz_transport, 400, 120, 4);
 }
 
 #[test]
 fn datagram_bodies() {
-    run("datagram", tandem_fuzz::fuzz_datagram, 400, 200, 5);
+    run("datagram", fuzz::fuzz_datagram, 400, 200, 5);
 }
 
 #[test]
 fn tun_packet_bodies() {
-    run("tun_packet", tandem_fuzz::fuzz_tun_packet, 400, 200, 6);
+    run("tun_packet", fuzz::fuzz_tun_packet, 400, 200, 6);
 }
