@@ -181,12 +181,7 @@ fn new_handshake_when_data_gets_no_answer() {
     p.send_ip(true, &pkt);
     p.run();
     for _ in 0..16_000 {
-        p.now = p.now.advance(MS);
-        let now = p.now;
-        p.a.dev.update_timers(now);
-        p.drain(true);
-        p.b.dev.update_timers(now);
-        p.drain(false);
+        p.tick_timers(MS);
         p.wire.retain(|(from_a, _)| *from_a);
         p.run();
         if initiations(&p.sent_a) > 0 {

@@ -280,8 +280,9 @@ impl Pair {
         panic!("the pair did not go quiet after {MAX_DELIVERIES} datagrams");
     }
 
-    /// Moves time on by `d`, fires both sides' timers and puts what they send on the wire.
-    fn tick_timers(&mut self, d: Duration) {
+    /// Moves time on by `d`, fires both sides' timers and puts what they send on the wire
+    /// (not delivered: the caller may drop or reorder it first).
+    pub fn tick_timers(&mut self, d: Duration) {
         self.now = self.now.advance(d);
         let now = self.now;
         self.a.dev.update_timers(now);
