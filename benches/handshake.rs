@@ -12,7 +12,7 @@
 //! 5,000 initiations per second per core (200 µs each).
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,34 +20,17 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tandem::proto::{
-    Decapsulated, Device, Encapsulated, HEADROOM, Now, PeerConfig, PrivateKey, TAILROOM,
-};
+use tandem::proto::{Decapsulated, Device, Encapsulated, HEADROOM, Now, TAILROOM};
+use tandem::testkit::key;
+use tandem::testkit::packet::ipv4;
+use tandem::testkit::pair::{ADDR_A, ADDR_B, INNER4_A, INNER4_B, Pair};
 
-const ADDR_A: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 1);
-const ADDR_B: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 2);
 /// Past REKEY_TIMEOUT (5 s, so the initiator may send again), and with REJECT_AFTER_TIME
 /// passed after 31 steps at most; far past the responder's 20 ms between initiations.
 const STEP: Duration = Duration::from_secs(6);
 /// Beyond REJECT_AFTER_TIME (180 s): the initiator's session is unusable, so the next packet
 /// starts a handshake.
 const EXPIRE: Duration = Duration::from_secs(200);
-
-fn key(seed: u8) -> PrivateKey {
-    PrivateKey::from_bytes([seed; 32]).clamped()
-}
-
-/// A 64-byte IPv4 packet 10.0.0.1 -> 10.0.0.2.
-fn packet() -> Vec<u8> {
-    let mut p = vec![0u8; 64];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&64u16.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    p
-}
 
 /// Two tandem devices, `a` initiating to `b`, with one virtual clock.
 struct TandemPair {
@@ -61,26 +44,14 @@ struct TandemPair {
 
 impl TandemPair {
     fn new() -> Self {
-        let (ka, kb) = (key(1), key(2));
-        let (pa, pb) = (ka.public_key(), kb.public_key());
-        let mut a = Device::new(Some(ka), [1; 32]);
-        let mut b = Device::new(Some(kb), [2; 32]);
-        let mut ca = PeerConfig::new(pb);
-        ca.endpoint = Some(ADDR_B);
-        ca.allowed_ips = vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 32)];
-        let mut cb = PeerConfig::new(pa);
-        cb.endpoint = Some(ADDR_A);
-        cb.allowed_ips = vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 32)];
-        a.upsert_peer(&ca).expect("a's peer");
-        b.upsert_peer(&cb).expect("b's peer");
-        let packet = packet();
+        // The kit's pair, without its wire: the timed steps below call the devices directly.
+        let Pair { a, b, now, .. } = Pair::new(None, true);
+        // A 64-byte IPv4 packet 10.0.0.1 -> 10.0.0.2.
+        let packet = ipv4(INNER4_A, INNER4_B, &[0; 44]);
         TandemPair {
-            a,
-            b,
-            now: Now::new(
-                Duration::from_secs(1000),
-                Duration::from_secs(1_700_000_000),
-            ),
+            a: a.dev,
+            b: b.dev,
+            now,
             buf: vec![0u8; HEADROOM + packet.len() + TAILROOM],
             packet,
             out: vec![0u8; 2048],

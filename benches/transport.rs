@@ -16,7 +16,7 @@
 //! 1420-byte packets.
 
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,34 +24,20 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use tandem::proto::{
-    Decapsulated, Device, Encapsulated, HEADROOM, Now, PeerConfig, PrivateKey, TAILROOM,
-};
+use tandem::proto::{Decapsulated, Device, Encapsulated, HEADROOM, Now, TAILROOM};
+use tandem::testkit::key;
+use tandem::testkit::packet::ipv4;
+use tandem::testkit::pair::{ADDR_A, ADDR_B, INNER4_A, INNER4_B, Pair};
 
-const ADDR_A: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 1);
-const ADDR_B: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)), 2);
 const SIZES: [usize; 2] = [64, 1420];
 /// Packets sealed ahead of each timed open batch (well inside the 8128-packet window).
 const BATCH: usize = 1024;
 const BUF: usize = 2048;
 
-fn key(seed: u8) -> PrivateKey {
-    PrivateKey::from_bytes([seed; 32]).clamped()
-}
-
 /// An IPv4 packet 10.0.0.1 -> 10.0.0.2 of `size` bytes in all.
 fn packet(size: usize) -> Vec<u8> {
-    let mut p = vec![0u8; size];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(size as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    p[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    for (i, b) in p[20..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
+    let payload: Vec<u8> = (0..size - 20).map(|i| i as u8).collect();
+    ipv4(INNER4_A, INNER4_B, &payload)
 }
 
 /// Two tandem devices with a confirmed session; `a` sends, `b` receives.
@@ -63,65 +49,21 @@ struct TandemPair {
 
 impl TandemPair {
     fn new() -> Self {
-        let (ka, kb) = (key(1), key(2));
-        let (pa, pb) = (ka.public_key(), kb.public_key());
-        let mut a = Device::new(Some(ka), [1; 32]);
-        let mut b = Device::new(Some(kb), [2; 32]);
-        let mut ca = PeerConfig::new(pb);
-        ca.endpoint = Some(ADDR_B);
-        ca.allowed_ips = vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)), 32)];
-        let mut cb = PeerConfig::new(pa);
-        cb.endpoint = Some(ADDR_A);
-        cb.allowed_ips = vec![(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 32)];
-        a.upsert_peer(&ca).expect("a's peer");
-        b.upsert_peer(&cb).expect("b's peer");
-        let mut p = TandemPair {
-            a,
-            b,
-            now: Now::new(
-                Duration::from_secs(1000),
-                Duration::from_secs(1_700_000_000),
-            ),
-        };
-        // The first packet starts the handshake; deliver everything until quiet.
-        let first = packet(64);
-        let mut buf = vec![0u8; BUF];
-        buf[HEADROOM..HEADROOM + first.len()].copy_from_slice(&first);
+        // The kit's pair: the first packet starts the handshake; everything is delivered
+        // until quiet. Then only the devices are kept.
+        let mut p = Pair::new(None, true);
+        p.send_ip(true, &packet(64));
+        p.run();
         assert_eq!(
-            p.a.encapsulate(&mut buf, first.len(), p.now),
-            Encapsulated::Queued
-        );
-        let mut delivered = 0;
-        let mut wire: Vec<(bool, Vec<u8>)> = Vec::new();
-        p.drain(true, &mut wire);
-        for _ in 0..16 {
-            if wire.is_empty() {
-                break;
-            }
-            let (from_a, mut d) = wire.remove(0);
-            let (src, dst) = if from_a {
-                (ADDR_A, &mut p.b)
-            } else {
-                (ADDR_B, &mut p.a)
-            };
-            let len = d.len();
-            if let Decapsulated::Deliver { .. } = dst.decapsulate(src, &mut d, len, p.now) {
-                delivered += 1;
-            }
-            p.drain(!from_a, &mut wire);
-        }
-        assert_eq!(
-            delivered, 1,
+            p.delivered_b.len(),
+            1,
             "the first packet arrives: session established"
         );
-        p
-    }
-
-    fn drain(&mut self, a: bool, wire: &mut Vec<(bool, Vec<u8>)>) {
-        let mut out = vec![0u8; BUF];
-        let dev = if a { &mut self.a } else { &mut self.b };
-        while let Some(t) = dev.poll_transmit(&mut out, self.now) {
-            wire.push((a, out[..t.len].to_vec()));
+        let Pair { a, b, now, .. } = p;
+        TandemPair {
+            a: a.dev,
+            b: b.dev,
+            now,
         }
     }
 

@@ -3,8 +3,8 @@
 //! when stopped, and it reports the loss of its interface.
 //! Real TUN devices and sockets in a namespace of the test's own (needs root).
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::netns;
 
 use std::time::Duration;
 

@@ -3,10 +3,8 @@
 //! otherwise. Every namespace, process and temporary file is removed even when a test fails,
 //! every wait is bounded, and traffic stays inside the namespaces each test creates.
 
-#[path = "common/kit.rs"]
-mod kit;
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::{kit, netns};
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -14,12 +12,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use kit::{
-    BIN, Daemon, TempDir, Transfer, key, ping_once, rx_packets, start_transfer, unique, wait_until,
+    BIN, Daemon, TempDir, Transfer, ping_once, rx_packets, start_transfer, unique, wait_until,
     write_pattern_file,
 };
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use sha2::{Digest, Sha256};
 use tandem::proto::{self, Device, HEADROOM, Now, PresharedKey, PrivateKey, TAILROOM};
+use tandem::testkit::key;
 
 /// Options of a two-site tunnel.
 #[derive(Clone, Default)]

@@ -7,23 +7,22 @@
 //! Namespaces, processes and files are removed even when a test fails, every wait is bounded,
 //! and traffic stays inside the namespaces each test creates.
 
-#[path = "common/kit.rs"]
-mod kit;
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::{kit, netns};
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use kit::{
-    BIN, Daemon, TempDir, Transfer, key, ping_once, rx_packets, start_transfer, unique, wait_until,
+    BIN, Daemon, TempDir, Transfer, ping_once, rx_packets, start_transfer, unique, wait_until,
     write_pattern_file,
 };
 use netns::{Netns, require_root, veth_pair};
 use sha2::{Digest, Sha256};
 use tandem::daemon::helper::Pattern;
 use tandem::proto::PrivateKey;
+use tandem::testkit::key;
 
 /// How the daemons run.
 #[derive(Clone, Copy, Debug)]

@@ -18,6 +18,8 @@ use tandem::proto::{
     Decapsulated, Device, DropReason, Encapsulated, HEADROOM, Now, PeerConfig, PeerId,
     PresharedKey, PrivateKey, TAILROOM,
 };
+use tandem::testkit::key;
+use tandem::testkit::packet::{ipv4, ipv6, payload};
 
 const BUF: usize = 4096;
 /// Upper bound on delivery rounds in one `run` (nothing here needs more than a handful).
@@ -27,46 +29,6 @@ const TANDEM_INNER_V4: [u8; 4] = [10, 0, 0, 1];
 const BT_INNER_V4: [u8; 4] = [10, 0, 0, 2];
 const TANDEM_INNER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const BT_INNER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
-
-fn clamped(seed: u8) -> [u8; 32] {
-    let mut b = [seed; 32];
-    tandem::proto::keys::clamp(&mut b);
-    b
-}
-
-/// An IPv4/UDP-shaped packet with `payload` (checksums are not needed by either side).
-fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-    let total = 20 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src);
-    p[16..20].copy_from_slice(&dst);
-    p[20..].copy_from_slice(payload);
-    p
-}
-
-/// An IPv6/UDP-shaped packet with `payload`.
-fn ipv6(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 40 + payload.len()];
-    p[0] = 0x60;
-    p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-    p[6] = 17;
-    p[7] = 64;
-    p[8..24].copy_from_slice(&src);
-    p[24..40].copy_from_slice(&dst);
-    p[40..].copy_from_slice(payload);
-    p
-}
-
-/// A payload whose bytes depend on `tag` and position, so a swapped or shifted packet shows.
-fn payload(tag: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag))
-        .collect()
-}
 
 /// tandem's clock: the real clock plus an artificial offset for tandem's timers.
 struct Clock {
@@ -136,8 +98,8 @@ struct Options {
 
 impl Interop {
     fn new(opts: Options) -> Self {
-        let tandem_secret = clamped(0x11);
-        let bt_secret = clamped(0x22);
+        let tandem_secret = *key(0x11).as_bytes();
+        let bt_secret = *key(0x22).as_bytes();
         let tandem_key = PrivateKey::from_bytes(tandem_secret);
         let tandem_public = tandem_key.public_key();
         let bt_static = x25519::StaticSecret::from(bt_secret);

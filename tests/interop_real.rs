@@ -15,24 +15,20 @@
 //! what is missing. Every namespace, process and socket file is removed even when a test
 //! fails, every wait is bounded, and traffic stays inside the namespaces each test creates.
 
-#[path = "common/kit.rs"]
-mod kit;
-#[path = "common/netns.rs"]
-mod netns;
-#[path = "common/peers.rs"]
-mod peers;
+mod common;
+use common::{kit, netns, peers};
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kit::{
-    Daemon, TempDir, Transfer, key, ping_once, start_transfer, unique, wait_until,
-    write_pattern_file,
+    Daemon, TempDir, Transfer, ping_once, start_transfer, unique, wait_until, write_pattern_file,
 };
 use netns::{Netns, require_root, veth_pair};
 use peers::{PeerKind, RealPeer, WgConf, require_wg};
 use sha2::{Digest, Sha256};
 use tandem::proto::{PresharedKey, PrivateKey};
+use tandem::testkit::key;
 
 /// Inner (tunnel) addresses: tandem's and the peer's.
 const T4: &str = "10.78.0.1";

@@ -6,10 +6,9 @@
 //! completes, an established session still carries traffic both ways). Garbage comes from an
 //! attacker's address, so an endpoint that moved would show.
 
-mod common {
-    pub mod pair;
-}
-use common::pair::*;
+use tandem::testkit::key;
+use tandem::testkit::packet::ty;
+use tandem::testkit::pair::*;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -51,7 +50,7 @@ fn inject(p: &mut Pair, to_a: bool, src: SocketAddr, d: &[u8]) -> (Decapsulated,
     let mut buf = vec![0u8; d.len() + 64];
     buf[..d.len()].copy_from_slice(d);
     let got = side.dev.decapsulate(src, &mut buf, d.len(), now);
-    let mut out = vec![0u8; BUF];
+    let mut out = vec![0u8; OUT_BUF];
     let mut sent = Vec::new();
     for _ in 0..16 {
         let Some(t) = side.dev.poll_transmit(&mut out, now) else {
@@ -962,7 +961,7 @@ fn initiation_from(dev: &mut Device, p: &Pair, now: tandem::proto::Now) -> Vec<u
         dev.encapsulate(&mut buf, x.len(), now),
         Encapsulated::Queued
     );
-    let mut out = vec![0u8; BUF];
+    let mut out = vec![0u8; OUT_BUF];
     let t = dev.poll_transmit(&mut out, now).unwrap();
     assert_eq!(t.len, INITIATION_LEN);
     out[..t.len].to_vec()

@@ -1,8 +1,8 @@
 //! Interface setup over netlink, checked against `ip`'s view, inside network namespaces that
 //! each test creates for itself (needs root). Also checks the namespace test kit itself.
 
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::netns;
 
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};

@@ -1,9 +1,8 @@
 //! Protocol scenarios of the pure core in virtual time: two tandem devices back to back.
 
-mod common {
-    pub mod pair;
-}
-use common::pair::*;
+use tandem::testkit::key;
+use tandem::testkit::packet::{ipv4, ipv6, ty};
+use tandem::testkit::pair::*;
 
 use tandem::proto::{Decapsulated, DropReason, Encapsulated, PresharedKey};
 
@@ -226,14 +225,7 @@ fn ipv6_inner_packets_and_longest_prefix_match() {
     p.b.dev
         .add_allowed_ip(b_peer, "fd00::1".parse().unwrap(), 128)
         .unwrap();
-    let mut v6 = vec![0u8; 40 + 4];
-    v6[0] = 0x60;
-    v6[4..6].copy_from_slice(&4u16.to_be_bytes());
-    v6[6] = 17;
-    v6[7] = 64;
-    v6[8..24].copy_from_slice(&"fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    v6[24..40].copy_from_slice(&"fd00::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
-    v6[40..].copy_from_slice(b"six!");
+    let v6 = ipv6(INNER6_A, INNER6_B, b"six!");
     p.send_ip(true, &v6);
     p.run();
     assert_eq!(p.delivered_b, vec![v6]);

@@ -1,10 +1,9 @@
 //! Every timer rule of the whitepaper, in virtual time (no sleeping): two tandem devices back
 //! to back, with the clock advanced by the test.
 
-mod common {
-    pub mod pair;
-}
-use common::pair::*;
+use tandem::testkit::packet::ty;
+use tandem::testkit::pair::*;
+use tandem::testkit::t0;
 
 use std::time::Duration;
 use tandem::proto::{Decapsulated, DropReason, Encapsulated};
@@ -184,12 +183,7 @@ fn new_handshake_when_data_gets_no_answer() {
     p.send_ip(true, &pkt);
     p.run();
     for _ in 0..16_000 {
-        p.now = p.now.advance(MS);
-        let now = p.now;
-        p.a.dev.update_timers(now);
-        p.drain(true);
-        p.b.dev.update_timers(now);
-        p.drain(false);
+        p.tick_timers(MS);
         p.wire.retain(|(from_a, _)| *from_a);
         p.run();
         if initiations(&p.sent_a) > 0 {

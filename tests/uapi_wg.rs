@@ -8,10 +8,8 @@
 //! namespace and file is removed even when a test fails; every wait is bounded; traffic stays
 //! in the namespaces a test creates.
 
-#[path = "common/kit.rs"]
-mod kit;
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::{kit, netns};
 
 use std::io::{Read, Write};
 use std::ops::{Deref, DerefMut};
@@ -21,10 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kit::{BIN, Daemon, TempDir, key, ping_once, unique, wait_until_every};
+use kit::{BIN, Daemon, TempDir, ping_once, unique, wait_until_every};
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use tandem::config;
 use tandem::proto::PresharedKey;
+use tandem::testkit::key;
 
 const SOCKET_DIR: &str = "/var/run/wireguard";
 

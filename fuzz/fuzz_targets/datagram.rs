@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|input: &[u8]| tandem_fuzz::fuzz_datagram(input));
+fuzz_target!(|input: &[u8]| tandem::testkit::fuzz::fuzz_datagram(input));

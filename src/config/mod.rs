@@ -4,44 +4,12 @@
 //!
 //! # TOML format
 //!
-//! ```toml
-//! [interface]
-//! name = "tnd0"              # optional; default: the config file's name without extension.
-//!                            #   1..=15 bytes of A-Z a-z 0-9 _ = + . - (not "." or "..")
-//! private_key = "<base64>"   # this interface's private key, as `wg genkey` prints it;
-//! # private_key_file = "/etc/tandem/tnd0.key"
-//!                            # ...or a file holding it (exactly one of the two). A relative
-//!                            #   path is taken from the config file's directory. A key file
-//!                            #   that group or others may access gives a warning.
-//! listen_port = 51820        # optional UDP port, 0..=65535; absent or 0: a random port
-//! address = ["10.9.0.1/24", "fd09::1/64"]
-//!                            # optional addresses of the interface, with the on-link prefix
-//!                            #   length (host bits expected); no "/len" means /32 or /128
-//! mtu = 1420                 # optional, 1280..=65535 (IPv6 needs 1280); default 1420
-//! fwmark = 0                 # optional firewall mark on outgoing UDP, 0..=4294967295;
-//!                            #   0 (default) = off
-//! table = "auto"             # optional routing: "auto" (default) adds a route per peer
-//!                            #   prefix; "off" adds none; or a table number 1..=4294967295
-//!                            #   (integer or numeric string) to put those routes in
-//! offload = true             # optional, default true: TUN segmentation offload (GSO/GRO)
+//! Every key, with its rules (`src/config/reference.toml`, also the README's "Configuration
+//! reference"; `tests/config_reference.rs` fails when the two differ or when a key is missing
+//! from it or unknown to the parser):
 //!
-//! [[peer]]                   # one block per peer; zero or more
-//! name = "site-b"            # optional label for logs and `tandem show`
-//! public_key = "<base64>"    # required; unique among peers, not our own public key
-//! preshared_key = "<base64>" # optional extra symmetric key (`wg genpsk`)...
-//! # preshared_key_file = "/etc/tandem/site-b.psk"
-//!                            # ...or a file holding it (not both); same rules as
-//!                            #   private_key_file
-//! endpoint = "198.51.100.7:51820"
-//!                            # optional: "ipv4:port", "[ipv6]:port" or "dns.name:port"
-//!                            #   (port 1..=65535); names are resolved by the daemon. Absent:
-//!                            #   wait for the peer to reach us (a road-warrior server)
-//! allowed_ips = ["10.9.0.2/32", "192.168.20.0/24"]
-//!                            # prefixes routed to this peer and accepted from it; no host
-//!                            #   bits beyond the prefix; a prefix may belong to one peer only;
-//!                            #   "0.0.0.0/0", "::/0" for a full tunnel
-//! persistent_keepalive = 25  # optional seconds between keepalives, 0..=65535; absent or
-//!                            #   0 = off. 25 keeps NAT mappings open
+//! ```toml
+#![doc = include_str!("reference.toml")]
 //! ```
 //!
 //! Unknown keys are errors (with a suggestion when the name is close to a known one, such as

@@ -316,6 +316,8 @@ impl<T: Copy + Eq> AllowedIps<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // A fixed-seed generator, so the random tests replay.
+    use crate::testkit::rng::SplitMix64;
 
     fn v4(s: &str) -> IpAddr {
         IpAddr::V4(s.parse().expect("test literal"))
@@ -435,21 +437,6 @@ mod tests {
         assert_eq!(b.prefixes_of(7), expected);
     }
 
-    /// splitmix64, fixed seed: reproducible without a dev-dependency.
-    struct SplitMix(u64);
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     /// The naive model: a list of (masked prefix as u128 with its family, cidr, value) and a
     /// linear longest match.
     #[derive(Default)]
@@ -513,8 +500,8 @@ mod tests {
     }
 
     /// A random address near a few hot spots, so that prefixes overlap and lookups hit.
-    fn random_addr(rng: &mut SplitMix, six: bool) -> IpAddr {
-        let r = rng.next();
+    fn random_addr(rng: &mut SplitMix64, six: bool) -> IpAddr {
+        let r = rng.next_u64();
         if six {
             let hot = [
                 0x2001_0db8_0000_0000_0000_0000_0000_0000u128,
@@ -524,7 +511,7 @@ mod tests {
             let base = hot[rng.below(3) as usize];
             // Vary bits at a random depth below the hot spot.
             let shift = rng.below(128) as u32;
-            let noise = ((u128::from(r) << 64) | u128::from(rng.next())) >> shift;
+            let noise = ((u128::from(r) << 64) | u128::from(rng.next_u64())) >> shift;
             IpAddr::V6(Ipv6Addr::from_bits(base ^ noise))
         } else {
             let hot = [0x0a00_0000u32, 0xc0a8_0000, 0];
@@ -534,7 +521,7 @@ mod tests {
         }
     }
 
-    fn random_cidr(rng: &mut SplitMix, six: bool) -> u8 {
+    fn random_cidr(rng: &mut SplitMix64, six: bool) -> u8 {
         let max = if six { 128 } else { 32 };
         match rng.below(6) {
             0 => 0,
@@ -545,7 +532,7 @@ mod tests {
 
     #[test]
     fn matches_naive_model_on_random_operations() {
-        let mut rng = SplitMix(0x616c_6c6f_7765_6469);
+        let mut rng = SplitMix64::new(0x616c_6c6f_7765_6469);
         // How many lookups matched a /0, some other prefix, or nothing: all must occur.
         let (mut default_hits, mut hits, mut misses) = (0, 0, 0);
         for round in 0..20 {
@@ -573,7 +560,7 @@ mod tests {
                         // Remove a prefix that is present, written with random host bits.
                         let i = rng.below(m.entries.len() as u64) as usize;
                         let (six, x, cidr, _) = m.entries[i];
-                        let host = u128::from(rng.next()) >> cidr.min(64);
+                        let host = u128::from(rng.next_u64()) >> cidr.min(64);
                         let a = if six {
                             IpAddr::V6(Ipv6Addr::from_bits(x | (host & !mask(!0, 128, cidr))))
                         } else {

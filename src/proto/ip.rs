@@ -63,35 +63,9 @@ pub fn source_and_len(packet: &[u8]) -> Option<(Addr, usize)> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A minimal IPv4 packet (header + payload) from `src` to `dst`; checksums are not needed
-    /// by the core.
-    pub fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-        let total = 20 + payload.len();
-        let mut p = vec![0u8; total];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&src);
-        p[16..20].copy_from_slice(&dst);
-        p[20..].copy_from_slice(payload);
-        p
-    }
-
-    pub fn ipv6(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
-        let mut p = vec![0u8; 40 + payload.len()];
-        p[0] = 0x60;
-        p[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        p[6] = 17;
-        p[7] = 64;
-        p[8..24].copy_from_slice(&src);
-        p[24..40].copy_from_slice(&dst);
-        p[40..].copy_from_slice(payload);
-        p
-    }
+    use crate::testkit::packet::{ipv4, ipv6};
 
     #[test]
     fn parses_both_families_and_strips_padding() {

@@ -139,6 +139,8 @@ impl ReplayWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // A fixed-seed generator, so the random tests replay.
+    use crate::testkit::rng::SplitMix64;
     use std::collections::HashSet;
 
     /// Asserts that `check` and then `mark` both give `expected` for `counter`.
@@ -303,24 +305,9 @@ mod tests {
         }
     }
 
-    /// splitmix64: a tiny, fixed-seed generator so the test is reproducible.
-    struct SplitMix(u64);
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
     #[test]
     fn matches_naive_model_on_random_sequences() {
-        let mut rng = SplitMix(0x7a6e_6465_6d00_0001);
+        let mut rng = SplitMix64::new(0x7a6e_6465_6d00_0001);
         let (mut accepted, mut rejected) = (0u32, 0u32);
         for seq in 0..300 {
             let mut w = ReplayWindow::new();

@@ -1,10 +1,9 @@
 //! Test kit: the small pieces the daemon-level integration tests share. Numbers unique within
-//! a test binary, fixed test keys, a temporary directory, bounded polling, a running `tandem`
+//! a test binary, a temporary directory, bounded polling, a running `tandem`
 //! with its log collected, pings and the checked TCP transfer through the `demo-helper`
 //! subcommands.
 //!
-//! Include it next to the namespace kit, which it uses:
-//! `#[path = "common/netns.rs"] mod netns;` and `#[path = "common/kit.rs"] mod kit;`.
+//! Part of `tests/common` (see its `mod.rs` for how to include it); it uses the namespace kit.
 
 // Each test binary uses its own part of the kit.
 #![allow(dead_code)]
@@ -18,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tandem::daemon::helper::Pattern;
-use tandem::proto::PrivateKey;
 
-use crate::netns::{ChildGuard, Netns};
+use super::netns::{ChildGuard, Netns};
 
 /// The `tandem` binary Cargo built for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_tandem");
@@ -30,15 +28,6 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 /// A number unique within this test binary, for names, ports and keys.
 pub fn unique() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A distinct, valid private key per seed, without an RNG: any 32 bytes are a private key.
-/// It is stored clamped already, so the base64 that `wg` reads back from a daemon is the one
-/// the test configured.
-pub fn key(seed: u8) -> PrivateKey {
-    let mut bytes = [seed; 32];
-    bytes[0] = seed.wrapping_mul(13).wrapping_add(8);
-    PrivateKey::from_bytes(bytes).clamped()
 }
 
 /// A temporary directory, removed on drop. Its name holds the test binary's name, the tag,

@@ -1,8 +1,7 @@
 //! Test kit: network namespaces, veth pairs and processes that are cleaned up on drop, even
 //! when the test panics.
 //!
-//! Include it from an integration test with
-//! `#[path = "common/netns.rs"] mod netns;`.
+//! Part of `tests/common` (see its `mod.rs` for how to include it).
 //!
 //! Every namespace gets a unique name (prefix, process id, counter), so tests can run in
 //! parallel threads and in parallel test binaries. Nothing here touches the host namespace:

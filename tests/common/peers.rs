@@ -1,9 +1,8 @@
 //! Test kit: real WireGuard peers (`wireguard-go`, `boringtun-cli`) run inside a test's
 //! network namespace and configured with the stock `wg` tool, for interop tests against tandem.
 //!
-//! Include it next to the namespace kit and the shared test kit, which it uses:
-//! `#[path = "common/netns.rs"] mod netns;`, `#[path = "common/kit.rs"] mod kit;` and
-//! `#[path = "common/peers.rs"] mod peers;`.
+//! Part of `tests/common` (see its `mod.rs` for how to include it); it uses the namespace
+//! kit and the daemon kit.
 //!
 //! Both implementations create `/var/run/wireguard/IFACE.sock`. That directory is shared by
 //! every network namespace (one mount namespace), so each peer needs an interface name no
@@ -17,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kit::collect_lines;
-use crate::netns::{ChildGuard, Netns};
+use super::kit::collect_lines;
+use super::netns::{ChildGuard, Netns};
 
 /// Where the userspace implementations put their UAPI sockets.
 const UAPI_DIR: &str = "/var/run/wireguard";

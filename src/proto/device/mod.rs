@@ -444,7 +444,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::proto::ip::tests::ipv4;
+    use crate::testkit::packet::ipv4;
 
     const BUF: usize = 2048;
     const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1001);
