@@ -50,9 +50,16 @@ impl fmt::Debug for Tun {
 /// Opens (creating it if needed) the TUN device `name` in the calling thread's network
 /// namespace. The descriptor is non-blocking; the data plane's event loop polls it.
 /// With `offload`, IFF_VNET_HDR is set and TCP (and, on Linux 6.2+, UDP) segmentation
-/// offload is negotiated.
+/// offload is negotiated. `name` may be a kernel template with one `%d` (`tnd%d`), which the
+/// kernel turns into the first free number; the rest follows the one interface-name rule.
 pub fn open_tun(name: &str, offload: bool) -> Result<Tun, TunError> {
-    check_ifname(name).map_err(TunError::InvalidName)?;
+    let concrete = match name.split_once("%d") {
+        Some((head, tail)) if !tail.contains('%') => format!("{head}0{tail}"),
+        _ => name.to_owned(),
+    };
+    check_ifname(&concrete).map_err(|_| {
+        TunError::InvalidName(crate::netconf::NetconfError::InvalidIfname(name.to_owned()))
+    })?;
     let open_err = |source| TunError::Open {
         name: name.to_owned(),
         source,
