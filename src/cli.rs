@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser, Subcommand};
     name = "tandem",
     version,
     about = "A userspace WireGuard daemon",
-    long_about = "A userspace WireGuard daemon: a sans-IO protocol core and a thin tokio driver.\n\n\
+    long_about = "A userspace WireGuard daemon: a sans-IO protocol core, an epoll data-plane thread and a tokio control thread.\n\n\
                   `tandem [-f] IFNAME` works like wireguard-go: it creates interface IFNAME and \
                   its UAPI socket /var/run/wireguard/IFNAME.sock, to be configured by `wg` and \
                   `ip` (so WG_QUICK_USERSPACE_IMPLEMENTATION=tandem wg-quick up works).\n\n\
