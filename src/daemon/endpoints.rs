@@ -31,8 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 
-use super::settings::Resolved;
-use crate::config::EndpointSpec;
+use crate::config::{Config, EndpointSpec};
 use crate::driver::ControlSender;
 use crate::proto::PublicKey;
 use crate::reconcile::Snapshot;
@@ -301,14 +300,14 @@ pub struct Seed {
     pub first: Option<SocketAddr>,
 }
 
-/// The named peers of `resolved` (peers with an IP literal or no endpoint have nothing to
-/// follow).
-pub fn seeds(resolved: &Resolved) -> Vec<Seed> {
-    resolved
-        .config
+/// The named peers of `config`, with what each name gave (`endpoints`: one per peer, as
+/// `settings::Resolved` holds them). Peers with an IP literal or no endpoint have nothing to
+/// follow.
+pub fn seeds(config: &Config, endpoints: &[Option<SocketAddr>]) -> Vec<Seed> {
+    config
         .peers
         .iter()
-        .zip(&resolved.endpoints)
+        .zip(endpoints)
         .filter_map(|(peer, endpoint)| {
             let spec = peer.endpoint.as_ref()?;
             if spec.literal().is_some() {
@@ -657,8 +656,31 @@ mod tests {
         assert_eq!(t.recheck, RECHECK);
     }
 
+    #[test]
+    fn only_names_are_followed() {
+        let text = format!(
+            "[interface]\nname = \"tnd0\"\nprivate_key = \"{}\"\n\n\
+             [[peer]]\nname = \"lit\"\npublic_key = \"{}\"\nendpoint = \"192.0.2.1:1\"\n\n\
+             [[peer]]\nname = \"named\"\npublic_key = \"{}\"\nendpoint = \"vpn.example.org:2\"\n\n\
+             [[peer]]\nname = \"none\"\npublic_key = \"{}\"\n",
+            PrivateKey::from_bytes([1; 32]).to_base64(),
+            PrivateKey::from_bytes([2; 32]).public_key().to_base64(),
+            PrivateKey::from_bytes([3; 32]).public_key().to_base64(),
+            PrivateKey::from_bytes([4; 32]).public_key().to_base64(),
+        );
+        let config = match crate::config::parse_toml(std::path::Path::new("t.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => panic!("test config does not parse:\n{e}"),
+        };
+        let got = seeds(&config, &[Some(addr("192.0.2.1:1")), None, None]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].label, "named");
+        assert_eq!(got[0].spec.to_string(), "vpn.example.org:2");
+        assert_eq!(got[0].first, None, "it did not resolve");
+    }
+
     #[tokio::test]
-    async fn localhost_resolves_and_a_literal_needs_no_resolver() {
+    async fn localhost_resolves_through_the_system_resolver() {
         let spec = EndpointSpec {
             host: "localhost".into(),
             port: 4000,

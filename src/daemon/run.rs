@@ -90,7 +90,7 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
     // Never fails: a name that does not resolve yet leaves its peer without an endpoint, and
     // the resolver started below keeps trying it.
     let resolved = settings::resolve(config).await;
-    let seeds = endpoints::seeds(&resolved);
+    let seeds = endpoints::seeds(&resolved.config, &resolved.endpoints);
     let mut running = set_up(path, resolved).await?;
     running.resolver = Some(Resolver::start(
         running.plane.control().clone(),
@@ -389,7 +389,8 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 };
                 match result {
                     Ok(prepared) => {
-                        let seeds = endpoints::seeds(&prepared.resolved);
+                        let seeds =
+                            endpoints::seeds(&prepared.resolved.config, &prepared.resolved.endpoints);
                         let applied =
                             reload::apply(&running.plane, &running.ifname, managed, prepared).await;
                         match applied {
