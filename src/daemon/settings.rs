@@ -25,7 +25,7 @@ pub struct Resolved {
 /// that does not resolve is logged and left `None`, which keeps the peer's endpoint (none at
 /// start); `endpoints::Resolver` keeps trying it. So a name never stops a start or a reload.
 pub async fn resolve(config: Config) -> Resolved {
-    let mut endpoints: Vec<Option<SocketAddr>> = config
+    let mut found: Vec<Option<SocketAddr>> = config
         .peers
         .iter()
         .map(|p| p.endpoint.as_ref().and_then(EndpointSpec::literal))
@@ -43,7 +43,7 @@ pub async fn resolve(config: Config) -> Resolved {
         // A lookup task cannot panic short of a bug; its peer then just waits for the
         // resolver like any unresolved name.
         let Ok((i, result)) = joined else { continue };
-        let (Some(peer), Some(slot)) = (config.peers.get(i), endpoints.get_mut(i)) else {
+        let (Some(peer), Some(slot)) = (config.peers.get(i), found.get_mut(i)) else {
             continue;
         };
         let spec = peer
@@ -63,7 +63,10 @@ pub async fn resolve(config: Config) -> Resolved {
             ),
         }
     }
-    Resolved { config, endpoints }
+    Resolved {
+        config,
+        endpoints: found,
+    }
 }
 
 /// Where routes go: `None` for none at all, else the table (`None` inside: main).
