@@ -441,6 +441,7 @@ mod tests {
                         let _ = reply.send(result.map_err(SetError::from));
                     }
                     ControlRequest::Apply { .. }
+                    | ControlRequest::Endpoint { .. }
                     | ControlRequest::SyncMtu
                     | ControlRequest::Stop => {}
                 }

@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod detach;
+pub mod endpoints;
 pub mod helper;
 pub mod notify;
 pub mod reload;

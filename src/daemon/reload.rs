@@ -50,7 +50,7 @@ pub async fn prepare(path: &Path, no_offload: bool) -> anyhow::Result<Prepared> 
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }
-    let resolved = settings::resolve(config).await?;
+    let resolved = settings::resolve(config).await;
     Ok(Prepared { resolved })
 }
 

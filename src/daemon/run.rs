@@ -21,6 +21,7 @@ use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::endpoints::{self, Resolver, Timing};
 use super::notify;
 use super::reload::{self, Managed, Prepared};
 use super::settings::{self, Resolved};
@@ -56,6 +57,8 @@ pub(crate) struct Running {
     pub managed: Option<Managed>,
     /// The `WG_TUN_NAME_FILE` written at start.
     pub name_file: Option<PathBuf>,
+    /// Config mode: follows the config's endpoint names (replaced on each reload).
+    pub resolver: Option<Resolver>,
 }
 
 /// Signals the daemon handles, registered before anything is set up so that none is missed.
@@ -84,8 +87,17 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }
-    let resolved = settings::resolve(config).await?;
+    // Never fails: a name that does not resolve yet leaves its peer without an endpoint, and
+    // the resolver started below keeps trying it.
+    let resolved = settings::resolve(config).await;
+    let seeds = endpoints::seeds(&resolved.config, &resolved.endpoints);
     let mut running = set_up(path, resolved).await?;
+    running.resolver = Some(Resolver::start(
+        running.plane.control().clone(),
+        seeds,
+        None,
+        Timing::from_env(),
+    ));
     if let Some(managed) = running.managed.as_mut() {
         managed.no_offload = no_offload;
     }
@@ -139,6 +151,7 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
         uapi: Some(uapi),
         managed: None,
         name_file,
+        resolver: None,
     };
     run(running, signals).await
 }
@@ -285,6 +298,7 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
             no_offload: false,
         }),
         name_file: None,
+        resolver: None,
     })
 }
 
@@ -375,6 +389,8 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                 };
                 match result {
                     Ok(prepared) => {
+                        let seeds =
+                            endpoints::seeds(&prepared.resolved.config, &prepared.resolved.endpoints);
                         let applied =
                             reload::apply(&running.plane, &running.ifname, managed, prepared).await;
                         match applied {
@@ -382,6 +398,14 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                                 if let Some(uapi) = &running.uapi {
                                     uapi.set_names(peer_names(&managed.config));
                                 }
+                                // The new config's names from now on (a failed reload keeps
+                                // the old resolver, like the rest of the old config).
+                                running.resolver = Some(Resolver::start(
+                                    running.plane.control().clone(),
+                                    seeds,
+                                    running.resolver.take(),
+                                    Timing::from_env(),
+                                ));
                             }
                             // The error says what, if anything, was applied.
                             Err(e) => tracing::error!("reload failed: {e:#}"),
@@ -422,8 +446,11 @@ async fn tear_down(running: Running) {
         uapi,
         managed,
         name_file,
+        resolver,
         ..
     } = running;
+    // No endpoint updates while the device goes away.
+    drop(resolver);
     // The socket first, so `wg` stops listing the interface before it goes.
     drop(uapi);
     if let Some(managed) = managed

@@ -3,18 +3,16 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use tokio::task::JoinSet;
 
-use crate::config::{Config, Table};
+use super::endpoints;
+use crate::config::{Config, EndpointSpec, Table};
 use crate::netconf::InterfacePlan;
 use crate::reconcile::{DesiredDevice, DesiredPeer};
 
-/// How long one endpoint name may take to resolve.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A config with every endpoint resolved to a socket address (`None`: the peer has none).
+/// A config with every endpoint resolved to a socket address (`None`: the peer has none, or
+/// its name did not resolve: see `endpoints`).
 #[derive(Debug, Clone)]
 pub struct Resolved {
     pub config: Config,
@@ -23,38 +21,52 @@ pub struct Resolved {
 }
 
 /// Resolves every endpoint: IP literals directly, names through the system resolver (the
-/// first address it gives). A name that does not resolve is an error naming the peer.
-pub async fn resolve(config: Config) -> anyhow::Result<Resolved> {
-    let mut endpoints = Vec::with_capacity(config.peers.len());
+/// first address it gives), all names at once so the wait is one timeout at most. A name
+/// that does not resolve is logged and left `None`, which keeps the peer's endpoint (none at
+/// start); `endpoints::Resolver` keeps trying it. So a name never stops a start or a reload.
+pub async fn resolve(config: Config) -> Resolved {
+    let mut found: Vec<Option<SocketAddr>> = config
+        .peers
+        .iter()
+        .map(|p| p.endpoint.as_ref().and_then(EndpointSpec::literal))
+        .collect();
+    let mut lookups = JoinSet::new();
     for (i, peer) in config.peers.iter().enumerate() {
-        let Some(spec) = &peer.endpoint else {
-            endpoints.push(None);
-            continue;
-        };
-        if let Some(addr) = spec.literal() {
-            endpoints.push(Some(addr));
-            continue;
+        if let Some(spec) = &peer.endpoint
+            && spec.literal().is_none()
+        {
+            let spec = spec.clone();
+            lookups.spawn(async move { (i, endpoints::lookup(&spec).await) });
         }
-        let what = || {
-            format!(
-                "peer[{}] ({}): cannot resolve endpoint {spec}",
-                i + 1,
-                peer.label()
-            )
-        };
-        let mut found =
-            tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(spec.to_string()))
-                .await
-                .map_err(|_| anyhow::anyhow!("no answer within {RESOLVE_TIMEOUT:?}"))
-                .with_context(what)?
-                .with_context(what)?;
-        let Some(addr) = found.next() else {
-            bail!("{}: the name has no addresses", what());
-        };
-        tracing::debug!(peer = %peer.public_key, endpoint = %spec, resolved = %addr, "endpoint resolved");
-        endpoints.push(Some(addr));
     }
-    Ok(Resolved { config, endpoints })
+    while let Some(joined) = lookups.join_next().await {
+        // A lookup task cannot panic short of a bug; its peer then just waits for the
+        // resolver like any unresolved name.
+        let Ok((i, result)) = joined else { continue };
+        let (Some(peer), Some(slot)) = (config.peers.get(i), found.get_mut(i)) else {
+            continue;
+        };
+        let spec = peer
+            .endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        match result {
+            Ok(addr) => {
+                tracing::debug!(peer = %peer.label(), endpoint = %spec, resolved = %addr, "endpoint resolved");
+                *slot = Some(addr);
+            }
+            Err(e) => tracing::warn!(
+                peer = %peer.label(), endpoint = %spec, error = %e,
+                "endpoint name does not resolve; the peer keeps its endpoint (none at start), \
+                 retrying in the background"
+            ),
+        }
+    }
+    Resolved {
+        config,
+        endpoints: found,
+    }
 }
 
 /// Where routes go: `None` for none at all, else the table (`None` inside: main).
@@ -143,6 +155,7 @@ mod tests {
     use crate::proto::{Device, Now, PrivateKey};
     use crate::reconcile::{self, Changes, Snapshot};
     use std::path::Path;
+    use std::time::Duration;
 
     /// The core's half of the one reconciler, as the driver runs it (sockets aside).
     fn sync_peers(device: &mut Device, resolved: &Resolved, now: Now) -> Changes {
@@ -227,7 +240,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
 
     #[tokio::test]
     async fn literal_endpoints_resolve_without_a_resolver() {
-        let r = resolve(two_peers("\"auto\"", "")).await.expect("resolve");
+        let r = resolve(two_peers("\"auto\"", "")).await;
         assert_eq!(
             r.endpoints[0],
             Some("192.0.2.1:51820".parse().expect("addr"))
@@ -239,7 +252,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
     async fn localhost_name_resolves() {
         let mut c = two_peers("\"auto\"", "");
         c.peers[1].endpoint = Some("localhost:4000".parse().expect("spec"));
-        let r = resolve(c).await.expect("resolve localhost");
+        let r = resolve(c).await;
         let addr = r.endpoints[1].expect("resolved");
         assert!(addr.ip().is_loopback(), "{addr}");
         assert_eq!(addr.port(), 4000);

@@ -4,11 +4,13 @@
 //! housekeeping) are its clients; this side knows nothing of them, nor of the text protocol
 //! (as wireguard-go keeps `device/uapi.go` beside the device and `ipc/` for the socket).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::reconcile::{ApplyError, SetError};
+use crate::proto::PublicKey;
 use crate::reconcile::{Changes, DesiredDevice, SetRequest, Snapshot};
 
 /// Requests waiting for the event loop; a sender waits when it is full.
@@ -28,6 +30,13 @@ pub enum ControlRequest {
         desired: Box<DesiredDevice>,
         reply: oneshot::Sender<Result<Changes, ApplyError>>,
     },
+    /// A re-resolved endpoint name: the endpoint of an existing peer (never creating one),
+    /// through the one reconciler (`SetRequest::update_endpoint`, then the plan).
+    Endpoint {
+        public_key: PublicKey,
+        endpoint: SocketAddr,
+        reply: oneshot::Sender<Result<Changes, SetError>>,
+    },
     /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
     /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
     SyncMtu,
@@ -45,6 +54,7 @@ impl std::fmt::Debug for ControlRequest {
             ControlRequest::Apply { desired, .. } => {
                 write!(f, "Apply({} peers)", desired.peers.len())
             }
+            ControlRequest::Endpoint { endpoint, .. } => write!(f, "Endpoint({endpoint})"),
             ControlRequest::SyncMtu => f.write_str("SyncMtu"),
             ControlRequest::Stop => f.write_str("Stop"),
         }
@@ -126,6 +136,21 @@ impl ControlSender {
     pub async fn set(&self, request: SetRequest) -> Result<Result<Changes, SetError>, LoopGone> {
         self.ask(|reply| ControlRequest::Set { request, reply })
             .await
+    }
+
+    /// The endpoint of the existing peer `public_key` (a re-resolved name), through the one
+    /// reconciler; a peer that is gone stays gone.
+    pub async fn set_endpoint(
+        &self,
+        public_key: PublicKey,
+        endpoint: SocketAddr,
+    ) -> Result<Result<Changes, SetError>, LoopGone> {
+        self.ask(|reply| ControlRequest::Endpoint {
+            public_key,
+            endpoint,
+            reply,
+        })
+        .await
     }
 
     /// A whole desired device through the one reconciler.

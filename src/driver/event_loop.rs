@@ -55,6 +55,7 @@ use crate::proto::{
     Decapsulated, Device, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
     TAILROOM, Transmit,
 };
+use crate::reconcile::SetRequest;
 
 /// Most packets read from one source before they are processed and output is drained.
 pub const BATCH: usize = 64;
@@ -931,6 +932,14 @@ impl Driver {
             }
             ControlRequest::Apply { desired, reply } => {
                 let _ = reply.send(self.reconcile(&desired));
+            }
+            // Logged by the daemon's resolver, which knows the name.
+            ControlRequest::Endpoint {
+                public_key,
+                endpoint,
+                reply,
+            } => {
+                let _ = reply.send(self.set(&SetRequest::update_endpoint(public_key, endpoint)));
             }
             // The event loop stops before it gets here.
             ControlRequest::Stop => {}

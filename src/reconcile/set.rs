@@ -64,6 +64,25 @@ impl SetRequest {
         self.ops.is_empty()
     }
 
+    /// `public_key=K`, `update_only=true`, `endpoint=ADDR`: the endpoint of an existing peer
+    /// and nothing else (no peer is created). How a re-resolved endpoint name reaches the
+    /// device, through the same simulation and plan as any other change.
+    pub fn update_endpoint(public_key: PublicKey, endpoint: SocketAddr) -> SetRequest {
+        SetRequest {
+            ops: vec![
+                (2, Op::Peer(public_key)),
+                (3, Op::UpdateOnly),
+                (
+                    4,
+                    Op::Endpoint {
+                        addr: endpoint,
+                        zone: None,
+                    },
+                ),
+            ],
+        }
+    }
+
     /// Turns IPv6 zones given by interface name (`endpoint=[fe80::1%eth0]:51820`, which is
     /// how `wg` writes a link-local endpoint) into scope ids, with the caller's lookup
     /// (`if_nametoindex`). [`SetRequest::desired`] refuses a request with a zone left
@@ -364,5 +383,60 @@ impl Model {
             mtu: None,
             peers,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Device, Now};
+    use crate::reconcile::{apply_to_device, plan};
+    use std::time::Duration;
+
+    fn peer(n: u8, endpoint: Option<SocketAddr>) -> DesiredPeer {
+        let mut p = DesiredPeer::new(PrivateKey::from_bytes([n; 32]).public_key());
+        p.endpoint = endpoint;
+        p.persistent_keepalive = 25;
+        p.allowed_ips = vec![(IpAddr::from([10, 0, 0, n]), 32)];
+        p
+    }
+
+    #[test]
+    fn update_endpoint_changes_only_that_endpoint_of_an_existing_peer() {
+        let old: SocketAddr = "192.0.2.1:51820".parse().expect("addr");
+        let new: SocketAddr = "192.0.2.2:51820".parse().expect("addr");
+        let mut device = Device::new(Some(PrivateKey::from_bytes([1; 32])), [7; 32]);
+        let start = DesiredDevice {
+            private_key: Some(PrivateKey::from_bytes([1; 32])),
+            peers: vec![peer(2, Some(old)), peer(3, None)],
+            ..DesiredDevice::default()
+        };
+        let now = Now::new(Duration::from_secs(1), Duration::from_secs(1_700_000_000));
+        let first = plan(&Snapshot::of(&device, 0, 0), &start);
+        apply_to_device(&mut device, &first, now);
+        let running = Snapshot::of(&device, 0, 0);
+        let key2 = start.peers[0].public_key;
+
+        let desired = SetRequest::update_endpoint(key2, new)
+            .desired(&running)
+            .expect("valid");
+        let changes = plan(&running, &desired).changes();
+        assert_eq!(changes.changed, vec![key2]);
+        assert!(changes.added.is_empty() && changes.removed.is_empty());
+        assert_eq!(desired.peers.len(), 2);
+        assert_eq!(desired.peers[0].endpoint, Some(new));
+        assert_eq!(desired.peers[0].persistent_keepalive, 25);
+        assert_eq!(desired.peers[0].allowed_ips.len(), 1);
+        assert!(!desired.peers[0].fresh, "the peer keeps its sessions");
+        assert_eq!(desired.peers[1].endpoint, None);
+
+        // A peer that is gone (removed by a reload or a UAPI `set`) is not brought back.
+        let gone = PrivateKey::from_bytes([9; 32]).public_key();
+        let desired = SetRequest::update_endpoint(gone, new)
+            .desired(&running)
+            .expect("valid");
+        let changes = plan(&running, &desired).changes();
+        assert!(changes.added.is_empty() && changes.changed.is_empty());
+        assert_eq!(changes.unchanged, 2);
     }
 }
