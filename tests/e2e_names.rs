@@ -7,18 +7,17 @@
 //! namespace. Needs root; every namespace, process and file (the /etc/netns entry too) is
 //! removed even when a test fails, and every wait is bounded.
 
-#[path = "common/kit.rs"]
-mod kit;
-#[path = "common/netns.rs"]
-mod netns;
+mod common;
+use common::{kit, netns};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kit::{Daemon, TempDir, key, ping_once, unique, wait_until};
+use kit::{Daemon, TempDir, ping_once, unique, wait_until};
 use netns::{Netns, require_root, veth_pair};
 use tandem::daemon::endpoints::TEST_STALE_ENV;
 use tandem::proto::PrivateKey;
+use tandem::testkit::key;
 
 const NAME_B: &str = "server-b.tandem.test";
 const A_IN: &str = "10.70.0.1";

@@ -397,7 +397,9 @@ mod tests {
         let mut p = DesiredPeer::new(PrivateKey::from_bytes([n; 32]).public_key());
         p.endpoint = endpoint;
         p.persistent_keepalive = 25;
-        p.allowed_ips = vec![(IpAddr::from([10, 0, 0, n]), 32)];
+        p.allowed_ips = vec![crate::proto::prefix::Prefix::host(std::net::IpAddr::from(
+            [10, 0, 0, n],
+        ))];
         p
     }
 
