@@ -102,6 +102,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 loaded.interface.name,
                 loaded.peers.len()
             );
+            // What `tandem up` will run and set besides the tunnel, so a typo shows now.
+            let i = &loaded.interface;
+            if !i.dns.is_empty() || !i.dns_search.is_empty() {
+                let servers: Vec<String> = i.dns.iter().map(ToString::to_string).collect();
+                println!(
+                    "dns: {} (search: {})",
+                    servers.join(", "),
+                    i.dns_search.join(", ")
+                );
+            }
+            for (stage, commands) in [
+                ("pre_up", &i.hooks.pre_up),
+                ("post_up", &i.hooks.post_up),
+                ("pre_down", &i.hooks.pre_down),
+                ("post_down", &i.hooks.post_down),
+            ] {
+                for command in commands {
+                    println!("{stage}: {}", daemon::hooks::expand(command, &i.name));
+                }
+            }
             Ok(())
         }
         Command::Import { config } => {

@@ -1003,7 +1003,8 @@ fn tandem_up_runs_a_wg_quick_file() {
     let name = ifname('u');
     let conf = dir.file(
         &format!("{name}.conf"),
-        // DNS is wg-quick's job: accepted with a warning.
+        // SaveConfig is wg-quick's alone: accepted with a warning. (DNS and the hooks are
+        // applied: tests/e2e_hooks.rs.)
         &wg_quick_conf(
             51,
             45001,
@@ -1012,14 +1013,14 @@ fn tandem_up_runs_a_wg_quick_file() {
             "10.91.0.2/32, 10.93.0.0/16",
             "10.90.0.2:45002",
         )
-        .replace("MTU = 1380\n", "MTU = 1380\nDNS = 10.91.0.53\n"),
+        .replace("MTU = 1380\n", "MTU = 1380\nSaveConfig = true\n"),
     );
     let name_b = ifname('v');
     let _db = toml_peer(&dir, &b, &name_b, 52, 51, "10.90.0.1:45001");
     let da = Served::up(&a, &conf, &name);
     assert!(
-        da.log().contains("DNS"),
-        "the ignored DNS is reported: {}",
+        da.log().contains("SaveConfig"),
+        "the ignored SaveConfig is reported: {}",
         da.log()
     );
     let link = ok(&a, "ip", &["link", "show", "dev", &name]);
@@ -1092,13 +1093,12 @@ fn tandem_import_prints_toml_and_warns_per_line() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stderr = text(&out.stderr);
     let path = conf.display().to_string();
-    for (line, key) in [(5, "DNS"), (6, "PostUp"), (7, "SaveConfig")] {
-        assert!(
-            stderr.contains(&format!("warning: {path}:{line}: Interface.{key}: ")),
-            "{stderr}"
-        );
-    }
-    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+    // DNS and PostUp are taken over; SaveConfig, which tandem does not do, is warned about.
+    assert!(
+        stderr.contains(&format!("warning: {path}:7: Interface.SaveConfig: ")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // The TOML on stdout is the same configuration.
     let toml = text(&out.stdout);
     let imported = config::parse_toml(Path::new("wg7.toml"), &toml)
@@ -1110,6 +1110,8 @@ fn tandem_import_prints_toml_and_warns_per_line() {
     );
     assert_eq!(imported.interface.name, "wg7");
     assert_eq!(imported.interface.listen_port, Some(47000));
+    assert_eq!(imported.interface.hooks.post_up, ["echo up"]);
+    assert_eq!(imported.interface.dns.len(), 1);
 
     // A broken file: status 78 and FILE:LINE errors, nothing on stdout.
     let bad = dir.file("bad.conf", "[Interface]\nPrivateKey = nope\n");

@@ -85,6 +85,14 @@ pub(crate) struct InterfaceDraft {
     pub fwmark: Option<At<i128>>,
     pub table: Option<At<String>>,
     pub offload: Option<At<bool>>,
+    /// DNS server addresses (TOML `dns`; wg-quick `DNS` entries that parse as addresses).
+    pub dns: Vec<At<String>>,
+    /// Search domains (TOML `dns_search`; the other wg-quick `DNS` entries).
+    pub dns_search: Vec<At<String>>,
+    pub pre_up: Vec<At<String>>,
+    pub post_up: Vec<At<String>>,
+    pub pre_down: Vec<At<String>>,
+    pub post_down: Vec<At<String>>,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +369,9 @@ struct PartialInterface {
     fwmark: Option<u32>,
     table: Option<Table>,
     offload: bool,
+    dns: Option<Vec<std::net::IpAddr>>,
+    dns_search: Option<Vec<String>>,
+    hooks: Option<super::Hooks>,
 }
 
 impl PartialInterface {
@@ -375,6 +386,9 @@ impl PartialInterface {
             fwmark: self.fwmark?,
             table: self.table?,
             offload: self.offload,
+            dns: self.dns?,
+            dns_search: self.dns_search?,
+            hooks: self.hooks?,
         })
     }
 }
@@ -506,6 +520,8 @@ fn compile_interface(
         None => Some(Table::Auto),
     };
     let offload = d.offload.as_ref().is_none_or(|at| at.value);
+    let (dns, dns_search) = compile_dns(diag, d);
+    let hooks = compile_hooks(diag, d);
 
     Some(PartialInterface {
         name,
@@ -517,7 +533,77 @@ fn compile_interface(
         fwmark,
         table,
         offload,
+        dns,
+        dns_search,
+        hooks,
     })
+}
+
+/// DNS servers must be addresses, search domains DNS names (`~.`-style routing domains
+/// included, as systemd-resolved takes them). Each mistake is reported on its own line.
+fn compile_dns(
+    diag: &mut Diagnostics,
+    d: &InterfaceDraft,
+) -> (Option<Vec<std::net::IpAddr>>, Option<Vec<String>>) {
+    let mut ok = true;
+    let mut servers = Vec::with_capacity(d.dns.len());
+    for at in &d.dns {
+        match at.value.parse::<std::net::IpAddr>() {
+            Ok(a) => servers.push(a),
+            Err(_) => {
+                ok = false;
+                diag.error(
+                    at.line,
+                    &at.key,
+                    format!("\"{}\" is not an IPv4 or IPv6 address", at.value),
+                );
+            }
+        }
+    }
+    let mut domains = Vec::with_capacity(d.dns_search.len());
+    for at in &d.dns_search {
+        let name = at.value.strip_prefix('~').unwrap_or(&at.value);
+        if name == "." || super::is_dns_name(name) {
+            domains.push(at.value.clone());
+        } else {
+            ok = false;
+            diag.error(
+                at.line,
+                &at.key,
+                format!("\"{}\" is neither an address nor a domain name", at.value),
+            );
+        }
+    }
+    if ok {
+        (Some(servers), Some(domains))
+    } else {
+        (None, None)
+    }
+}
+
+/// Hook commands: any non-empty text without NUL (the shell reads it).
+fn compile_hooks(diag: &mut Diagnostics, d: &InterfaceDraft) -> Option<super::Hooks> {
+    let mut ok = true;
+    let mut take = |list: &[At<String>]| -> Vec<String> {
+        list.iter()
+            .filter_map(|at| {
+                if at.value.trim().is_empty() || at.value.contains('\0') {
+                    ok = false;
+                    diag.error(at.line, &at.key, "a hook command must be non-empty text");
+                    None
+                } else {
+                    Some(at.value.clone())
+                }
+            })
+            .collect()
+    };
+    let hooks = super::Hooks {
+        pre_up: take(&d.pre_up),
+        post_up: take(&d.post_up),
+        pre_down: take(&d.pre_down),
+        post_down: take(&d.post_down),
+    };
+    ok.then_some(hooks)
 }
 
 #[allow(clippy::too_many_arguments)]

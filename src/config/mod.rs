@@ -38,7 +38,9 @@ mod test_util;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, ConfigWarning};
-pub use net::{AddrError, EndpointSpec, InterfaceAddress, Prefix, check_interface_name};
+pub use net::{
+    AddrError, EndpointSpec, InterfaceAddress, Prefix, check_interface_name, is_dns_name,
+};
 pub use to_toml::to_toml;
 
 use crate::proto::keys::{PresharedKey, PrivateKey, PublicKey};
@@ -75,6 +77,34 @@ pub struct InterfaceConfig {
     pub fwmark: u32,
     pub table: Table,
     pub offload: bool,
+    /// DNS servers for while the interface is up (wg-quick's `DNS` addresses).
+    pub dns: Vec<std::net::IpAddr>,
+    /// Search domains (wg-quick's `DNS` entries that are not addresses).
+    pub dns_search: Vec<String>,
+    pub hooks: Hooks,
+}
+
+/// Shell commands run around the interface's life, as wg-quick runs them: each with
+/// `/bin/sh -c`, `%i` replaced by the interface name, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hooks {
+    /// Before the interface is created; a failure stops the start.
+    pub pre_up: Vec<String>,
+    /// Once the interface is configured; a failure takes it down again.
+    pub post_up: Vec<String>,
+    /// Before the interface is taken down (it still exists).
+    pub pre_down: Vec<String>,
+    /// After the interface is gone.
+    pub post_down: Vec<String>,
+}
+
+impl Hooks {
+    pub fn is_empty(&self) -> bool {
+        self.pre_up.is_empty()
+            && self.post_up.is_empty()
+            && self.pre_down.is_empty()
+            && self.post_down.is_empty()
+    }
 }
 
 impl InterfaceConfig {
@@ -336,8 +366,14 @@ mod tests {
                         cidrs(&["10.20.0.2/32", "fd20::2/128", "192.168.30.0/24"])
                     );
                     assert_eq!(config.peers[1].persistent_keepalive, None);
-                    // DNS, PostUp and PostDown are wg-quick's jobs, not tandem's.
-                    3
+                    // DNS and the hooks are applied as wg-quick applies them.
+                    assert_eq!(
+                        i.dns,
+                        vec!["10.20.0.53".parse::<std::net::IpAddr>().unwrap()]
+                    );
+                    assert_eq!(i.hooks.post_up, ["iptables -A FORWARD -i %i -j ACCEPT"]);
+                    assert_eq!(i.hooks.post_down.len(), 1);
+                    0
                 }
                 other => panic!("configs/{other}: add its expectations to this test"),
             };

@@ -146,7 +146,7 @@ fn parse_port(text: &str) -> Result<u16, AddrError> {
 }
 
 /// RFC 1123 host names (underscores tolerated, as resolvers do), at most 253 bytes.
-fn is_dns_name(host: &str) -> bool {
+pub fn is_dns_name(host: &str) -> bool {
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.is_empty() || host.len() > 253 {
         return false;

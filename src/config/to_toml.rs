@@ -72,6 +72,22 @@ pub fn to_toml(config: &Config) -> String {
     };
     let _ = writeln!(out, "table = {table}");
     let _ = writeln!(out, "offload = {}", i.offload);
+    if !i.dns.is_empty() {
+        let _ = writeln!(out, "dns = {}", list(&i.dns));
+    }
+    if !i.dns_search.is_empty() {
+        let _ = writeln!(out, "dns_search = {}", list(&i.dns_search));
+    }
+    for (key, commands) in [
+        ("pre_up", &i.hooks.pre_up),
+        ("post_up", &i.hooks.post_up),
+        ("pre_down", &i.hooks.pre_down),
+        ("post_down", &i.hooks.post_down),
+    ] {
+        if !commands.is_empty() {
+            let _ = writeln!(out, "{key} = {}", list(commands));
+        }
+    }
 
     for p in &config.peers {
         out.push_str("\n[[peer]]\n");
@@ -120,7 +136,8 @@ mod round_trip {
     fn wg_quick_import_round_trips() {
         let text = format!(
             "[Interface]\nPrivateKey = {}\nAddress = 10.0.0.1/24, fd00::1/64\nListenPort = 51820\n\
-             MTU = 1400\nFwMark = 0x10\nTable = 1234\nDNS = 10.0.0.53\n\
+             MTU = 1400\nFwMark = 0x10\nTable = 1234\nDNS = 10.0.0.53, corp.example\n\
+             PostUp = echo \"up %i\" > /tmp/x\nPostUp = true\nPreDown = logger down\nSaveConfig = true\n\
              [Peer]\nPublicKey = {}\nPresharedKey = {}\nAllowedIPs = 0.0.0.0/0, ::/0\n\
              Endpoint = [2001:db8::1]:51820\nPersistentKeepalive = 25\n\
              [Peer]\nPublicKey = {}\nAllowedIPs = 10.0.0.3/32\nEndpoint = vpn.example.com:443\n",
@@ -130,7 +147,11 @@ mod round_trip {
             public(4)
         );
         let imported = parse_wg_quick(file("/etc/wireguard/wg9.conf"), &text).unwrap();
-        assert_eq!(imported.warnings.len(), 1); // DNS
+        assert_eq!(imported.warnings.len(), 1); // SaveConfig
+        let i = &imported.interface;
+        assert_eq!(i.dns_search, ["corp.example"]);
+        assert_eq!(i.hooks.post_up, ["echo \"up %i\" > /tmp/x", "true"]);
+        assert_eq!(i.hooks.pre_down, ["logger down"]);
         let written = to_toml(&imported);
         let again = parse_toml(file("/etc/tandem/wg9.toml"), &written)
             .unwrap_or_else(|e| panic!("{e}\n---\n{written}"));

@@ -22,6 +22,12 @@ const INTERFACE_KEYS: &[&str] = &[
     "fwmark",
     "table",
     "offload",
+    "dns",
+    "dns_search",
+    "pre_up",
+    "post_up",
+    "pre_down",
+    "post_down",
 ];
 const PEER_KEYS: &[&str] = &[
     "name",
@@ -243,6 +249,12 @@ impl Walker<'_> {
                 "fwmark" => d.fwmark = self.integer(path, v),
                 "table" => d.table = self.table(path, v),
                 "offload" => d.offload = self.boolean(path, v),
+                "dns" => d.dns = self.string_list(path, v),
+                "dns_search" => d.dns_search = self.string_list(path, v),
+                "pre_up" => d.pre_up = self.string_list(path, v),
+                "post_up" => d.post_up = self.string_list(path, v),
+                "pre_down" => d.pre_down = self.string_list(path, v),
+                "post_down" => d.post_down = self.string_list(path, v),
                 _ => self.unknown_key("interface", key, INTERFACE_KEYS),
             }
         }
@@ -430,7 +442,7 @@ mod tests {
             "[interface]",                                // 2
             &format!("private_key = \"{}\"", private(1)), // 3
             "listen_prot = 51820",                        // 4
-            "dns = [\"10.0.0.53\"]",                      // 5
+            "dns_servers = [\"10.0.0.53\"]",              // 5
             "[interface.extra]",                          // 6
             "x = 1",                                      // 7
             "[[peer]]",                                   // 8
@@ -440,10 +452,57 @@ mod tests {
         let e = parse_toml(file("u.toml"), &text).unwrap_err();
         assert_error(&e, "verbose", 1, "unknown key");
         assert_error(&e, "interface.listen_prot", 4, "did you mean listen_port?");
-        assert_error(&e, "interface.dns", 5, "unknown key");
+        assert_error(&e, "interface.dns_servers", 5, "unknown key");
         assert_error(&e, "interface.extra", 6, "unknown key");
         assert_error(&e, "peer[1].AllowedIPs", 10, "did you mean allowed_ips?");
         assert_eq!(e.len(), 5, "{e}");
+    }
+
+    #[test]
+    fn dns_and_hooks_are_checked_with_lines() {
+        let text = doc(&[
+            "[interface]",                                    // 1
+            &format!("private_key = \"{}\"", private(1)),     // 2
+            "dns = [\"10.0.0.53\", \"corp.example\"]",        // 3
+            "dns_search = [\"corp.example\", \"no spaces\"]", // 4
+            "post_up = [\"echo %i\", 5]",                     // 5
+            "pre_down = \"echo down\"",                       // 6
+        ]);
+        let e = parse_toml(file("h.toml"), &text).unwrap_err();
+        assert_error(&e, "interface.dns", 3, "not an IPv4 or IPv6 address");
+        assert_error(
+            &e,
+            "interface.dns_search",
+            4,
+            "neither an address nor a domain",
+        );
+        assert_error(&e, "interface.post_up", 5, "expected a string");
+        assert_error(&e, "interface.pre_down", 6, "expected an array of strings");
+        assert_eq!(e.len(), 4, "{e}");
+
+        let good = doc(&[
+            "[interface]",
+            &format!("private_key = \"{}\"", private(1)),
+            "dns = [\"10.0.0.53\", \"fd10::53\"]",
+            "dns_search = [\"corp.example\"]",
+            "pre_up = [\"true\"]",
+            "post_up = [\"echo up %i\", \"echo again\"]",
+            "pre_down = [\"echo down\"]",
+            "post_down = [\"echo gone\"]",
+        ]);
+        let c = parse_toml(file("h.toml"), &good).unwrap();
+        let i = &c.interface;
+        assert_eq!(i.dns.len(), 2);
+        assert_eq!(i.dns_search, ["corp.example"]);
+        assert_eq!(i.hooks.post_up, ["echo up %i", "echo again"]);
+        assert_eq!(
+            (
+                i.hooks.pre_up.len(),
+                i.hooks.pre_down.len(),
+                i.hooks.post_down.len()
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! `Key = Value` lines, `#` starts a comment anywhere on a line, section and key names are
 //! case-insensitive, lists are comma-separated and `Address`, `AllowedIPs` and `DNS` accumulate
 //! when repeated. A repeated single-valued key replaces the earlier value, as in `wg`, with a
-//! warning. wg-quick's own settings that tandem does not apply (DNS, hooks, SaveConfig) are
-//! warnings; anything else unknown is an error.
+//! warning. `DNS` and the hooks (`PreUp`, `PostUp`, `PreDown`, `PostDown`) are applied as
+//! wg-quick applies them; `SaveConfig`, which tandem does not do, is a warning; anything else
+//! unknown is an error.
 
 use std::path::Path;
 
@@ -21,6 +22,11 @@ const INTERFACE_KEYS: &[&str] = &[
     "MTU",
     "Table",
     "FwMark",
+    "DNS",
+    "PreUp",
+    "PostUp",
+    "PreDown",
+    "PostDown",
 ];
 const PEER_KEYS: &[&str] = &[
     "PublicKey",
@@ -30,14 +36,7 @@ const PEER_KEYS: &[&str] = &[
     "PersistentKeepalive",
 ];
 /// wg-quick interface settings tandem accepts but does not act on.
-const IGNORED_INTERFACE_KEYS: &[&str] = &[
-    "DNS",
-    "PreUp",
-    "PostUp",
-    "PreDown",
-    "PostDown",
-    "SaveConfig",
-];
+const IGNORED_INTERFACE_KEYS: &[&str] = &["SaveConfig"];
 
 enum Section {
     /// Before the first section header.
@@ -257,6 +256,22 @@ fn interface_key(
             }
         }
         "Table" => set_once(diag, &mut d.table, at(value.to_owned(), line, path)),
+        // As wg-quick: each entry that is an address is a server, anything else a search
+        // domain (checked as one when compiled).
+        "DNS" => {
+            for entry in list(value, line, &path) {
+                if entry.value.parse::<std::net::IpAddr>().is_ok() {
+                    d.dns.push(entry);
+                } else {
+                    d.dns_search.push(entry);
+                }
+            }
+        }
+        // The whole rest of the line is one command, and each line adds one, as wg-quick.
+        "PreUp" => d.pre_up.push(at(value.to_owned(), line, path)),
+        "PostUp" => d.post_up.push(at(value.to_owned(), line, path)),
+        "PreDown" => d.pre_down.push(at(value.to_owned(), line, path)),
+        "PostDown" => d.post_down.push(at(value.to_owned(), line, path)),
         _ => diag.error(line, path, "internal error: key listed but not handled"),
     }
 }
@@ -365,19 +380,33 @@ mod tests {
             .iter()
             .map(|w| (w.line, w.key.as_str()))
             .collect();
-        assert_eq!(
-            warned,
-            [
-                (Some(7), "Interface.DNS"),
-                (Some(11), "Interface.PostUp"),
-                (Some(12), "Interface.SaveConfig"),
-            ]
-        );
+        assert_eq!(warned, [(Some(12), "Interface.SaveConfig")]);
         assert!(
             c.warnings[0]
                 .to_string()
-                .starts_with("warning: /etc/wireguard/wg0.conf:7: Interface.DNS: ")
+                .starts_with("warning: /etc/wireguard/wg0.conf:12: Interface.SaveConfig: ")
         );
+        // DNS and the hooks are taken, not warned about.
+        let dns: Vec<String> = i.dns.iter().map(ToString::to_string).collect();
+        assert_eq!(dns, ["1.1.1.1", "9.9.9.9"]);
+        assert_eq!(i.hooks.post_up, ["iptables -A FORWARD -i %i -j ACCEPT"]);
+    }
+
+    #[test]
+    fn dns_entries_split_into_servers_and_search_domains_and_bad_ones_are_errors() {
+        let text = format!(
+            "[Interface]\nPrivateKey = {}\nDNS = 10.0.0.53, fd00::53 corp.example\n\
+             DNS = ~., bad_domain!\nPostUp = echo %i\n",
+            private(1)
+        );
+        let e = parse_wg_quick(file("/etc/wireguard/wg1.conf"), &text).unwrap_err();
+        assert_error(&e, "Interface.DNS", 4, "neither an address nor a domain");
+        assert_eq!(e.len(), 1, "{e}");
+        let ok = text.replace(", bad_domain!", "");
+        let c = parse_wg_quick(file("/etc/wireguard/wg1.conf"), &ok).unwrap();
+        let dns: Vec<String> = c.interface.dns.iter().map(ToString::to_string).collect();
+        assert_eq!(dns, ["10.0.0.53", "fd00::53"]);
+        assert_eq!(c.interface.dns_search, ["corp.example", "~."]);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 pub mod demo;
 pub mod detach;
+pub mod dns;
 pub mod endpoints;
 pub mod helper;
+pub mod hooks;
 pub mod notify;
 pub mod reload;
 pub mod run;

@@ -22,6 +22,8 @@ pub(crate) struct Managed {
     pub path: PathBuf,
     /// `tandem up --no-offload`: reloaded configs keep offloads off too.
     pub no_offload: bool,
+    /// The DNS settings in place (removed on the way down).
+    pub dns: Option<super::dns::AppliedDns>,
 }
 
 /// A new configuration, loaded, checked and resolved, not applied yet.

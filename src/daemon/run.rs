@@ -21,11 +21,13 @@ use anyhow::Context;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
 
+use super::dns::{self, DnsSettings};
 use super::endpoints::{self, Resolver, Timing};
+use super::hooks::{self, Stage};
 use super::notify;
 use super::reload::{self, Managed, Prepared};
 use super::settings::{self, Resolved};
-use crate::config::{Config, DEFAULT_MTU};
+use crate::config::{Config, DEFAULT_MTU, Hooks};
 use crate::control::server::{PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer};
 use crate::driver::control::log_changes;
 use crate::driver::tun::{Tun, TunError, open_tun};
@@ -89,9 +91,21 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
     }
     // Never fails: a name that does not resolve yet leaves its peer without an endpoint, and
     // the resolver started below keeps trying it.
+    // PreUp, before anything exists: a failure stops the start with nothing to undo.
+    let ifname = config.interface.name.clone();
+    let hooks = config.interface.hooks.clone();
+    hooks::run_up(Stage::PreUp, &hooks.pre_up, &ifname).await?;
     let resolved = settings::resolve(config).await;
     let seeds = endpoints::seeds(&resolved.config, &resolved.endpoints);
-    let mut running = set_up(path, resolved).await?;
+    let (mut running, status) = set_up(path, resolved).await?;
+    // DNS, then PostUp, as wg-quick orders them; either failing takes everything down again
+    // (without the down hooks, as wg-quick's trap does) and the start fails.
+    if let Err(e) = finish_up(&mut running, &hooks).await {
+        tear_down(running, false).await;
+        return Err(e);
+    }
+    tracing::info!(interface = %running.ifname, "interface up");
+    notify::ready(&status);
     running.resolver = Some(Resolver::start(
         running.plane.control().clone(),
         seeds,
@@ -167,10 +181,39 @@ fn start_data_plane(driver: Driver, control: ControlSender) -> anyhow::Result<Da
     DataPlane::spawn(driver, control).context("cannot start the data plane thread")
 }
 
+/// After a reload: new DNS settings replace the old ones (a failure is logged; the rest of
+/// the reload stands). Hooks take effect at the next start and stop.
+async fn follow_dns(ifname: &str, managed: &mut Managed) {
+    let wanted = DnsSettings::of(&managed.config);
+    let current = managed
+        .dns
+        .as_ref()
+        .map(|d| d.settings.clone())
+        .unwrap_or_default();
+    if wanted == current {
+        return;
+    }
+    if let Some(old) = managed.dns.take() {
+        old.remove().await;
+    }
+    match dns::apply(ifname, &wanted).await {
+        Ok(applied) => managed.dns = applied,
+        Err(e) => tracing::error!("cannot apply the new DNS settings: {e:#}"),
+    }
+}
+
+/// DNS and PostUp of a freshly set up interface.
+async fn finish_up(running: &mut Running, hooks: &Hooks) -> anyhow::Result<()> {
+    if let Some(managed) = running.managed.as_mut() {
+        managed.dns = dns::apply(&running.ifname, &DnsSettings::of(&managed.config)).await?;
+    }
+    hooks::run_up(Stage::PostUp, &hooks.post_up, &running.ifname).await
+}
+
 async fn run(mut running: Running, signals: Signals) -> anyhow::Result<()> {
     let result = main_loop(&mut running, signals).await;
     notify::stopping();
-    tear_down(running).await;
+    tear_down(running, true).await;
     result
 }
 
@@ -221,7 +264,9 @@ fn peer_names(config: &Config) -> PeerNames {
         .collect()
 }
 
-async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
+/// The interface of `resolved`, up and configured (device, addresses, routes, UAPI socket),
+/// and the status line for systemd.
+async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<(Running, String)> {
     let iface = &resolved.config.interface;
     let tun = open_interface(&iface.name, iface.offload)?;
     let udp =
@@ -280,12 +325,11 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
         port = driver.udp().port(),
         offload = driver.tun.offload,
         peers = resolved.config.peers.len(),
-        "interface up"
+        "interface configured"
     );
     let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
     let plane = start_data_plane(driver, control)?;
-    notify::ready(&status);
-    Ok(Running {
+    let running = Running {
         plane,
         ifname,
         ifindex,
@@ -296,10 +340,12 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<Running> {
             config: resolved.config,
             path: path.to_path_buf(),
             no_offload: false,
+            dns: None,
         }),
         name_file: None,
         resolver: None,
-    })
+    };
+    Ok((running, status))
 }
 
 /// Once a second: stops the daemon when its socket file is gone (or replaced), and asks the
@@ -398,6 +444,7 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                                 if let Some(uapi) = &running.uapi {
                                     uapi.set_names(peer_names(&managed.config));
                                 }
+                                follow_dns(&running.ifname, managed).await;
                                 // The new config's names from now on (a failed reload keeps
                                 // the old resolver, like the rest of the old config).
                                 running.resolver = Some(Resolver::start(
@@ -439,7 +486,10 @@ fn data_plane_stopped(
     }
 }
 
-async fn tear_down(running: Running) {
+/// Takes everything down, in wg-quick's order: PreDown (the link still exists), DNS, the
+/// socket, addresses and routes, the device, then PostDown. `down_hooks` is false when a start
+/// failed half way (wg-quick's trap runs no hooks then either).
+async fn tear_down(running: Running, down_hooks: bool) {
     let Running {
         plane,
         ifname,
@@ -449,14 +499,23 @@ async fn tear_down(running: Running) {
         resolver,
         ..
     } = running;
+    let hooks = managed
+        .as_ref()
+        .map(|m| m.config.interface.hooks.clone())
+        .filter(|_| down_hooks)
+        .unwrap_or_default();
+    hooks::run_down(Stage::PreDown, &hooks.pre_down, &ifname).await;
     // No endpoint updates while the device goes away.
     drop(resolver);
     // The socket first, so `wg` stops listing the interface before it goes.
     drop(uapi);
-    if let Some(managed) = managed
-        && let Err(e) = netconf::teardown(&managed.netconf, &managed.applied).await
-    {
-        tracing::warn!("interface teardown incomplete: {e:#}");
+    if let Some(managed) = managed {
+        if let Some(dns) = &managed.dns {
+            dns.remove().await;
+        }
+        if let Err(e) = netconf::teardown(&managed.netconf, &managed.applied).await {
+            tracing::warn!("interface teardown incomplete: {e:#}");
+        }
     }
     if let Some(path) = name_file
         && let Err(e) = std::fs::remove_file(&path)
@@ -466,4 +525,5 @@ async fn tear_down(running: Running) {
     // Closing the TUN descriptor removes the interface, and with it anything left on it.
     drop(plane.stop().await);
     tracing::info!(interface = %ifname, "interface removed");
+    hooks::run_down(Stage::PostDown, &hooks.post_down, &ifname).await;
 }
