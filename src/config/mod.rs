@@ -19,10 +19,13 @@
 //!                            #   length (host bits expected); no "/len" means /32 or /128
 //! mtu = 1420                 # optional, 1280..=65535 (IPv6 needs 1280); default 1420
 //! fwmark = 0                 # optional firewall mark on outgoing UDP, 0..=4294967295;
-//!                            #   0 (default) = off
+//!                            #   0 (default) = off, except for a full tunnel (below)
 //! table = "auto"             # optional routing: "auto" (default) adds a route per peer
-//!                            #   prefix; "off" adds none; or a table number 1..=4294967295
-//!                            #   (integer or numeric string) to put those routes in
+//!                            #   prefix, and a peer's "0.0.0.0/0" or "::/0" makes a full
+//!                            #   tunnel the wg-quick way (see "Full tunnel" below); "off"
+//!                            #   adds no routes; or a table number 1..=4294967295 (integer
+//!                            #   or numeric string) to put every route in, /0 included,
+//!                            #   with no policy rules
 //! offload = true             # optional, default true: TUN segmentation offload (GSO/GRO)
 //!
 //! [[peer]]                   # one block per peer; zero or more
@@ -118,7 +121,8 @@ impl InterfaceConfig {
 /// Where routes for peer prefixes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Table {
-    /// A route per peer prefix in the main table (a full tunnel the wg-quick way).
+    /// A route per peer prefix in the main table; a `/0` makes a full tunnel the wg-quick way
+    /// (fwmark, a default route in the mark's table, policy rules; see `netconf::policy`).
     #[default]
     Auto,
     /// No routes.
