@@ -294,6 +294,27 @@ fn a_reload_that_drops_v6_removes_only_the_v6_rules() {
 }
 
 #[test]
+fn a_taken_table_moves_the_full_tunnel_to_the_next_free_one() {
+    require_tools(&[]);
+    let mut w = World::new("tft-next", 5);
+    // Someone else's route in table 51820: wg-quick (and tandem) take 51821 instead.
+    w.topo
+        .laptop
+        .ip(&["route", "add", "blackhole", "10.1.2.0/24", "table", "51820"]);
+    let before = w.topo.laptop_routing();
+    w.start_server();
+    let config = w.laptop_toml("\"0.0.0.0/0\"", "");
+    w.start_laptop(&config);
+    let rules = w.topo.laptop_rules("-4");
+    assert_eq!(count(&rules, "0xca6d"), 2, "{rules}");
+    assert_eq!(count(&rules, MARK_HEX), 0, "{rules}");
+    assert_eq!(w.endpoint_route_dev(Some("51821")), w.topo.laptop_veth);
+    w.reaches_through_the_tunnel(PUBLIC4);
+    w.stop_laptop();
+    assert_eq!(w.topo.laptop_routing(), before);
+}
+
+#[test]
 fn a_failed_start_leaves_routing_as_it_was() {
     require_tools(&[]);
     let w = World::new("tft-fail", 3);
