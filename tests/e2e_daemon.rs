@@ -782,6 +782,11 @@ fn systemd_unit_is_valid_and_locked_down() {
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("ProtectKernelTunables", "yes"),
+        // The one exception, for a full tunnel's src_valid_mark.
+        (
+            "ReadWritePaths",
+            "-/proc/sys/net/ipv4/conf/all/src_valid_mark",
+        ),
         ("ProtectKernelModules", "yes"),
         ("ProtectControlGroups", "yes"),
         (
@@ -799,6 +804,8 @@ fn systemd_unit_is_valid_and_locked_down() {
         get("ExecStart"),
         vec!["/usr/bin/tandem up /etc/tandem/%i.toml"]
     );
+    // ProcSubset=pid would hide /proc/sys, and src_valid_mark with it.
+    assert!(get("ProcSubset").is_empty());
 
     // systemd's own check, on a copy whose ExecStart points at the binary just built (verify
     // insists that the program exists).

@@ -80,6 +80,7 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
                 (ip("fd00:10::"), 64),
             ],
             table: None,
+            full_tunnel: None,
         };
         let applied = netconf::apply(&nc, &plan).await.expect("apply");
         assert_eq!(applied.index, tun.index);
@@ -156,6 +157,7 @@ fn routes_go_to_the_requested_table() {
             addresses: vec![(ip("10.21.0.1"), 32)],
             routes: vec![(ip("0.0.0.0"), 0), (ip("::"), 0)],
             table: Some(51820),
+            full_tunnel: None,
         };
         let applied = netconf::apply(&nc, &plan).await.expect("apply");
         assert_eq!(applied.routes, plan.routes);
@@ -195,6 +197,7 @@ fn a_route_added_by_someone_else_is_kept_on_teardown() {
                 (ip("10.30.0.0"), 16),
             ],
             table: None,
+            full_tunnel: None,
         };
         let applied = netconf::apply(&nc, &plan).await.expect("apply");
         assert_eq!(applied.routes, vec![(ip("10.30.0.0"), 16)]);
@@ -236,6 +239,7 @@ fn a_failed_apply_undoes_what_it_did() {
             addresses: vec![(ip("10.40.0.1"), 24), (ip("10.40.0.2"), 24)],
             routes: vec![(ip("10.41.0.0"), 16)],
             table: None,
+            full_tunnel: None,
         };
         let err = netconf::apply(&nc, &plan)
             .await
@@ -278,6 +282,7 @@ fn checks_and_lookups_fail_with_typed_errors() {
             addresses: vec![(ip("10.50.0.1"), 24)],
             routes: vec![],
             table: None,
+            full_tunnel: None,
         };
         assert!(matches!(
             netconf::apply(&nc, &plan).await,
@@ -404,4 +409,181 @@ fn kit_veth_pair_joins_two_namespaces() {
         assert_eq!(buf.get(..n), Some(&b"tandem"[..]));
         assert_eq!(from.ip(), ip(src));
     }
+}
+
+/// `ip -FAMILY rule` and `ip -FAMILY route show table all`, the state a full tunnel changes.
+fn policy_state(ns: &Netns, family: &str) -> String {
+    format!(
+        "{}{}",
+        ns.ip(&[family, "rule", "show"]),
+        ns.ip(&[family, "route", "show", "table", "all"])
+    )
+}
+
+/// `ip -FAMILY rule` lines.
+fn rules(ns: &Netns, family: &str) -> Vec<String> {
+    ns.ip(&[family, "rule", "show"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_full_tunnel_is_added_synced_replaced_after_a_kill_and_removed() {
+    use tandem::netconf::{Family, FullTunnel, Placed, PolicyPart};
+    require_root();
+    let ns = Netns::new("tdm-nc-full");
+    let ifname = "tdmfull0";
+    // Someone else's rule, which must survive everything.
+    ns.ip(&[
+        "rule",
+        "add",
+        "from",
+        "10.99.0.0/24",
+        "lookup",
+        "100",
+        "priority",
+        "1000",
+    ]);
+    ns.ip(&[
+        "-6",
+        "rule",
+        "add",
+        "from",
+        "fd99::/64",
+        "lookup",
+        "100",
+        "priority",
+        "1000",
+    ]);
+    let before4 = policy_state(&ns, "-4");
+    let before6 = policy_state(&ns, "-6");
+    let before_rules4 = rules(&ns, "-4");
+    let before_rules6 = rules(&ns, "-6");
+    ns.block_on(|| async {
+        let plan = InterfacePlan {
+            ifname: ifname.into(),
+            mtu: 1420,
+            addresses: vec![(ip("10.22.0.2"), 32), (ip("fd22::2"), 128)],
+            routes: vec![],
+            table: None,
+            full_tunnel: Some(FullTunnel {
+                mark: 51820,
+                v4: true,
+                v6: true,
+            }),
+        };
+        let tun = open_tun(ifname, false).expect("open TUN");
+        let nc = NetConf::new().await.expect("netlink socket");
+        let applied = netconf::apply(&nc, &plan).await.expect("apply");
+        assert_eq!(applied.policy.len(), 6);
+        assert_eq!(applied.full_tunnel_mark(), Some(51820));
+        for family in ["-4", "-6"] {
+            let r = rules(&ns, family);
+            // As wg-quick's: the suppress rule first, then the mark rule, before the
+            // foreign rule at 1000 (the kernel places them above the first one).
+            let suppress = r.iter().position(|l| l.contains("suppress_prefixlength 0"));
+            let marked = r.iter().position(|l| l.contains("not from all fwmark 0xca6c lookup 51820"));
+            let foreign = r.iter().position(|l| l.contains("lookup 100"));
+            assert!(
+                matches!((suppress, marked, foreign), (Some(s), Some(m), Some(f)) if s < m && m < f),
+                "{family} rules: {r:#?}"
+            );
+            let routes = link_routes(&ns, family, "51820", ifname);
+            assert!(has_route(&routes, "default", "static"), "{routes:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/src_valid_mark")
+                .expect("read src_valid_mark")
+                .trim(),
+            "1"
+        );
+
+        // A reload that drops ::/0 removes only the IPv6 parts.
+        let v4_only = InterfacePlan {
+            full_tunnel: Some(FullTunnel {
+                mark: 51820,
+                v4: true,
+                v6: false,
+            }),
+            ..plan.clone()
+        };
+        let synced = netconf::sync(&nc, &applied, &v4_only).await.expect("sync");
+        assert!(
+            synced.applied.policy.iter().all(|p| p.part.family() == Family::V4),
+            "{:?}",
+            synced.applied.policy
+        );
+        assert_eq!(rules(&ns, "-6"), before_rules6);
+        assert!(link_routes(&ns, "-6", "51820", ifname).is_empty());
+        assert_ne!(rules(&ns, "-4"), before_rules4);
+        // Undone, the IPv6 parts come back in their order.
+        synced.undo(&nc).await;
+        let r = rules(&ns, "-6");
+        let suppress = r.iter().position(|l| l.contains("suppress_prefixlength 0"));
+        let marked = r.iter().position(|l| l.contains("not from all fwmark 0xca6c"));
+        assert!(
+            matches!((suppress, marked), (Some(s), Some(m)) if s < m),
+            "after undo: {r:#?}"
+        );
+
+        // A `kill -9`: the interface goes (and its routes with it) but the rules stay.
+        drop(tun);
+        drop(applied);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while nc.link_exists(ifname).await.expect("link query") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(rules(&ns, "-4").iter().any(|l| l.contains("fwmark 0xca6c")));
+        // The next start replaces them instead of adding a second copy.
+        let tun = open_tun(ifname, false).expect("open TUN again");
+        let applied = netconf::apply(&nc, &plan).await.expect("apply again");
+        for family in ["-4", "-6"] {
+            let r = rules(&ns, family);
+            assert_eq!(
+                r.iter().filter(|l| l.contains("fwmark 0xca6c")).count(),
+                2,
+                "{family}: {r:#?}"
+            );
+        }
+
+        // A failed apply (the IPv6 default route is refused) leaves nothing behind.
+        let mut refused = plan.clone();
+        refused.full_tunnel = Some(FullTunnel {
+            mark: 51900,
+            v4: true,
+            v6: true,
+        });
+        let with_tunnel4 = policy_state(&ns, "-4");
+        ns.ip(&["-6", "route", "add", "blackhole", "default", "table", "51900"]);
+        let with_tunnel6 = policy_state(&ns, "-6");
+        let err = netconf::sync(&nc, &applied, &refused)
+            .await
+            .expect_err("the blackhole default route is in the way");
+        assert!(
+            matches!(
+                err.step,
+                Some(netconf::Step::AddPolicy(Placed {
+                    part: PolicyPart::DefaultRoute {
+                        family: Family::V6,
+                        ..
+                    },
+                    ..
+                }))
+            ),
+            "{err:?}"
+        );
+        assert_eq!(policy_state(&ns, "-4"), with_tunnel4);
+        assert_eq!(policy_state(&ns, "-6"), with_tunnel6);
+        ns.ip(&["-6", "route", "del", "blackhole", "default", "table", "51900"]);
+
+        netconf::teardown(&nc, &applied).await.expect("teardown");
+        drop(tun);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while nc.link_exists(ifname).await.expect("link query") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert_eq!(policy_state(&ns, "-4"), before4);
+    assert_eq!(policy_state(&ns, "-6"), before6);
 }

@@ -116,7 +116,8 @@ impl InterfaceConfig {
 /// Where routes for peer prefixes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Table {
-    /// A route per peer prefix in the main table (a full tunnel the wg-quick way).
+    /// A route per peer prefix in the main table; a `/0` makes a full tunnel the wg-quick way
+    /// (fwmark, a default route in the mark's table, policy rules; see `netconf::policy`).
     #[default]
     Auto,
     /// No routes.

@@ -58,9 +58,9 @@ pub async fn prepare(path: &Path, no_offload: bool) -> anyhow::Result<Prepared> 
 
 /// Applies a prepared config through the one reconciler, all or nothing. Everything that
 /// can be checked without side effects (the interface name, the interface settings) is
-/// checked first; then the interface's MTU, addresses and routes change over netlink (a
-/// refusal there undoes the steps before it); then the device's part runs on the data plane's
-/// thread (new sockets and fwmark first, then keys and peers, see `Driver::apply_plan`); if
+/// checked first; then the interface's MTU, addresses, routes and full-tunnel rules change
+/// over netlink (a refusal there undoes the steps before it); then the device's part runs on
+/// the data plane's thread (new sockets and fwmark first, then keys and peers, see `Driver::apply_plan`); if
 /// that fails, the netlink changes are undone. So on any error the interface, its keys, peers,
 /// sessions and sockets are as they were, and the error says so.
 pub(crate) async fn apply(
@@ -79,8 +79,21 @@ pub(crate) async fn apply(
             new.name
         );
     }
-    let (plan, warnings) = settings::interface_plan(&resolved.config, ifname);
-    let desired = settings::desired(&resolved);
+    // A full tunnel whose mark was chosen (none configured) keeps it while it stays one.
+    let running_auto_mark = if old.fwmark == 0 {
+        managed.applied.full_tunnel_mark()
+    } else {
+        None
+    };
+    let fwmark = settings::fwmark(&managed.netconf, &resolved.config, running_auto_mark)
+        .await
+        .context("configuration unchanged")?;
+    let plan = settings::interface_plan(&resolved.config, ifname, fwmark);
+    let desired = settings::desired(&resolved, fwmark);
+    // The interface goes first because its steps can be undone. So a reload that turns a
+    // full tunnel on adds its rules a moment before the sockets get the mark; packets sent
+    // in between go round through the tunnel until they outgrow the MTU (harmless, and a
+    // handshake is retried). One that turns it off removes the rules first, which is safe.
     let synced = netconf::sync(&managed.netconf, &managed.applied, &plan)
         .await
         .context("configuration unchanged")?;
@@ -97,9 +110,6 @@ pub(crate) async fn apply(
     };
 
     // Committed: from here on the new config is the running one.
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
     if new.offload != old.offload {
         tracing::warn!("a change of `offload` takes effect when the daemon restarts");
     }

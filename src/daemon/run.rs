@@ -269,28 +269,52 @@ fn peer_names(config: &Config) -> PeerNames {
 async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<(Running, String)> {
     let iface = &resolved.config.interface;
     let tun = open_interface(&iface.name, iface.offload)?;
-    let udp =
-        UdpSockets::bind(iface.listen_port, iface.fwmark).context("cannot open the UDP sockets")?;
+    let nc = NetConf::new()
+        .await
+        .context("cannot open a netlink socket")?;
+    // Before the sockets: a full tunnel's mark is chosen by looking at the routing tables.
+    let fwmark = settings::fwmark(&nc, &resolved.config, None).await?;
+    let udp = UdpSockets::bind(iface.listen_port, fwmark).context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut driver = Driver::new(Device::new(None, seed), tun, udp, Clock::new())?;
     // The same path as every later change: from an empty device to the config's.
     let changes = driver
-        .reconcile(&settings::desired(&resolved))
+        .reconcile(&settings::desired(&resolved, fwmark))
         .context("cannot configure the device")?;
     log_changes("configuration applied", &changes);
 
-    let nc = NetConf::new()
-        .await
-        .context("cannot open a netlink socket")?;
-    let (plan, warnings) = settings::interface_plan(&resolved.config, &driver.tun.name);
-    for w in warnings {
-        tracing::warn!("{w}");
-    }
+    // After the device: the sockets carry the mark before a full tunnel's rules would send
+    // their packets into the tunnel.
+    let plan = settings::interface_plan(&resolved.config, &driver.tun.name, fwmark);
     let applied = netconf::apply(&nc, &plan)
         .await
         .with_context(|| format!("cannot configure interface {}", driver.tun.name))?;
+    // A full tunnel's rules outlive the interface: from here on a failed start removes them.
+    match start(path, resolved, driver, nc, applied).await {
+        Ok(running) => Ok(running),
+        Err((e, nc, applied)) => {
+            if let Err(undo) = netconf::teardown(&nc, &applied).await {
+                tracing::warn!("interface teardown incomplete: {undo:#}");
+            }
+            Err(e)
+        }
+    }
+}
 
-    let control = control_channel(&mut driver)?;
+/// The rest of [`set_up`] once the interface is configured; on error, hands the netlink
+/// socket and what was applied back for the teardown.
+async fn start(
+    path: &Path,
+    resolved: Resolved,
+    mut driver: Driver,
+    nc: NetConf,
+    applied: netconf::Applied,
+) -> Result<(Running, String), (anyhow::Error, NetConf, netconf::Applied)> {
+    let iface = &resolved.config.interface;
+    let control = match control_channel(&mut driver) {
+        Ok(control) => control,
+        Err(e) => return Err((e, nc, applied)),
+    };
     // The socket is a convenience here (the config file is the source of truth), so a daemon
     // without it still runs: e.g. one interface name used in two network namespaces, which
     // share /var/run/wireguard.
@@ -328,7 +352,10 @@ async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<(Running, Str
         "interface configured"
     );
     let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
-    let plane = start_data_plane(driver, control)?;
+    let plane = match start_data_plane(driver, control) {
+        Ok(plane) => plane,
+        Err(e) => return Err((e, nc, applied)),
+    };
     let running = Running {
         plane,
         ifname,

@@ -1,14 +1,14 @@
 //! From a checked [`Config`] to what the parts of the daemon need: resolved endpoints, the
 //! core's peers, and the interface plan for netconf.
 
+use anyhow::{Context, bail};
 use std::collections::HashSet;
-use std::net::SocketAddr;
-
+use std::net::{IpAddr, SocketAddr};
 use tokio::task::JoinSet;
 
 use super::endpoints;
 use crate::config::{Config, EndpointSpec, Table};
-use crate::netconf::InterfacePlan;
+use crate::netconf::{FullTunnel, InterfacePlan, NetConf};
 use crate::reconcile::{DesiredDevice, DesiredPeer};
 
 /// A config with every endpoint resolved to a socket address (`None`: the peer has none, or
@@ -78,27 +78,75 @@ pub fn route_table(table: Table) -> Option<Option<u32>> {
     }
 }
 
+/// wg-quick's first candidate table (and mark) for a full tunnel without a configured
+/// fwmark.
+pub const FIRST_FULL_TUNNEL_TABLE: u32 = 51820;
+
+/// How many tables from [`FIRST_FULL_TUNNEL_TABLE`] up are tried for a free one.
+const FREE_TABLE_TRIES: u32 = 4096;
+
+/// The families of a full tunnel the wg-quick way, `(v4, v6)`: with `table = "auto"`, those
+/// in which a peer owns the default route (`0.0.0.0/0`, `::/0`).
+pub fn full_tunnel_families(config: &Config) -> (bool, bool) {
+    if config.interface.table != Table::Auto {
+        return (false, false);
+    }
+    let mut families = (false, false);
+    for cidr in config.peers.iter().flat_map(|p| &p.allowed_ips) {
+        if cidr.is_default_route() {
+            match cidr.addr() {
+                IpAddr::V4(_) => families.0 = true,
+                IpAddr::V6(_) => families.1 = true,
+            }
+        }
+    }
+    families
+}
+
+/// The firewall mark of tandem's UDP sockets for `config`, as wg-quick's `add_default`
+/// picks it: the configured `fwmark` if any; else, for a full tunnel, the mark (= table) the
+/// running full tunnel has (`running`: a reload keeps its table, which its own default route
+/// makes look taken), else the first table from 51820 up with no IPv4 or IPv6 route in it.
+/// Without a full tunnel and a configured mark: 0 (no mark).
+pub async fn fwmark(nc: &NetConf, config: &Config, running: Option<u32>) -> anyhow::Result<u32> {
+    let configured = config.interface.fwmark;
+    if configured != 0 || full_tunnel_families(config) == (false, false) {
+        return Ok(configured);
+    }
+    if let Some(mark) = running {
+        return Ok(mark);
+    }
+    for table in (FIRST_FULL_TUNNEL_TABLE..).take(FREE_TABLE_TRIES as usize) {
+        if !nc
+            .table_has_routes(table)
+            .await
+            .context("cannot look for a free routing table for the full tunnel")?
+        {
+            return Ok(table);
+        }
+    }
+    bail!(
+        "no free routing table for the full tunnel among {FIRST_FULL_TUNNEL_TABLE}..{}: set \
+         `fwmark` to the table to use",
+        FIRST_FULL_TUNNEL_TABLE + FREE_TABLE_TRIES
+    )
+}
+
 /// The netconf plan of a config: MTU, addresses, and a route per allowed prefix unless the
-/// table is off. With `table = auto`, default routes (`/0`) are left out with a warning: a
-/// full tunnel needs policy routing (fwmark rules), which is not implemented yet. Returns the
-/// plan and those warnings.
-pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<String>) {
+/// table is off. With `table = "auto"`, a peer's `/0` is not a route in main but a full
+/// tunnel the wg-quick way (see `netconf::policy`) with `fwmark` (from [`fwmark`]) as its
+/// mark and table; with a table number, a `/0` is a route in that table like any other.
+pub fn interface_plan(config: &Config, ifname: &str, fwmark: u32) -> InterfacePlan {
     let iface = &config.interface;
-    let mut warnings = Vec::new();
     let mut routes = Vec::new();
     let table = route_table(iface.table);
+    let (v4, v6) = full_tunnel_families(config);
     if let Some(table) = table {
         let mut seen = HashSet::new();
         for peer in &config.peers {
             for cidr in &peer.allowed_ips {
                 if cidr.is_default_route() && table.is_none() {
-                    warnings.push(format!(
-                        "peer {}: no route added for {cidr}: full-tunnel routing (fwmark policy \
-                         rules) is not supported yet; add the route yourself or use a table \
-                         number",
-                        peer.label()
-                    ));
-                    continue;
+                    continue; // the full tunnel's, below
                 }
                 let net = cidr.network();
                 if seen.insert(net) {
@@ -107,7 +155,7 @@ pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<Stri
             }
         }
     }
-    let plan = InterfacePlan {
+    InterfacePlan {
         ifname: ifname.to_owned(),
         mtu: u32::from(iface.mtu),
         addresses: iface
@@ -117,19 +165,23 @@ pub fn interface_plan(config: &Config, ifname: &str) -> (InterfacePlan, Vec<Stri
             .collect(),
         routes,
         table: table.flatten(),
-    };
-    (plan, warnings)
+        full_tunnel: (v4 || v6).then_some(FullTunnel {
+            mark: fwmark,
+            v4,
+            v6,
+        }),
+    }
 }
 
 /// The device `resolved` asks for, for the one reconciler (`crate::reconcile`): its key,
-/// port, fwmark, MTU and peers. A peer without an endpoint in the file keeps the one it has
+/// port, fwmark (from [`fwmark`]: the configured one, or a full tunnel's), MTU and peers. A peer without an endpoint in the file keeps the one it has
 /// (learned by roaming, or from an earlier config); a port of 0 or none keeps the bound one.
-pub fn desired(resolved: &Resolved) -> DesiredDevice {
+pub fn desired(resolved: &Resolved, fwmark: u32) -> DesiredDevice {
     let iface = &resolved.config.interface;
     DesiredDevice {
         private_key: Some(iface.private_key.clone()),
         listen_port: iface.listen_port.unwrap_or(0),
-        fwmark: iface.fwmark,
+        fwmark,
         mtu: Some(usize::from(iface.mtu)),
         peers: resolved
             .config
@@ -159,7 +211,7 @@ mod tests {
 
     /// The core's half of the one reconciler, as the driver runs it (sockets aside).
     fn sync_peers(device: &mut Device, resolved: &Resolved, now: Now) -> Changes {
-        let plan = reconcile::plan(&Snapshot::of(device, 0, 0), &desired(resolved));
+        let plan = reconcile::plan(&Snapshot::of(device, 0, 0), &desired(resolved, 0));
         reconcile::apply_to_device(device, &plan, now);
         plan.changes()
     }
@@ -206,10 +258,10 @@ allowed_ips = ["fd09::2/128"{extra_b}]
 
     #[test]
     fn plan_routes_each_prefix_in_the_chosen_table() {
-        let (plan, warnings) = interface_plan(&two_peers("\"auto\"", ""), "tnd0");
-        assert!(warnings.is_empty());
+        let plan = interface_plan(&two_peers("\"auto\"", ""), "tnd0", 0);
         assert_eq!(plan.mtu, 1420);
         assert_eq!(plan.table, None);
+        assert_eq!(plan.full_tunnel, None);
         assert_eq!(plan.addresses.len(), 2);
         let routes: Vec<String> = plan
             .routes
@@ -218,24 +270,53 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             .collect();
         assert_eq!(routes, ["10.9.0.2/32", "10.20.0.0/16", "fd09::2/128"]);
 
-        let (plan, _) = interface_plan(&two_peers("1234", ""), "tnd0");
+        let plan = interface_plan(&two_peers("1234", ""), "tnd0", 0);
         assert_eq!(plan.table, Some(1234));
         assert_eq!(plan.routes.len(), 3);
 
-        let (plan, _) = interface_plan(&two_peers("\"off\"", ""), "tnd0");
+        let plan = interface_plan(&two_peers("\"off\"", ""), "tnd0", 0);
         assert!(plan.routes.is_empty());
     }
 
     #[test]
-    fn default_route_in_auto_table_is_skipped_with_a_warning() {
-        let (plan, warnings) = interface_plan(&two_peers("\"auto\"", ", \"::/0\""), "tnd0");
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert!(warnings[0].contains("::/0"), "{warnings:?}");
-        assert!(!plan.routes.iter().any(|&(_, l)| l == 0));
-        // In a table of its own, a default route is just a route.
-        let (plan, warnings) = interface_plan(&two_peers("51820", ", \"::/0\""), "tnd0");
-        assert!(warnings.is_empty());
+    fn a_default_route_in_the_auto_table_is_a_full_tunnel() {
+        let c = two_peers("\"auto\"", ", \"::/0\"");
+        assert_eq!(full_tunnel_families(&c), (false, true));
+        let plan = interface_plan(&c, "tnd0", 51821);
+        assert!(!plan.routes.iter().any(|&(_, l)| l == 0), "{plan:?}");
+        assert_eq!(
+            plan.full_tunnel,
+            Some(FullTunnel {
+                mark: 51821,
+                v4: false,
+                v6: true
+            })
+        );
+        let mut both = c.clone();
+        both.peers[0]
+            .allowed_ips
+            .push("0.0.0.0/0".parse().expect("cidr"));
+        assert_eq!(full_tunnel_families(&both), (true, true));
+        // In a table of its own, a default route is just a route, as with wg-quick.
+        let c = two_peers("51820", ", \"::/0\"");
+        assert_eq!(full_tunnel_families(&c), (false, false));
+        let plan = interface_plan(&c, "tnd0", 0);
+        assert_eq!(plan.full_tunnel, None);
         assert!(plan.routes.iter().any(|&(_, l)| l == 0));
+        // Off: no route at all, and no full tunnel.
+        let c = two_peers("\"off\"", ", \"::/0\"");
+        let plan = interface_plan(&c, "tnd0", 0);
+        assert!(plan.routes.is_empty() && plan.full_tunnel.is_none());
+    }
+
+    #[test]
+    fn the_desired_device_carries_the_chosen_mark() {
+        let r = Resolved {
+            endpoints: vec![None, None],
+            config: two_peers("\"auto\"", ", \"::/0\""),
+        };
+        assert_eq!(desired(&r, 51820).fwmark, 51820);
+        assert_eq!(desired(&r, 0).fwmark, 0);
     }
 
     #[tokio::test]

@@ -30,6 +30,11 @@ pub enum NetconfError {
     #[error("interface address {addr}/{prefix_len} is listed twice")]
     DuplicateAddress { addr: IpAddr, prefix_len: u8 },
 
+    /// A full tunnel's firewall mark (which is also its routing table) that names no table
+    /// of its own: 0, or the kernel's default (253), main (254) or local (255) table.
+    #[error("fwmark {0} cannot be a full tunnel's routing table (0 and 253..=255 are taken)")]
+    ReservedTable(u32),
+
     /// The kernel refused a request, or the netlink exchange broke down.
     #[error("netlink: {op} failed")]
     Netlink {

@@ -4,12 +4,17 @@ use std::fmt;
 use std::net::IpAddr;
 
 use futures::TryStreamExt;
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressMessage;
-use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
 use tokio::task::JoinHandle;
 
 use super::NetconfError;
+use super::policy::{Family, Placed, PolicyPart, RULE_PROTOCOL};
 use super::prefix::{check_ifname, check_interface_address, check_prefix, network};
 
 /// The main routing table's id (RT_TABLE_MAIN).
@@ -89,6 +94,100 @@ pub(crate) fn address_message(index: u32, addr: IpAddr, prefix_len: u8) -> Addre
             .build(),
     }
 }
+
+/// The unspecified address of `family`, the destination of its default route.
+fn any(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        Family::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// The rule message for a rule part of a full tunnel (None for its route), used both to add
+/// and to delete. Without a priority, on add the kernel picks one as for `ip rule add`, and
+/// on delete any priority matches, so a delete finds the rule wherever it went. The kernel
+/// matches a delete on the table, mark, mask, suppress length and protocol given here, so it
+/// only ever removes a rule of tandem's with this mark.
+pub(crate) fn rule_message(placed: Placed) -> Option<RuleMessage> {
+    let part = placed.part;
+    let mut msg = RuleMessage::default();
+    msg.header.family = match part.family() {
+        Family::V4 => AddressFamily::Inet,
+        Family::V6 => AddressFamily::Inet6,
+    };
+    msg.header.action = RuleAction::ToTable;
+    msg.attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(RULE_PROTOCOL)));
+    if let Some(priority) = placed.priority {
+        msg.attributes.push(RuleAttribute::Priority(priority));
+    }
+    let table = match part {
+        PolicyPart::DefaultRoute { .. } => return None,
+        PolicyPart::NotMarked { mark, .. } => {
+            // `not fwmark M`: the mark with a full mask, inverted.
+            msg.header.flags = RuleFlags::Invert;
+            msg.attributes.push(RuleAttribute::FwMark(mark));
+            msg.attributes.push(RuleAttribute::FwMask(u32::MAX));
+            mark
+        }
+        PolicyPart::SuppressMainDefault { mark, .. } => {
+            // A mask of 0 matches every packet: the mark is only the tunnel's tag.
+            msg.attributes.push(RuleAttribute::FwMark(mark));
+            msg.attributes.push(RuleAttribute::FwMask(0));
+            msg.attributes.push(RuleAttribute::SuppressPrefixLen(0));
+            MAIN_TABLE
+        }
+    };
+    // The header's table field is one byte; larger ids go in FRA_TABLE (as `ip rule` does).
+    match u8::try_from(table) {
+        Ok(t) => msg.header.table = t,
+        Err(_) => {
+            msg.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            msg.attributes.push(RuleAttribute::Table(table));
+        }
+    }
+    Some(msg)
+}
+
+/// The table of a rule message (FRA_TABLE when present, else the header's).
+fn rule_table_id(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+/// Whether the dumped rule `theirs` is the rule `ours` describes (same family, inversion,
+/// table, and every match attribute of ours), at whatever priority.
+fn same_rule(ours: &RuleMessage, theirs: &RuleMessage) -> bool {
+    ours.header.family == theirs.header.family
+        && ours.header.flags.contains(RuleFlags::Invert)
+            == theirs.header.flags.contains(RuleFlags::Invert)
+        && rule_table_id(ours) == rule_table_id(theirs)
+        && ours.attributes.iter().all(|a| {
+            matches!(a, RuleAttribute::Table(_) | RuleAttribute::Priority(_))
+                || theirs.attributes.contains(a)
+        })
+}
+
+/// The table a dumped route belongs to (FRA_TABLE when present, else the header's).
+fn route_table_id(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+/// How many stale copies of one rule a start removes at most (bounded loop; one per killed
+/// run that left it, in practice one).
+const MAX_STALE_RULES: usize = 64;
 
 impl NetConf {
     /// Opens a route netlink socket in the calling thread's network namespace and spawns its
@@ -239,6 +338,119 @@ impl NetConf {
                     e,
                 )
             })
+    }
+}
+
+impl NetConf {
+    /// Adds one part of a full tunnel through link #index.
+    pub async fn add_policy_part(&self, index: u32, placed: Placed) -> Result<(), NetconfError> {
+        let part = placed.part;
+        match part {
+            PolicyPart::DefaultRoute { family, table } => {
+                self.add_route(index, any(family), 0, Some(table)).await
+            }
+            _ => {
+                let Some(message) = rule_message(placed) else {
+                    return Ok(());
+                };
+                let mut request = self.handle.rule().add();
+                *request.message_mut() = message;
+                request
+                    .execute()
+                    .await
+                    .map_err(|e| NetconfError::netlink(format!("add {part}"), e))
+            }
+        }
+    }
+
+    /// Removes one part of a full tunnel that [`NetConf::add_policy_part`] added.
+    pub async fn del_policy_part(&self, index: u32, placed: Placed) -> Result<(), NetconfError> {
+        let part = placed.part;
+        match part {
+            PolicyPart::DefaultRoute { family, table } => {
+                self.del_route(index, any(family), 0, Some(table)).await
+            }
+            _ => {
+                let Some(message) = rule_message(placed) else {
+                    return Ok(());
+                };
+                self.handle
+                    .rule()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(|e| NetconfError::netlink(format!("delete {part}"), e))
+            }
+        }
+    }
+
+    /// Removes every copy of a rule part that is already there: left by a run of tandem that
+    /// was killed (`kill -9` leaves rules behind; routes go with the interface). Only rules
+    /// with tandem's protocol and this mark match. Returns how many were removed.
+    pub async fn purge_stale_rule(&self, part: PolicyPart) -> Result<usize, NetconfError> {
+        if !part.is_rule() {
+            return Ok(0);
+        }
+        for removed in 0..MAX_STALE_RULES {
+            match self.del_policy_part(0, Placed::new(part)).await {
+                Ok(()) => {}
+                Err(e) if e.is_already_gone() => return Ok(removed),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(MAX_STALE_RULES)
+    }
+
+    /// The priority of rule `part` as the kernel has it (None: not there, or not a rule).
+    pub async fn rule_priority(&self, part: PolicyPart) -> Result<Option<u32>, NetconfError> {
+        let Some(ours) = rule_message(Placed::new(part)) else {
+            return Ok(None);
+        };
+        let version = match part.family() {
+            Family::V4 => rtnetlink::IpVersion::V4,
+            Family::V6 => rtnetlink::IpVersion::V6,
+        };
+        let mut rules = self.handle.rule().get(version).execute();
+        loop {
+            match rules.try_next().await {
+                Ok(Some(rule)) if same_rule(&ours, &rule) => {
+                    return Ok(rule.attributes.iter().find_map(|a| match a {
+                        RuleAttribute::Priority(p) => Some(*p),
+                        _ => None,
+                    }));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(NetconfError::netlink(format!("list rules for {part}"), e)),
+            }
+        }
+    }
+
+    /// Whether routing table `table` holds any route, IPv4 or IPv6 (wg-quick's test for a
+    /// free table: `ip -4 route show table T` and `ip -6 ...` both empty).
+    pub async fn table_has_routes(&self, table: u32) -> Result<bool, NetconfError> {
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            // A dump of every table of the family; the kernel ignores a table filter unless
+            // the socket asked for strict checking, so the table is compared here.
+            let mut query = RouteMessage::default();
+            query.header.address_family = family;
+            query.header.table = RouteHeader::RT_TABLE_UNSPEC;
+            let mut routes = self.handle.route().get(query).execute();
+            loop {
+                match routes.try_next().await {
+                    Ok(Some(route)) if route_table_id(&route) == table => return Ok(true),
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(NetconfError::netlink(
+                            format!("list routes of table {table}"),
+                            e,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(false)
     }
 }
 

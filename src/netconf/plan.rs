@@ -2,11 +2,13 @@
 
 use std::net::IpAddr;
 
+use super::policy::{Family, FullTunnel, Placed, PolicyPart};
 use super::prefix::{check_ifname, check_interface_address, network};
+use super::sysctl::ensure_src_valid_mark;
 use super::{NetConf, NetconfError};
 
-/// Everything one interface needs: its MTU, addresses, and routes to the peers' AllowedIPs
-/// through it, all in one routing table (None: main).
+/// Everything one interface needs: its MTU, addresses, routes to the peers' AllowedIPs
+/// through it, all in one routing table (None: main), and a full tunnel's policy routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfacePlan {
     pub ifname: String,
@@ -14,6 +16,8 @@ pub struct InterfacePlan {
     pub addresses: Vec<(IpAddr, u8)>,
     pub routes: Vec<(IpAddr, u8)>,
     pub table: Option<u32>,
+    /// A full tunnel the wg-quick way (see `netconf::policy`), or none.
+    pub full_tunnel: Option<FullTunnel>,
 }
 
 /// What [`apply`] changed, which is exactly what [`teardown`] undoes. Routes that already
@@ -31,6 +35,19 @@ pub struct Applied {
     pub addresses: Vec<(IpAddr, u8)>,
     /// Routes added (host bits cleared), in the order they were added.
     pub routes: Vec<(IpAddr, u8)>,
+    /// The parts of a full tunnel added (default routes and rules), in the order they were
+    /// added.
+    pub policy: Vec<Placed>,
+}
+
+impl Applied {
+    /// The full tunnel's mark, when one is in place.
+    pub fn full_tunnel_mark(&self) -> Option<u32> {
+        self.policy.iter().find_map(|p| match p.part {
+            PolicyPart::NotMarked { mark, .. } => Some(mark),
+            _ => None,
+        })
+    }
 }
 
 impl InterfacePlan {
@@ -46,6 +63,9 @@ impl InterfacePlan {
         }
         for &(dest, prefix_len) in &self.routes {
             network(dest, prefix_len)?;
+        }
+        if let Some(ft) = &self.full_tunnel {
+            ft.check()?;
         }
         Ok(())
     }
@@ -64,6 +84,7 @@ pub async fn apply(nc: &NetConf, plan: &InterfacePlan) -> Result<Applied, Netcon
         table: plan.table,
         addresses: Vec::with_capacity(plan.addresses.len()),
         routes: Vec::with_capacity(plan.routes.len()),
+        policy: Vec::new(),
     };
     match apply_steps(nc, plan, &mut applied).await {
         Ok(()) => Ok(applied),
@@ -108,10 +129,58 @@ async fn apply_steps(
             Err(e) => return Err(e),
         }
     }
+    // Policy routing last: its rules send everything to the tunnel, which now has its
+    // addresses and routes (and the sockets already carry the mark).
+    for part in plan.full_tunnel.iter().flat_map(FullTunnel::parts) {
+        let placed = add_policy_part(nc, index, Placed::new(part)).await?;
+        applied.policy.push(placed);
+    }
     Ok(())
 }
 
-/// Removes what [`apply`] added: routes, then addresses, each in reverse order. Best effort:
+/// Adds one part of a full tunnel. A rule first replaces any stale copy of itself (same
+/// mark, tandem's protocol) that a killed run left; an IPv4 default route first turns
+/// `src_valid_mark` on, as wg-quick does (a warning if that cannot be done: it only matters
+/// with strict reverse-path filtering, see `netconf::sysctl`). Returns the part as placed
+/// (with the priority the kernel gave a rule).
+pub(crate) async fn add_policy_part(
+    nc: &NetConf,
+    index: u32,
+    placed: Placed,
+) -> Result<Placed, NetconfError> {
+    let part = placed.part;
+    match part {
+        PolicyPart::DefaultRoute {
+            family: Family::V4, ..
+        } => match ensure_src_valid_mark() {
+            Ok(true) => tracing::info!("net.ipv4.conf.all.src_valid_mark set to 1"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot set net.ipv4.conf.all.src_valid_mark=1 (with rp_filter=1 and \
+                 mark-restoring firewall rules, replies from the endpoint may be dropped)"
+            ),
+        },
+        PolicyPart::DefaultRoute { .. } => {}
+        _ => {
+            let stale = nc.purge_stale_rule(part).await?;
+            if stale > 0 {
+                tracing::info!("removed {stale} stale {part} left by an earlier run");
+            }
+        }
+    }
+    nc.add_policy_part(index, placed).await?;
+    if !part.is_rule() || placed.priority.is_some() {
+        return Ok(placed);
+    }
+    Ok(Placed {
+        part,
+        priority: nc.rule_priority(part).await?,
+    })
+}
+
+/// Removes what [`apply`] added: the full tunnel's parts, routes, then addresses, each in
+/// reverse order. Best effort:
 /// every step is tried; anything already gone (the link closed, a route removed by hand)
 /// counts as done; the first real error is returned.
 pub async fn teardown(nc: &NetConf, applied: &Applied) -> Result<(), NetconfError> {
@@ -125,6 +194,9 @@ pub async fn teardown(nc: &NetConf, applied: &Applied) -> Result<(), NetconfErro
             first_error.get_or_insert(e);
         }
     };
+    for &placed in applied.policy.iter().rev() {
+        note(nc.del_policy_part(applied.index, placed).await);
+    }
     for &(dest, prefix_len) in applied.routes.iter().rev() {
         note(
             nc.del_route(applied.index, dest, prefix_len, applied.table)
@@ -155,6 +227,7 @@ mod tests {
             addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
             routes: vec![(ip("10.9.0.0"), 24), (ip("10.10.0.0"), 16)],
             table: None,
+            full_tunnel: None,
         }
     }
 
@@ -198,5 +271,13 @@ mod tests {
                 ..
             })
         ));
+
+        let mut p = plan();
+        p.full_tunnel = Some(FullTunnel {
+            mark: 254,
+            v4: true,
+            v6: false,
+        });
+        assert!(matches!(p.check(), Err(NetconfError::ReservedTable(254))));
     }
 }

@@ -6,17 +6,25 @@
 
 use std::net::IpAddr;
 
+use super::plan::add_policy_part;
+use super::policy::{FullTunnel, Placed, PolicyPart};
 use super::prefix::network;
 use super::{Applied, InterfacePlan, NetConf, NetconfError};
 
 /// One change to the interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    Mtu { from: u32, to: u32 },
+    Mtu {
+        from: u32,
+        to: u32,
+    },
     DelAddress(IpAddr, u8),
     AddAddress(IpAddr, u8),
     DelRoute(IpAddr, u8, Option<u32>),
     AddRoute(IpAddr, u8, Option<u32>),
+    /// A part of a full tunnel (default route in the mark's table, or a rule).
+    DelPolicy(Placed),
+    AddPolicy(Placed),
 }
 
 impl Step {
@@ -28,6 +36,8 @@ impl Step {
             Step::AddAddress(a, l) => Step::DelAddress(a, l),
             Step::DelRoute(d, l, t) => Step::AddRoute(d, l, t),
             Step::AddRoute(d, l, t) => Step::DelRoute(d, l, t),
+            Step::DelPolicy(p) => Step::AddPolicy(p),
+            Step::AddPolicy(p) => Step::DelPolicy(p),
         }
     }
 }
@@ -40,16 +50,32 @@ impl std::fmt::Display for Step {
             Step::AddAddress(a, l) => write!(f, "add address {a}/{l}"),
             Step::DelRoute(d, l, _) => write!(f, "remove route {d}/{l}"),
             Step::AddRoute(d, l, _) => write!(f, "add route {d}/{l}"),
+            Step::DelPolicy(p) => write!(f, "remove the full tunnel's {p}"),
+            Step::AddPolicy(p) => write!(f, "add the full tunnel's {p}"),
         }
     }
 }
 
-/// The steps from `applied` to `plan`, in the order they run: MTU, addresses added (those
-/// that only change their prefix length removed just before), addresses removed, routes
-/// removed, added. Routes are compared as networks; a change of table moves every
-/// route. Pure.
+/// The steps from `applied` to `plan`, in the order they run: full-tunnel parts that go
+/// (last added first), MTU, addresses added (those that only change their prefix length
+/// removed just before), addresses removed, routes removed, added, full-tunnel parts that
+/// come (in [`FullTunnel::parts`] order). Routes are compared as networks; a change of table
+/// moves every route, a change of mark every full-tunnel part. Pure.
+///
+/// Parts go in the reverse of the order they come in, so undoing a removal adds them back in
+/// their own order, which is what gives the suppress rule its place before the other one.
 pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
     let mut steps = Vec::new();
+    let wanted_policy: Vec<PolicyPart> = plan
+        .full_tunnel
+        .iter()
+        .flat_map(FullTunnel::parts)
+        .collect();
+    for &placed in applied.policy.iter().rev() {
+        if !wanted_policy.contains(&placed.part) {
+            steps.push(Step::DelPolicy(placed));
+        }
+    }
     if applied.mtu != plan.mtu {
         steps.push(Step::Mtu {
             from: applied.mtu,
@@ -93,6 +119,11 @@ pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
     for &(dest, len) in &wanted {
         if table_changed || !applied.routes.contains(&(dest, len)) {
             steps.push(Step::AddRoute(dest, len, plan.table));
+        }
+    }
+    for part in wanted_policy {
+        if !applied.policy.iter().any(|p| p.part == part) {
+            steps.push(Step::AddPolicy(Placed::new(part)));
         }
     }
     steps
@@ -139,19 +170,21 @@ pub async fn sync(
                 });
             }
         };
-        if did {
-            done.push(step);
+        if let Some(did) = did {
+            done.push(did);
         }
-        match step {
+        match did.unwrap_or(step) {
             Step::Mtu { to, .. } => next.mtu = to,
             Step::DelAddress(a, l) => next.addresses.retain(|&x| x != (a, l)),
             Step::AddAddress(a, l) => next.addresses.push((a, l)),
             Step::DelRoute(d, l, _) => next.routes.retain(|&x| x != (d, l)),
             Step::AddRoute(d, l, _) => {
-                if did {
+                if did.is_some() {
                     next.routes.push((d, l));
                 }
             }
+            Step::DelPolicy(p) => next.policy.retain(|x| x.part != p.part),
+            Step::AddPolicy(p) => next.policy.push(p),
         }
     }
     Ok(Synced {
@@ -169,27 +202,38 @@ pub struct SyncError {
     pub source: NetconfError,
 }
 
-/// Runs one step; `Ok(false)` when there was nothing to do (already there, already gone).
-async fn run(nc: &NetConf, index: u32, step: Step) -> Result<bool, NetconfError> {
+/// Runs one step; returns it as done (a rule added with the priority the kernel gave it), or
+/// `None` when there was nothing to do (already there, already gone).
+async fn run(nc: &NetConf, index: u32, step: Step) -> Result<Option<Step>, NetconfError> {
+    let mut done = step;
     let result = match step {
         Step::Mtu { to, .. } => nc.set_mtu(index, to).await,
         Step::DelAddress(a, l) => nc.del_address(index, a, l).await,
         Step::AddAddress(a, l) => nc.add_address(index, a, l).await,
         Step::DelRoute(d, l, t) => nc.del_route(index, d, l, t).await,
         Step::AddRoute(d, l, t) => nc.add_route(index, d, l, t).await,
+        Step::DelPolicy(p) => nc.del_policy_part(index, p).await,
+        // A full tunnel's default route that is already there is an error, not skipped: it
+        // is not tandem's, and the tunnel would not work through it.
+        Step::AddPolicy(p) => add_policy_part(nc, index, p).await.map(|placed| {
+            done = Step::AddPolicy(placed);
+        }),
     };
     match result {
         Ok(()) => {
-            tracing::info!("interface: {step}");
-            Ok(true)
+            tracing::info!("interface: {done}");
+            Ok(Some(done))
         }
         Err(e)
-            if matches!(step, Step::DelAddress(..) | Step::DelRoute(..)) && e.is_already_gone() =>
+            if matches!(
+                step,
+                Step::DelAddress(..) | Step::DelRoute(..) | Step::DelPolicy(..)
+            ) && e.is_already_gone() =>
         {
-            Ok(false)
+            Ok(None)
         }
         // Already there (an address's own on-link route): not ours to remove later.
-        Err(e) if matches!(step, Step::AddRoute(..)) && e.is_exists() => Ok(false),
+        Err(e) if matches!(step, Step::AddRoute(..)) && e.is_exists() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -206,6 +250,7 @@ async fn undo(nc: &NetConf, index: u32, done: &[Step]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netconf::Family;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")
@@ -219,6 +264,7 @@ mod tests {
             table: None,
             addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
             routes: vec![(ip("10.10.0.0"), 16), (ip("10.11.0.0"), 16)],
+            policy: vec![],
         }
     }
 
@@ -229,6 +275,7 @@ mod tests {
             addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
             routes: vec![(ip("10.10.0.0"), 16), (ip("10.11.0.0"), 16)],
             table: None,
+            full_tunnel: None,
         }
     }
 
@@ -300,9 +347,103 @@ mod tests {
             Step::DelAddress(ip("10.0.0.1"), 8),
             Step::AddRoute(ip("10.0.0.0"), 8, Some(3)),
             Step::DelRoute(ip("10.0.0.0"), 8, None),
+            Step::AddPolicy(Placed::new(PolicyPart::NotMarked {
+                family: Family::V6,
+                mark: 7,
+            })),
+            Step::DelPolicy(Placed {
+                part: PolicyPart::NotMarked {
+                    family: Family::V4,
+                    mark: 7,
+                },
+                priority: Some(99),
+            }),
         ] {
             assert_ne!(step.inverse(), step);
             assert_eq!(step.inverse().inverse(), step);
         }
+    }
+
+    fn full(mark: u32, v4: bool, v6: bool) -> Option<FullTunnel> {
+        Some(FullTunnel { mark, v4, v6 })
+    }
+
+    #[test]
+    fn a_full_tunnel_comes_last_and_goes_first_in_reverse() {
+        let mut p = plan();
+        p.full_tunnel = full(51820, true, true);
+        p.routes.push((ip("10.12.0.0"), 16));
+        let steps = diff(&applied(), &p);
+        let parts = FullTunnel {
+            mark: 51820,
+            v4: true,
+            v6: true,
+        }
+        .parts();
+        assert_eq!(steps[0], Step::AddRoute(ip("10.12.0.0"), 16, None));
+        assert_eq!(
+            steps[1..],
+            parts
+                .iter()
+                .map(|&x| Step::AddPolicy(Placed::new(x)))
+                .collect::<Vec<_>>()[..]
+        );
+
+        // In place: dropping ::/0 removes the IPv6 parts only, last added first, before
+        // anything else changes.
+        let mut a = applied();
+        a.policy = parts.iter().map(|&x| Placed::new(x)).collect();
+        let mut p = plan();
+        p.mtu = 1400;
+        p.full_tunnel = full(51820, true, false);
+        let steps = diff(&a, &p);
+        assert_eq!(
+            steps,
+            [
+                Step::DelPolicy(Placed::new(parts[5])),
+                Step::DelPolicy(Placed::new(parts[4])),
+                Step::DelPolicy(Placed::new(parts[3])),
+                Step::Mtu {
+                    from: 1420,
+                    to: 1400
+                },
+            ]
+        );
+        assert!(parts[3..].iter().all(|x| x.family() == Family::V6));
+        // Undone, they come back in their own order.
+        let back: Vec<Step> = steps[..3].iter().rev().map(|s| s.inverse()).collect();
+        assert_eq!(
+            back,
+            parts[3..]
+                .iter()
+                .map(|&x| Step::AddPolicy(Placed::new(x)))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_new_mark_replaces_every_part() {
+        let mut a = applied();
+        a.policy = FullTunnel {
+            mark: 51820,
+            v4: true,
+            v6: false,
+        }
+        .parts()
+        .into_iter()
+        .map(Placed::new)
+        .collect();
+        let mut p = plan();
+        p.full_tunnel = full(7, true, false);
+        let steps = diff(&a, &p);
+        assert_eq!(steps.len(), 6, "{steps:?}");
+        assert!(steps[..3].iter().all(|s| matches!(s, Step::DelPolicy(_))));
+        assert!(steps[3..].iter().all(|s| matches!(s, Step::AddPolicy(_))));
+        // The same full tunnel: nothing to do.
+        p.full_tunnel = full(51820, true, false);
+        assert!(diff(&a, &p).is_empty());
+        // Off again: everything goes.
+        p.full_tunnel = None;
+        assert_eq!(diff(&a, &p).len(), 3);
     }
 }

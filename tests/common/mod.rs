@@ -1,6 +1,7 @@
 //! The integration tests' kit for what needs the system: network namespaces, veth pairs and
-//! processes ([`netns`]), a running `tandem` and its helpers ([`kit`]), and real WireGuard
-//! peers ([`peers`]). The pure parts (the virtual-time device pair, packet builders, a seeded
+//! processes ([`netns`]), a running `tandem` and its helpers ([`kit`]), real WireGuard
+//! peers ([`peers`]), and the `laptop — isp — server` topology of the full-tunnel tests
+//! ([`topology`]). The pure parts (the virtual-time device pair, packet builders, a seeded
 //! generator, fixed keys) are the library's `tandem::testkit`.
 //!
 //! Included one way only, from any file in `tests/`:
@@ -16,3 +17,4 @@
 pub mod kit;
 pub mod netns;
 pub mod peers;
+pub mod topology;
