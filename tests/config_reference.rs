@@ -88,7 +88,10 @@ fn reference_is_a_valid_config_with_the_values_it_shows() {
     let i = &config.interface;
     assert_eq!(i.name, "tnd0");
     assert_eq!(i.public_key(), key(1).public_key());
-    assert_eq!((i.listen_port, i.mtu, i.fwmark), (Some(51820), 1420, 0));
+    assert_eq!(
+        (i.listen_port, i.mtu, i.fwmark),
+        (Some(51820), Some(1420), 0)
+    );
     assert_eq!(
         i.addresses,
         ["10.9.0.1/24", "fd09::1/64"].map(|a| a.parse().unwrap())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{ConfigErrors, Diagnostics};
 use super::net::{EndpointSpec, InterfaceAddress, Prefix, check_interface_name};
-use super::{Config, DEFAULT_MTU, InterfaceConfig, MAX_MTU, MIN_MTU, PeerConfig, Table};
+use super::{Config, InterfaceConfig, MAX_MTU, MIN_MTU, PeerConfig, Table};
 use crate::proto::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 
 /// A raw value with where it came from: its 1-based line and its key path as the user's file
@@ -365,7 +365,7 @@ struct PartialInterface {
     private_key_file: Option<PathBuf>,
     listen_port: Option<Option<u16>>,
     addresses: Option<Vec<InterfaceAddress>>,
-    mtu: Option<u16>,
+    mtu: Option<Option<u16>>,
     fwmark: Option<u32>,
     table: Option<Table>,
     offload: bool,
@@ -501,8 +501,10 @@ fn compile_interface(
             i128::from(MAX_MTU),
             "the MTU",
         )
-        .and_then(|m| u16::try_from(m).ok()),
-        None => Some(DEFAULT_MTU),
+        .and_then(|m| u16::try_from(m).ok())
+        .map(Some),
+        // Automatic: the daemon derives it from the path to the endpoints.
+        None => Some(None),
     };
     let fwmark = match &d.fwmark {
         Some(at) => ranged(diag, at, 0, i128::from(u32::MAX), "a firewall mark")

@@ -72,7 +72,10 @@ pub struct InterfaceConfig {
     /// `None`: a random port.
     pub listen_port: Option<u16>,
     pub addresses: Vec<InterfaceAddress>,
-    pub mtu: u16,
+    /// `None`: automatic, as wg-quick: the MTU of the path to the endpoints minus 80 (the
+    /// largest WireGuard overhead), [`DEFAULT_MTU`] when nothing is known, never below
+    /// [`MIN_MTU`] (see `daemon::settings::automatic_mtu`).
+    pub mtu: Option<u16>,
     /// 0 = off.
     pub fwmark: u32,
     pub table: Table,
@@ -269,7 +272,7 @@ mod tests {
                     assert_eq!(i.addresses, addrs(&["10.9.0.1/24", "fd09::1/64"]));
                     assert_eq!(
                         (i.mtu, i.fwmark, i.table, i.offload),
-                        (1420, 0, Table::Auto, true)
+                        (Some(1420), 0, Table::Auto, true)
                     );
                     assert_eq!(config.peers.len(), 1);
                     let p = &config.peers[0];
@@ -356,7 +359,7 @@ mod tests {
                     assert_eq!(i.name, "wg0");
                     assert_eq!(i.listen_port, Some(51821));
                     assert_eq!(i.addresses, addrs(&["10.20.0.1/24", "fd20::1/64"]));
-                    assert_eq!((i.mtu, i.fwmark, i.table), (1380, 0xca6c, Table::Off));
+                    assert_eq!((i.mtu, i.fwmark, i.table), (Some(1380), 0xca6c, Table::Off));
                     assert_eq!(config.peers.len(), 2);
                     assert_eq!(
                         config.peers[0].endpoint.as_ref().unwrap().literal(),

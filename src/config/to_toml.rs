@@ -61,7 +61,9 @@ pub fn to_toml(config: &Config) -> String {
         let _ = writeln!(out, "listen_port = {port}");
     }
     let _ = writeln!(out, "address = {}", list(&i.addresses));
-    let _ = writeln!(out, "mtu = {}", i.mtu);
+    if let Some(mtu) = i.mtu {
+        let _ = writeln!(out, "mtu = {mtu}");
+    }
     if i.fwmark != 0 {
         let _ = writeln!(out, "fwmark = {}", i.fwmark);
     }

@@ -343,7 +343,7 @@ mod tests {
         let c = parse_toml(file("/etc/tandem/tnd7.toml"), &text).unwrap();
         assert_eq!(c.interface.name, "tnd7");
         assert_eq!(c.interface.listen_port, None);
-        assert_eq!(c.interface.mtu, 1420);
+        assert_eq!(c.interface.mtu, None, "absent: automatic");
         assert_eq!(c.interface.fwmark, 0);
         assert_eq!(c.interface.table, Table::Auto);
         assert!(c.interface.offload);
@@ -369,7 +369,7 @@ mod tests {
             "allowed_ips = [\"10.0.0.3/32\"]",
         ]);
         let c = parse_toml(file("r.toml"), &text).unwrap();
-        assert_eq!((c.interface.fwmark, c.interface.mtu), (0xca6c, 1400));
+        assert_eq!((c.interface.fwmark, c.interface.mtu), (0xca6c, Some(1400)));
         // Names are labels: a repeat is allowed but worth a warning.
         assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
         assert_eq!(c.warnings[0].key, "peer[2].name");

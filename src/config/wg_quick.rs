@@ -356,7 +356,10 @@ mod tests {
         assert_eq!(i.listen_port, Some(51820));
         let addrs: Vec<String> = i.addresses.iter().map(ToString::to_string).collect();
         assert_eq!(addrs, ["10.0.0.1/24", "fd00::1/64", "10.0.1.1/24"]);
-        assert_eq!((i.mtu, i.fwmark, i.table), (1380, 0x1234, Table::Id(1000)));
+        assert_eq!(
+            (i.mtu, i.fwmark, i.table),
+            (Some(1380), 0x1234, Table::Id(1000))
+        );
         assert_eq!(c.peers.len(), 2);
         let p = &c.peers[0];
         assert_eq!(p.public_key.to_base64(), public(2));
@@ -484,7 +487,7 @@ mod tests {
             private(1)
         );
         let c = parse_wg_quick(file("wg3.conf"), &text).unwrap();
-        assert_eq!(c.interface.mtu, 1500);
+        assert_eq!(c.interface.mtu, Some(1500));
         assert_eq!(c.warnings.len(), 1);
         assert_eq!(
             (c.warnings[0].line, c.warnings[0].key.as_str()),

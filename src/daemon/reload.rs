@@ -69,16 +69,15 @@ pub(crate) async fn apply(
     managed: &mut Managed,
     prepared: Prepared,
 ) -> anyhow::Result<()> {
-    let resolved = prepared.resolved;
-    let new = &resolved.config.interface;
-    let old = &managed.config.interface;
-    if new.name != ifname {
+    let mut resolved = prepared.resolved;
+    if resolved.config.interface.name != ifname {
         bail!(
             "configuration unchanged: the interface name changed from {ifname} to {}: restart \
              the daemon for that",
-            new.name
+            resolved.config.interface.name
         );
     }
+    let old = &managed.config.interface;
     // A full tunnel whose mark was chosen (none configured) keeps it while it stays one.
     let running_auto_mark = if old.fwmark == 0 {
         managed.applied.full_tunnel_mark()
@@ -88,6 +87,11 @@ pub(crate) async fn apply(
     let fwmark = settings::fwmark(&managed.netconf, &resolved.config, running_auto_mark)
         .await
         .context("configuration unchanged")?;
+    // Without an `mtu`, the paths to the (possibly new) endpoints decide, with the sockets'
+    // mark, so a running full tunnel's rules do not send the lookup into the tunnel.
+    resolved.config.interface.mtu =
+        Some(settings::automatic_mtu(&managed.netconf, &resolved, fwmark).await);
+    let new = &resolved.config.interface;
     let plan = settings::interface_plan(&resolved.config, ifname, fwmark);
     let desired = settings::desired(&resolved, fwmark);
     // The interface goes first because its steps can be undone. So a reload that turns a

@@ -266,15 +266,21 @@ fn peer_names(config: &Config) -> PeerNames {
 
 /// The interface of `resolved`, up and configured (device, addresses, routes, UAPI socket),
 /// and the status line for systemd.
-async fn set_up(path: &Path, resolved: Resolved) -> anyhow::Result<(Running, String)> {
-    let iface = &resolved.config.interface;
-    let tun = open_interface(&iface.name, iface.offload)?;
+async fn set_up(path: &Path, mut resolved: Resolved) -> anyhow::Result<(Running, String)> {
+    let tun = open_interface(
+        &resolved.config.interface.name,
+        resolved.config.interface.offload,
+    )?;
     let nc = NetConf::new()
         .await
         .context("cannot open a netlink socket")?;
     // Before the sockets: a full tunnel's mark is chosen by looking at the routing tables.
     let fwmark = settings::fwmark(&nc, &resolved.config, None).await?;
-    let udp = UdpSockets::bind(iface.listen_port, fwmark).context("cannot open the UDP sockets")?;
+    // Without an `mtu`, the path to the endpoints decides (looked up before any rule of a
+    // full tunnel exists); from here on the config holds the value in force.
+    resolved.config.interface.mtu = Some(settings::automatic_mtu(&nc, &resolved, fwmark).await);
+    let udp = UdpSockets::bind(resolved.config.interface.listen_port, fwmark)
+        .context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut driver = Driver::new(Device::new(None, seed), tun, udp, Clock::new())?;
     // The same path as every later change: from an empty device to the config's.

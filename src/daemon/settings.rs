@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::task::JoinSet;
 
 use super::endpoints;
-use crate::config::{Config, EndpointSpec, Table};
+use crate::config::{Config, DEFAULT_MTU, EndpointSpec, MAX_MTU, MIN_MTU, Table};
 use crate::netconf::{FullTunnel, InterfacePlan, NetConf};
 use crate::reconcile::{DesiredDevice, DesiredPeer};
 
@@ -132,6 +132,43 @@ pub async fn fwmark(nc: &NetConf, config: &Config, running: Option<u32>) -> anyh
     )
 }
 
+/// What WireGuard adds to every packet at most: an IPv6 outer header (40), UDP (8), the
+/// transport header (16) and the tag (16). wg-quick subtracts the same 80.
+pub const WIREGUARD_OVERHEAD: u32 = 80;
+
+/// The interface MTU when the config gives none, as wg-quick's `set_mtu_up` finds it: the
+/// largest MTU among the paths to the peers' endpoints (`ip route get`, with the sockets'
+/// mark, before any full-tunnel rule exists or for the sockets' own route) minus
+/// [`WIREGUARD_OVERHEAD`]; [`DEFAULT_MTU`] (1500 - 80) when no endpoint is known or routed;
+/// never below [`MIN_MTU`], as IPv6 needs 1280. An explicit `mtu` is returned as it is.
+pub async fn automatic_mtu(nc: &NetConf, resolved: &Resolved, fwmark: u32) -> u16 {
+    if let Some(mtu) = resolved.config.interface.mtu {
+        return mtu;
+    }
+    let mut path = 0u32;
+    for endpoint in resolved.endpoints.iter().flatten() {
+        match nc.path_mtu(endpoint.ip(), fwmark).await {
+            Ok(Some(mtu)) => path = path.max(mtu),
+            Ok(None) => {}
+            Err(e) => tracing::debug!("cannot look up the path MTU to {endpoint}: {e}"),
+        }
+    }
+    let mtu = mtu_for_path(path);
+    tracing::info!(mtu, path_mtu = path, "automatic MTU");
+    mtu
+}
+
+/// [`automatic_mtu`]'s arithmetic: 0 means nothing known.
+pub fn mtu_for_path(path_mtu: u32) -> u16 {
+    if path_mtu == 0 {
+        return DEFAULT_MTU;
+    }
+    let mtu = path_mtu
+        .saturating_sub(WIREGUARD_OVERHEAD)
+        .clamp(u32::from(MIN_MTU), u32::from(MAX_MTU));
+    u16::try_from(mtu).unwrap_or(DEFAULT_MTU)
+}
+
 /// The netconf plan of a config: MTU, addresses, and a route per allowed prefix unless the
 /// table is off. With `table = "auto"`, a peer's `/0` is not a route in main but a full
 /// tunnel the wg-quick way (see `netconf::policy`) with `fwmark` (from [`fwmark`]) as its
@@ -157,7 +194,7 @@ pub fn interface_plan(config: &Config, ifname: &str, fwmark: u32) -> InterfacePl
     }
     InterfacePlan {
         ifname: ifname.to_owned(),
-        mtu: u32::from(iface.mtu),
+        mtu: u32::from(iface.mtu.unwrap_or(DEFAULT_MTU)),
         addresses: iface
             .addresses
             .iter()
@@ -182,7 +219,7 @@ pub fn desired(resolved: &Resolved, fwmark: u32) -> DesiredDevice {
         private_key: Some(iface.private_key.clone()),
         listen_port: iface.listen_port.unwrap_or(0),
         fwmark,
-        mtu: Some(usize::from(iface.mtu)),
+        mtu: Some(usize::from(iface.mtu.unwrap_or(DEFAULT_MTU))),
         peers: resolved
             .config
             .peers
@@ -254,6 +291,17 @@ allowed_ips = ["fd09::2/128"{extra_b}]
 
     fn now() -> Now {
         Now::new(Duration::from_secs(10), Duration::from_secs(1_700_000_000))
+    }
+
+    #[test]
+    fn automatic_mtu_is_the_path_minus_80_within_bounds() {
+        assert_eq!(mtu_for_path(1500), 1420);
+        assert_eq!(mtu_for_path(1400), 1320);
+        assert_eq!(mtu_for_path(9000), 8920);
+        // Never below what IPv6 needs, and 1420 when nothing is known.
+        assert_eq!(mtu_for_path(1300), 1280);
+        assert_eq!(mtu_for_path(0), 1420);
+        assert_eq!(mtu_for_path(u32::MAX), 65535);
     }
 
     #[test]

@@ -6,8 +6,9 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{
-    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlags, RuleMessage};
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -423,6 +424,66 @@ impl NetConf {
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(NetconfError::netlink(format!("list rules for {part}"), e)),
             }
+        }
+    }
+
+    /// The MTU of the path to `dest`, as `ip route get DEST mark MARK` finds it: the route's
+    /// own `mtu` metric when it has one, else the MTU of the link it leaves by. `None` when no
+    /// route reaches `dest`. A lookup only: nothing is sent.
+    pub async fn path_mtu(&self, dest: IpAddr, mark: u32) -> Result<Option<u32>, NetconfError> {
+        let mut query = RouteMessage::default();
+        query.header.address_family = match dest {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        query.header.destination_prefix_length = if dest.is_ipv4() { 32 } else { 128 };
+        query
+            .attributes
+            .push(RouteAttribute::Destination(match dest {
+                IpAddr::V4(a) => RouteAddress::Inet(a),
+                IpAddr::V6(a) => RouteAddress::Inet6(a),
+            }));
+        if mark != 0 {
+            query.attributes.push(RouteAttribute::Mark(mark));
+        }
+        let route = match self.handle.route().get(query).execute().try_next().await {
+            Ok(Some(route)) => route,
+            Ok(None) => return Ok(None),
+            // No route (ENETUNREACH, EHOSTUNREACH...): nothing known about this path.
+            Err(rtnetlink::Error::NetlinkError(_)) => return Ok(None),
+            Err(e) => {
+                return Err(NetconfError::netlink(
+                    format!("look up the route to {dest}"),
+                    e,
+                ));
+            }
+        };
+        let mut oif = None;
+        for attribute in &route.attributes {
+            match attribute {
+                RouteAttribute::Metrics(metrics) => {
+                    if let Some(mtu) = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) if *mtu > 0 => Some(*mtu),
+                        _ => None,
+                    }) {
+                        return Ok(Some(mtu));
+                    }
+                }
+                RouteAttribute::Oif(index) => oif = Some(*index),
+                _ => {}
+            }
+        }
+        let Some(index) = oif else {
+            return Ok(None);
+        };
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(*mtu),
+                _ => None,
+            })),
+            Ok(None) => Ok(None),
+            Err(e) => Err(NetconfError::netlink(format!("look up link #{index}"), e)),
         }
     }
 
