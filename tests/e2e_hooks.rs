@@ -2,7 +2,8 @@
 //! own (needs root). PostUp has run by the time the daemon says it is up; PreDown sees the link
 //! and PostDown runs after it is gone; a failing PostUp leaves nothing behind and exits
 //! non-zero; DNS goes through `resolvconf` exactly as wg-quick calls it (a stand-in early on
-//! PATH records its calls), and with no way to apply DNS the start fails saying so.
+//! PATH records the calls of the real wg-quick, then tandem's, and they must be the same
+//! bytes), and with no way to apply DNS the start fails saying so. Needs wireguard-tools.
 //! Every process, namespace and file is removed, also when a test fails.
 
 mod common;
@@ -10,7 +11,7 @@ use common::{kit, netns};
 
 use std::time::Duration;
 
-use kit::{Daemon, TempDir, unique};
+use kit::{BIN, Daemon, Detached, TempDir, detached_pid, unique, wait_until};
 use netns::{Netns, require_root};
 use tandem::testkit::key;
 
@@ -165,35 +166,71 @@ fn dns_goes_through_resolvconf_as_wg_quick_calls_it() {
     let dir = TempDir::new("dns");
     let (bin, log) = stand_in_resolvconf(&dir);
     let name = ifname("d");
-    let extra =
-        "dns = [\"10.66.0.53\", \"fd66::53\"]\ndns_search = [\"corp.example\", \"lab.example\"]\n";
-    let path = dir.file("d.toml", &config(&name, extra));
     let search_path = format!(
         "{}:{}",
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+
+    // wg-quick itself, with tandem as its userspace implementation, records the reference.
+    let _guard = Detached(name.clone());
+    let conf = dir.file(
+        &format!("{name}.conf"),
+        &format!(
+            "[Interface]\nPrivateKey = {}\nAddress = 10.66.0.1/24\n\
+             DNS = 10.66.0.53, fd66::53, corp.example, lab.example\n\n\
+             [Peer]\nPublicKey = {}\nAllowedIPs = 10.66.0.2/32\n",
+            key(61).to_base64(),
+            key(62).public_key().to_base64(),
+        ),
+    );
+    for verb in ["up", "down"] {
+        let out = ns
+            .command("wg-quick", &[verb, &conf.to_string_lossy()])
+            .env("WG_QUICK_USERSPACE_IMPLEMENTATION", BIN)
+            .env("PATH", &search_path)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run wg-quick (wireguard-tools)");
+        assert!(
+            out.status.success(),
+            "wg-quick {verb}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || detached_pid(&name).is_none()),
+        "tandem did not exit after wg-quick down"
+    );
+    let by_wg_quick = std::fs::read_to_string(&log).expect("wg-quick called resolvconf");
+    std::fs::remove_file(&log).expect("reset the record");
+
+    // The same settings through `tandem up`, TOML: the same calls, byte for byte.
+    let extra =
+        "dns = [\"10.66.0.53\", \"fd66::53\"]\ndns_search = [\"corp.example\", \"lab.example\"]\n";
+    let path = dir.file("d.toml", &config(&name, extra));
     let mut d = Daemon::start(
         &ns,
         &["up", &path.to_string_lossy()],
         &[("PATH", &search_path)],
     );
     d.wait_log("interface up", UP);
-    let iface = format!("{}{name}", wg_quick_prefix());
-    let recorded = std::fs::read_to_string(&log).expect("resolvconf was called");
-    assert_eq!(
-        recorded,
-        format!(
-            "args: -a {iface} -m 0 -x\nnameserver 10.66.0.53\nnameserver fd66::53\n\
-             search corp.example lab.example\nend\n"
-        )
+    let at_up = std::fs::read_to_string(&log).expect("resolvconf was called");
+    assert!(
+        by_wg_quick.starts_with(&at_up),
+        "up: tandem\n{at_up}\nwg-quick\n{by_wg_quick}"
+    );
+    assert!(
+        at_up.starts_with(&format!("args: -a {}{name} -m 0 -x\n", wg_quick_prefix())),
+        "{at_up}"
     );
     d.stop(Duration::from_secs(10));
     let recorded = std::fs::read_to_string(&log).expect("log");
-    assert!(
-        recorded.ends_with(&format!("args: -d {iface} -f\nend\n")),
-        "{recorded}"
+    assert_eq!(
+        recorded, by_wg_quick,
+        "tandem up and down called resolvconf as wg-quick does"
     );
+    assert!(recorded.ends_with(&format!("args: -d {}{name} -f\nend\n", wg_quick_prefix())));
 }
 
 #[test]

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use kit::{BIN, Daemon, TempDir, ping_once, rx_packets, wait_until};
+use kit::{BIN, Daemon, Detached, TempDir, detached_pid, ping_once, rx_packets, wait_until};
 use netns::require_root;
 use tandem::testkit::key;
 use topology::{PUBLIC4, PUBLIC6, Topology};
@@ -337,44 +337,6 @@ fn a_failed_start_leaves_routing_as_it_was() {
         d.log()
     );
     assert_eq!(w.topo.laptop_routing(), before);
-}
-
-/// The PID of the detached `tandem -f IFNAME` that wg-quick started, if it runs.
-fn detached_pid(ifname: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .collect();
-        if args.len() == 3
-            && args[0].ends_with(b"tandem")
-            && args[1] == b"-f"
-            && args[2] == ifname.as_bytes()
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// Kills the detached daemon of IFNAME by PID when dropped (a failed test).
-struct Detached(String);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        if let Some(pid) = detached_pid(&self.0) {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", &pid.to_string()])
-                .status();
-        }
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
-    }
 }
 
 #[test]

@@ -313,3 +313,41 @@ pub fn start_transfer(
     );
     Transfer { sender, receiver }
 }
+
+/// The PID of the detached `tandem -f IFNAME` that wg-quick started, if it runs.
+pub fn detached_pid(ifname: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if args.len() == 3
+            && args[0].ends_with(b"tandem")
+            && args[1] == b"-f"
+            && args[2] == ifname.as_bytes()
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Kills the detached daemon of IFNAME by PID when dropped (a failed test).
+pub struct Detached(pub String);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(pid) = detached_pid(&self.0) {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", &pid.to_string()])
+                .status();
+        }
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
+    }
+}
