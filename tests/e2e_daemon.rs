@@ -576,7 +576,7 @@ fn handshake_flood_gets_cookie_replies() {
             let mut dev = Device::new(Some(key(100 + i)), [i; 32]);
             let mut peer = proto::PeerConfig::new(t.key_b.public_key());
             peer.endpoint = Some(target);
-            peer.allowed_ips = vec![(b4, 32)];
+            peer.allowed_ips = vec![proto::prefix::Prefix::host(b4)];
             dev.upsert_peer(&peer).expect("peer");
             let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
             buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);

@@ -113,8 +113,8 @@ impl Interop {
         cfg.preshared_key = opts.tandem_psk.map(PresharedKey::from_bytes);
         cfg.endpoint = Some(bt_addr);
         cfg.allowed_ips = vec![
-            (IpAddr::from(BT_INNER_V4), 32),
-            (IpAddr::from(BT_INNER_V6), 128),
+            tandem::proto::prefix::Prefix::new(IpAddr::from(BT_INNER_V4), 32).unwrap(),
+            tandem::proto::prefix::Prefix::new(IpAddr::from(BT_INNER_V6), 128).unwrap(),
         ];
         let peer = tandem.upsert_peer(&cfg).unwrap();
 

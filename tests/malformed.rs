@@ -948,7 +948,7 @@ fn a_clone(p: &Pair, seed: u8) -> Device {
     let mut d = Device::new(Some(key(1)), [seed; 32]);
     let mut c = PeerConfig::new(p.b.public);
     c.endpoint = Some(p.b.addr);
-    c.allowed_ips = vec![(p.b.inner, 32)];
+    c.allowed_ips = vec![tandem::proto::prefix::Prefix::host(p.b.inner)];
     d.upsert_peer(&c).unwrap();
     d
 }
@@ -995,7 +995,7 @@ fn initiation_from_an_unknown_static_key_is_refused() {
     let mut stranger = Device::new(Some(key(3)), [3; 32]);
     let mut c = PeerConfig::new(p.b.public);
     c.endpoint = Some(p.b.addr);
-    c.allowed_ips = vec![(p.b.inner, 32)];
+    c.allowed_ips = vec![tandem::proto::prefix::Prefix::host(p.b.inner)];
     stranger.upsert_peer(&c).unwrap();
     let now = p.now;
     let init = initiation_from(&mut stranger, &p, now);
@@ -1012,7 +1012,7 @@ fn initiation_from_an_unknown_static_key_is_refused() {
     let mut other = Device::new(Some(key(4)), [4; 32]);
     let mut c = PeerConfig::new(key(5).public_key());
     c.endpoint = Some(p.b.addr);
-    c.allowed_ips = vec![(p.b.inner, 32)];
+    c.allowed_ips = vec![tandem::proto::prefix::Prefix::host(p.b.inner)];
     other.upsert_peer(&c).unwrap();
     let init = initiation_from(&mut other, &p, now);
     expect_drop(&mut p, false, &init, DropReason::InvalidMac1, "not for b");

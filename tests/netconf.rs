@@ -11,20 +11,26 @@ use netns::{Netns, require_root, veth_pair};
 use serde_json::Value;
 use tandem::driver::tun::open_tun;
 use tandem::netconf::{self, InterfacePlan, NetConf, NetconfError};
+use tandem::proto::prefix::Prefix;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
 }
 
+fn pfx(addr: &str, len: u8) -> Prefix {
+    Prefix::new(ip(addr), len).expect("test prefix")
+}
+
 /// `ip -j addr show dev IFNAME`: the (local, prefixlen) pairs on the link.
-fn link_addresses(ns: &Netns, ifname: &str) -> Vec<(IpAddr, u8)> {
+fn link_addresses(ns: &Netns, ifname: &str) -> Vec<Prefix> {
     let shown = ns.ip_json(&["addr", "show", "dev", ifname]);
     let mut out = Vec::new();
     for link in shown.as_array().expect("array of links") {
         for info in link["addr_info"].as_array().into_iter().flatten() {
             let local = info["local"].as_str().expect("local address");
             let len = info["prefixlen"].as_u64().expect("prefix length");
-            out.push((ip(local), u8::try_from(len).expect("prefix fits u8")));
+            let len = u8::try_from(len).expect("prefix fits u8");
+            out.push(Prefix::new(ip(local), len).expect("the kernel's prefixes fit"));
         }
     }
     out
@@ -71,13 +77,13 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
         let plan = InterfacePlan {
             ifname: ifname.into(),
             mtu: 1420,
-            addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
+            addresses: vec![pfx("10.9.0.1", 24), pfx("fd00:9::1", 64)],
             // 10.9.0.1/24 is on-link through the address already (EEXIST, skipped and kept);
             // the host bits of 10.10.7.7/16 are cleared.
             routes: vec![
-                (ip("10.9.0.1"), 24),
-                (ip("10.10.7.7"), 16),
-                (ip("fd00:10::"), 64),
+                pfx("10.9.0.1", 24),
+                pfx("10.10.7.7", 16),
+                pfx("fd00:10::", 64),
             ],
             table: None,
             full_tunnel: None,
@@ -87,7 +93,7 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
         assert_eq!(applied.addresses, plan.addresses);
         assert_eq!(
             applied.routes,
-            vec![(ip("10.10.0.0"), 16), (ip("fd00:10::"), 64)],
+            vec![pfx("10.10.0.0", 16), pfx("fd00:10::", 64)],
             "the on-link route that already existed must not be recorded"
         );
 
@@ -103,8 +109,8 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
             .collect();
         assert!(flags.contains(&"UP"), "link not up: {flags:?}");
         let addrs = link_addresses(&ns, ifname);
-        assert!(addrs.contains(&(ip("10.9.0.1"), 24)), "{addrs:?}");
-        assert!(addrs.contains(&(ip("fd00:9::1"), 64)), "{addrs:?}");
+        assert!(addrs.contains(&pfx("10.9.0.1", 24)), "{addrs:?}");
+        assert!(addrs.contains(&pfx("fd00:9::1", 64)), "{addrs:?}");
         let v4 = link_routes(&ns, "-4", "main", ifname);
         assert!(has_route(&v4, "10.10.0.0/16", "static"), "{v4:?}");
         assert!(has_route(&v4, "10.9.0.0/24", "kernel"), "{v4:?}");
@@ -113,8 +119,8 @@ fn plan_is_applied_then_torn_down_then_link_goes_with_the_device() {
 
         netconf::teardown(&nc, &applied).await.expect("teardown");
         let addrs = link_addresses(&ns, ifname);
-        assert!(!addrs.contains(&(ip("10.9.0.1"), 24)), "{addrs:?}");
-        assert!(!addrs.contains(&(ip("fd00:9::1"), 64)), "{addrs:?}");
+        assert!(!addrs.contains(&pfx("10.9.0.1", 24)), "{addrs:?}");
+        assert!(!addrs.contains(&pfx("fd00:9::1", 64)), "{addrs:?}");
         let v4 = link_routes(&ns, "-4", "main", ifname);
         assert!(v4.is_empty(), "IPv4 routes left: {v4:?}");
         let v6 = link_routes(&ns, "-6", "main", ifname);
@@ -154,8 +160,8 @@ fn routes_go_to_the_requested_table() {
         let plan = InterfacePlan {
             ifname: ifname.into(),
             mtu: 1380,
-            addresses: vec![(ip("10.21.0.1"), 32)],
-            routes: vec![(ip("0.0.0.0"), 0), (ip("::"), 0)],
+            addresses: vec![pfx("10.21.0.1", 32)],
+            routes: vec![pfx("0.0.0.0", 0), pfx("::", 0)],
             table: Some(51820),
             full_tunnel: None,
         };
@@ -192,15 +198,15 @@ fn a_route_added_by_someone_else_is_kept_on_teardown() {
             mtu: 1420,
             addresses: vec![],
             routes: vec![
-                (ip("10.20.0.0"), 16),
-                (ip("fd00:20::"), 64),
-                (ip("10.30.0.0"), 16),
+                pfx("10.20.0.0", 16),
+                pfx("fd00:20::", 64),
+                pfx("10.30.0.0", 16),
             ],
             table: None,
             full_tunnel: None,
         };
         let applied = netconf::apply(&nc, &plan).await.expect("apply");
-        assert_eq!(applied.routes, vec![(ip("10.30.0.0"), 16)]);
+        assert_eq!(applied.routes, vec![pfx("10.30.0.0", 16)]);
         netconf::teardown(&nc, &applied).await.expect("teardown");
 
         let v4 = link_routes(&ns, "-4", "main", ifname);
@@ -236,8 +242,8 @@ fn a_failed_apply_undoes_what_it_did() {
         let plan = InterfacePlan {
             ifname: ifname.into(),
             mtu: 1420,
-            addresses: vec![(ip("10.40.0.1"), 24), (ip("10.40.0.2"), 24)],
-            routes: vec![(ip("10.41.0.0"), 16)],
+            addresses: vec![pfx("10.40.0.1", 24), pfx("10.40.0.2", 24)],
+            routes: vec![pfx("10.41.0.0", 16)],
             table: None,
             full_tunnel: None,
         };
@@ -247,11 +253,11 @@ fn a_failed_apply_undoes_what_it_did() {
         assert!(err.is_exists(), "{err}");
         let addrs = link_addresses(&ns, ifname);
         assert!(
-            !addrs.contains(&(ip("10.40.0.1"), 24)),
+            !addrs.contains(&pfx("10.40.0.1", 24)),
             "the address added before the failure must be removed: {addrs:?}"
         );
         assert!(
-            addrs.contains(&(ip("10.40.0.2"), 24)),
+            addrs.contains(&pfx("10.40.0.2", 24)),
             "the address that was there before must stay: {addrs:?}"
         );
         let v4 = link_routes(&ns, "-4", "main", ifname);
@@ -279,7 +285,7 @@ fn checks_and_lookups_fail_with_typed_errors() {
         let plan = InterfacePlan {
             ifname: "tdmnosuch0".into(),
             mtu: 1420,
-            addresses: vec![(ip("10.50.0.1"), 24)],
+            addresses: vec![pfx("10.50.0.1", 24)],
             routes: vec![],
             table: None,
             full_tunnel: None,
@@ -291,15 +297,15 @@ fn checks_and_lookups_fail_with_typed_errors() {
         // A bad plan is refused before anything is asked of the kernel.
         let bad = InterfacePlan {
             ifname: "lo".into(),
-            routes: vec![(ip("10.0.0.0"), 40)],
+            addresses: vec![pfx("224.0.0.1", 24)],
             ..plan
         };
         assert!(matches!(
             netconf::apply(&nc, &bad).await,
-            Err(NetconfError::InvalidPrefix { .. })
+            Err(NetconfError::InvalidAddress(_))
         ));
         let lo = link_addresses(&ns, "lo");
-        assert!(!lo.contains(&(ip("10.50.0.1"), 24)), "{lo:?}");
+        assert!(!lo.contains(&pfx("10.50.0.1", 24)), "{lo:?}");
     });
 }
 
@@ -386,8 +392,8 @@ fn kit_veth_pair_joins_two_namespaces() {
         &["10.77.0.1/24", "fd00:77::1/64"],
         &["10.77.0.2/24", "fd00:77::2/64"],
     );
-    assert!(link_addresses(&a, &pair.a).contains(&(ip("fd00:77::1"), 64)));
-    assert!(link_addresses(&b, &pair.b).contains(&(ip("10.77.0.2"), 24)));
+    assert!(link_addresses(&a, &pair.a).contains(&pfx("fd00:77::1", 64)));
+    assert!(link_addresses(&b, &pair.b).contains(&pfx("10.77.0.2", 24)));
 
     // One UDP datagram per address family, from a to b, across the pair.
     for (src, dst) in [
@@ -464,7 +470,7 @@ fn a_full_tunnel_is_added_synced_replaced_after_a_kill_and_removed() {
         let plan = InterfacePlan {
             ifname: ifname.into(),
             mtu: 1420,
-            addresses: vec![(ip("10.22.0.2"), 32), (ip("fd22::2"), 128)],
+            addresses: vec![pfx("10.22.0.2", 32), pfx("fd22::2", 128)],
             routes: vec![],
             table: None,
             full_tunnel: Some(FullTunnel {

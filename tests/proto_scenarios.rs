@@ -220,10 +220,10 @@ fn ipv6_inner_packets_and_longest_prefix_match() {
     let a_peer = p.a.peer;
     let b_peer = p.b.peer;
     p.a.dev
-        .add_allowed_ip(a_peer, "fd00::".parse().unwrap(), 64)
+        .add_allowed_ip(a_peer, "fd00::/64".parse().unwrap())
         .unwrap();
     p.b.dev
-        .add_allowed_ip(b_peer, "fd00::1".parse().unwrap(), 128)
+        .add_allowed_ip(b_peer, "fd00::1/128".parse().unwrap())
         .unwrap();
     let v6 = ipv6(INNER6_A, INNER6_B, b"six!");
     p.send_ip(true, &v6);
@@ -244,7 +244,7 @@ fn changing_our_private_key_ends_sessions_and_a_new_handshake_works() {
     p.b.dev.remove_peer(&p.a.public);
     let mut cfg = tandem::proto::PeerConfig::new(new_pub);
     cfg.endpoint = Some(p.a.addr);
-    cfg.allowed_ips = vec![("10.0.0.1".parse().unwrap(), 32)];
+    cfg.allowed_ips = vec!["10.0.0.1/32".parse().unwrap()];
     p.b.peer = p.b.dev.upsert_peer(&cfg).unwrap();
     let pkt = p.packet(true, b"2");
     assert_eq!(

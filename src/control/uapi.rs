@@ -190,8 +190,8 @@ pub fn format_get(device: &Snapshot) -> String {
             "persistent_keepalive_interval={}",
             peer.persistent_keepalive
         );
-        for (addr, cidr) in &peer.allowed_ips {
-            let _ = writeln!(out, "allowed_ip={addr}/{cidr}");
+        for prefix in &peer.allowed_ips {
+            let _ = writeln!(out, "allowed_ip={prefix}");
         }
     }
     out.push_str(SET_OK);

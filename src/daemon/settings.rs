@@ -187,7 +187,7 @@ pub fn interface_plan(config: &Config, ifname: &str, fwmark: u32) -> InterfacePl
                 }
                 let net = cidr.network();
                 if seen.insert(net) {
-                    routes.push((net.addr(), net.len()));
+                    routes.push(net);
                 }
             }
         }
@@ -195,11 +195,7 @@ pub fn interface_plan(config: &Config, ifname: &str, fwmark: u32) -> InterfacePl
     InterfacePlan {
         ifname: ifname.to_owned(),
         mtu: u32::from(iface.mtu.unwrap_or(DEFAULT_MTU)),
-        addresses: iface
-            .addresses
-            .iter()
-            .map(|a| (a.addr, a.prefix_len))
-            .collect(),
+        addresses: iface.addresses.iter().map(|a| a.prefix()).collect(),
         routes,
         table: table.flatten(),
         full_tunnel: (v4 || v6).then_some(FullTunnel {
@@ -211,8 +207,9 @@ pub fn interface_plan(config: &Config, ifname: &str, fwmark: u32) -> InterfacePl
 }
 
 /// The device `resolved` asks for, for the one reconciler (`crate::reconcile`): its key,
-/// port, fwmark (from [`fwmark`]: the configured one, or a full tunnel's), MTU and peers. A peer without an endpoint in the file keeps the one it has
-/// (learned by roaming, or from an earlier config); a port of 0 or none keeps the bound one.
+/// port, fwmark (from [`fwmark`]: the configured one, or a full tunnel's), MTU and peers. A
+/// peer without an endpoint in the file keeps the one it has (learned by roaming, or from an
+/// earlier config); a port of 0 or none keeps the bound one.
 pub fn desired(resolved: &Resolved, fwmark: u32) -> DesiredDevice {
     let iface = &resolved.config.interface;
     DesiredDevice {
@@ -311,11 +308,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         assert_eq!(plan.table, None);
         assert_eq!(plan.full_tunnel, None);
         assert_eq!(plan.addresses.len(), 2);
-        let routes: Vec<String> = plan
-            .routes
-            .iter()
-            .map(|(a, l)| format!("{a}/{l}"))
-            .collect();
+        let routes: Vec<String> = plan.routes.iter().map(ToString::to_string).collect();
         assert_eq!(routes, ["10.9.0.2/32", "10.20.0.0/16", "fd09::2/128"]);
 
         let plan = interface_plan(&two_peers("1234", ""), "tnd0", 0);
@@ -331,7 +324,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         let c = two_peers("\"auto\"", ", \"::/0\"");
         assert_eq!(full_tunnel_families(&c), (false, true));
         let plan = interface_plan(&c, "tnd0", 51821);
-        assert!(!plan.routes.iter().any(|&(_, l)| l == 0), "{plan:?}");
+        assert!(!plan.routes.iter().any(|r| r.len() == 0), "{plan:?}");
         assert_eq!(
             plan.full_tunnel,
             Some(FullTunnel {
@@ -350,7 +343,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         assert_eq!(full_tunnel_families(&c), (false, false));
         let plan = interface_plan(&c, "tnd0", 0);
         assert_eq!(plan.full_tunnel, None);
-        assert!(plan.routes.iter().any(|&(_, l)| l == 0));
+        assert!(plan.routes.iter().any(|r| r.len() == 0));
         // Off: no route at all, and no full tunnel.
         let c = two_peers("\"off\"", ", \"::/0\"");
         let plan = interface_plan(&c, "tnd0", 0);
@@ -431,11 +424,7 @@ allowed_ips = ["fd09::2/128"{extra_b}]
             info.endpoint, endpoints[0],
             "an endpoint the new config leaves out is kept"
         );
-        let mut prefixes: Vec<String> = info
-            .allowed_ips
-            .iter()
-            .map(|(a, l)| format!("{a}/{l}"))
-            .collect();
+        let mut prefixes: Vec<String> = info.allowed_ips.iter().map(ToString::to_string).collect();
         prefixes.sort();
         assert_eq!(prefixes, ["10.30.0.0/16", "10.9.0.2/32"]);
         assert!(device.peer_id(&key(3).public_key()).is_none());
@@ -463,6 +452,6 @@ allowed_ips = ["fd09::2/128"{extra_b}]
         sync_peers(&mut device, &r2, now());
         let id3 = device.peer_id(&key(3).public_key()).expect("peer");
         let info = device.peer_info(id3).expect("info");
-        assert!(info.allowed_ips.iter().any(|&(_, l)| l == 16), "{info:?}");
+        assert!(info.allowed_ips.iter().any(|p| p.len() == 16), "{info:?}");
     }
 }

@@ -397,11 +397,11 @@ mod tests {
         };
         let mut pc = PeerConfig::new(kb.public_key());
         pc.endpoint = Some(addr_b);
-        pc.allowed_ips = vec![(ip_b, 32)];
+        pc.allowed_ips = vec![crate::proto::prefix::Prefix::host(ip_b)];
         a.upsert_peer(&pc).expect("peer b");
         let mut pc = PeerConfig::new(ka.public_key());
         pc.endpoint = Some(addr_a);
-        pc.allowed_ips = vec![(ip_a, 32)];
+        pc.allowed_ips = vec![crate::proto::prefix::Prefix::host(ip_a)];
         b.upsert_peer(&pc).expect("peer a");
         // A first packet starts the handshake; shuttle until quiet.
         let mut buf = vec![0u8; BUF];

@@ -1,9 +1,9 @@
 //! `InterfacePlan`: everything one interface needs, applied in order and undone on teardown.
 
-use std::net::IpAddr;
+use crate::proto::prefix::Prefix;
 
 use super::policy::{Family, FullTunnel, Placed, PolicyPart};
-use super::prefix::{check_ifname, check_interface_address, network};
+use super::prefix::{check_ifname, check_interface_address};
 use super::sysctl::ensure_src_valid_mark;
 use super::{NetConf, NetconfError};
 
@@ -13,8 +13,9 @@ use super::{NetConf, NetconfError};
 pub struct InterfacePlan {
     pub ifname: String,
     pub mtu: u32,
-    pub addresses: Vec<(IpAddr, u8)>,
-    pub routes: Vec<(IpAddr, u8)>,
+    /// Addresses with their on-link prefix length (host bits are the point).
+    pub addresses: Vec<Prefix>,
+    pub routes: Vec<Prefix>,
     pub table: Option<u32>,
     /// A full tunnel the wg-quick way (see `netconf::policy`), or none.
     pub full_tunnel: Option<FullTunnel>,
@@ -32,9 +33,9 @@ pub struct Applied {
     pub mtu: u32,
     pub table: Option<u32>,
     /// Addresses added, in the order they were added.
-    pub addresses: Vec<(IpAddr, u8)>,
+    pub addresses: Vec<Prefix>,
     /// Routes added (host bits cleared), in the order they were added.
-    pub routes: Vec<(IpAddr, u8)>,
+    pub routes: Vec<Prefix>,
     /// The parts of a full tunnel added (default routes and rules), in the order they were
     /// added.
     pub policy: Vec<Placed>,
@@ -55,15 +56,14 @@ impl InterfacePlan {
     /// every route prefix, and no address listed twice.
     pub fn check(&self) -> Result<(), NetconfError> {
         check_ifname(&self.ifname)?;
-        for (i, &(addr, prefix_len)) in self.addresses.iter().enumerate() {
+        for (i, address) in self.addresses.iter().enumerate() {
+            let (addr, prefix_len) = (address.addr(), address.len());
             check_interface_address(addr, prefix_len)?;
-            if self.addresses.iter().take(i).any(|&(a, _)| a == addr) {
+            if self.addresses.iter().take(i).any(|a| a.addr() == addr) {
                 return Err(NetconfError::DuplicateAddress { addr, prefix_len });
             }
         }
-        for &(dest, prefix_len) in &self.routes {
-            network(dest, prefix_len)?;
-        }
+        // Routes are `Prefix`es: their lengths fit their families by construction.
         if let Some(ft) = &self.full_tunnel {
             ft.check()?;
         }
@@ -108,17 +108,18 @@ async fn apply_steps(
 ) -> Result<(), NetconfError> {
     let index = applied.index;
     nc.set_mtu(index, plan.mtu).await?;
-    for &(addr, prefix_len) in &plan.addresses {
-        nc.add_address(index, addr, prefix_len).await?;
-        applied.addresses.push((addr, prefix_len));
+    for &address in &plan.addresses {
+        nc.add_address(index, address.addr(), address.len()).await?;
+        applied.addresses.push(address);
     }
     // Up before routes: the kernel refuses an IPv4 route through a link that is down, and
     // only then adds the on-link routes of the addresses, which a route may duplicate.
     nc.set_up(index).await?;
-    for &(dest, prefix_len) in &plan.routes {
-        let dest = network(dest, prefix_len)?;
+    for route in &plan.routes {
+        let route = route.network();
+        let (dest, prefix_len) = (route.addr(), route.len());
         match nc.add_route(index, dest, prefix_len, plan.table).await {
-            Ok(()) => applied.routes.push((dest, prefix_len)),
+            Ok(()) => applied.routes.push(route),
             Err(e) if e.is_exists() => {
                 tracing::debug!(
                     ifname = %plan.ifname,
@@ -197,14 +198,17 @@ pub async fn teardown(nc: &NetConf, applied: &Applied) -> Result<(), NetconfErro
     for &placed in applied.policy.iter().rev() {
         note(nc.del_policy_part(applied.index, placed).await);
     }
-    for &(dest, prefix_len) in applied.routes.iter().rev() {
+    for route in applied.routes.iter().rev() {
         note(
-            nc.del_route(applied.index, dest, prefix_len, applied.table)
+            nc.del_route(applied.index, route.addr(), route.len(), applied.table)
                 .await,
         );
     }
-    for &(addr, prefix_len) in applied.addresses.iter().rev() {
-        note(nc.del_address(applied.index, addr, prefix_len).await);
+    for address in applied.addresses.iter().rev() {
+        note(
+            nc.del_address(applied.index, address.addr(), address.len())
+                .await,
+        );
     }
     match first_error {
         None => Ok(()),
@@ -216,16 +220,20 @@ pub async fn teardown(nc: &NetConf, applied: &Applied) -> Result<(), NetconfErro
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> IpAddr {
+    fn ip(s: &str) -> std::net::IpAddr {
         s.parse().expect("test address")
+    }
+
+    fn pfx(addr: &str, len: u8) -> Prefix {
+        Prefix::new(ip(addr), len).expect("test prefix")
     }
 
     fn plan() -> InterfacePlan {
         InterfacePlan {
             ifname: "tandem0".into(),
             mtu: 1420,
-            addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
-            routes: vec![(ip("10.9.0.0"), 24), (ip("10.10.0.0"), 16)],
+            addresses: vec![pfx("10.9.0.1", 24), pfx("fd00:9::1", 64)],
+            routes: vec![pfx("10.9.0.0", 24), pfx("10.10.0.0", 16)],
             table: None,
             full_tunnel: None,
         }
@@ -252,25 +260,18 @@ mod tests {
         assert!(matches!(p.check(), Err(NetconfError::InvalidIfname(_))));
 
         let mut p = plan();
-        p.addresses.push((ip("224.0.0.1"), 24));
+        p.addresses.push(pfx("224.0.0.1", 24));
         assert!(matches!(p.check(), Err(NetconfError::InvalidAddress(_))));
 
         let mut p = plan();
-        p.addresses.push((ip("10.9.0.1"), 16));
+        p.addresses.push(pfx("10.9.0.1", 16));
         assert!(matches!(
             p.check(),
             Err(NetconfError::DuplicateAddress { prefix_len: 16, .. })
         ));
 
-        let mut p = plan();
-        p.routes.push((ip("fd00::"), 129));
-        assert!(matches!(
-            p.check(),
-            Err(NetconfError::InvalidPrefix {
-                prefix_len: 129,
-                ..
-            })
-        ));
+        // A route of 129 bits cannot even be made: `Prefix` checks lengths when made.
+        assert!(Prefix::new(ip("fd00::"), 129).is_err());
 
         let mut p = plan();
         p.full_tunnel = Some(FullTunnel {

@@ -4,11 +4,10 @@
 //! caller can also undo a successful sync ([`Synced::undo`]) when a later part of the same
 //! reconfiguration fails.
 
-use std::net::IpAddr;
+use crate::proto::prefix::Prefix;
 
 use super::plan::add_policy_part;
 use super::policy::{FullTunnel, Placed, PolicyPart};
-use super::prefix::network;
 use super::{Applied, InterfacePlan, NetConf, NetconfError};
 
 /// One change to the interface.
@@ -18,10 +17,10 @@ pub enum Step {
         from: u32,
         to: u32,
     },
-    DelAddress(IpAddr, u8),
-    AddAddress(IpAddr, u8),
-    DelRoute(IpAddr, u8, Option<u32>),
-    AddRoute(IpAddr, u8, Option<u32>),
+    DelAddress(Prefix),
+    AddAddress(Prefix),
+    DelRoute(Prefix, Option<u32>),
+    AddRoute(Prefix, Option<u32>),
     /// A part of a full tunnel (default route in the mark's table, or a rule).
     DelPolicy(Placed),
     AddPolicy(Placed),
@@ -32,10 +31,10 @@ impl Step {
     fn inverse(self) -> Step {
         match self {
             Step::Mtu { from, to } => Step::Mtu { from: to, to: from },
-            Step::DelAddress(a, l) => Step::AddAddress(a, l),
-            Step::AddAddress(a, l) => Step::DelAddress(a, l),
-            Step::DelRoute(d, l, t) => Step::AddRoute(d, l, t),
-            Step::AddRoute(d, l, t) => Step::DelRoute(d, l, t),
+            Step::DelAddress(a) => Step::AddAddress(a),
+            Step::AddAddress(a) => Step::DelAddress(a),
+            Step::DelRoute(d, t) => Step::AddRoute(d, t),
+            Step::AddRoute(d, t) => Step::DelRoute(d, t),
             Step::DelPolicy(p) => Step::AddPolicy(p),
             Step::AddPolicy(p) => Step::DelPolicy(p),
         }
@@ -46,10 +45,10 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Step::Mtu { to, .. } => write!(f, "set the MTU to {to}"),
-            Step::DelAddress(a, l) => write!(f, "remove address {a}/{l}"),
-            Step::AddAddress(a, l) => write!(f, "add address {a}/{l}"),
-            Step::DelRoute(d, l, _) => write!(f, "remove route {d}/{l}"),
-            Step::AddRoute(d, l, _) => write!(f, "add route {d}/{l}"),
+            Step::DelAddress(a) => write!(f, "remove address {a}"),
+            Step::AddAddress(a) => write!(f, "add address {a}"),
+            Step::DelRoute(d, _) => write!(f, "remove route {d}"),
+            Step::AddRoute(d, _) => write!(f, "add route {d}"),
             Step::DelPolicy(p) => write!(f, "remove the full tunnel's {p}"),
             Step::AddPolicy(p) => write!(f, "add the full tunnel's {p}"),
         }
@@ -86,7 +85,7 @@ pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
     // goes, the kernel drops every IPv4 route through it, ours included. An address that only
     // changes its prefix length has to come off first (the kernel refuses the same IPv6
     // address twice).
-    let gone: Vec<(IpAddr, u8)> = applied
+    let gone: Vec<Prefix> = applied
         .addresses
         .iter()
         .copied()
@@ -94,31 +93,30 @@ pub fn diff(applied: &Applied, plan: &InterfacePlan) -> Vec<Step> {
         .collect();
     let (replaced, gone): (Vec<_>, Vec<_>) = gone
         .into_iter()
-        .partition(|&(addr, _)| plan.addresses.iter().any(|&(a, _)| a == addr));
-    steps.extend(replaced.into_iter().map(|(a, l)| Step::DelAddress(a, l)));
-    for &(addr, len) in &plan.addresses {
-        if !applied.addresses.contains(&(addr, len)) {
-            steps.push(Step::AddAddress(addr, len));
+        .partition(|old| plan.addresses.iter().any(|a| a.addr() == old.addr()));
+    steps.extend(replaced.into_iter().map(Step::DelAddress));
+    for &address in &plan.addresses {
+        if !applied.addresses.contains(&address) {
+            steps.push(Step::AddAddress(address));
         }
     }
-    steps.extend(gone.into_iter().map(|(a, l)| Step::DelAddress(a, l)));
+    steps.extend(gone.into_iter().map(Step::DelAddress));
     let table_changed = applied.table != plan.table;
-    let mut wanted: Vec<(IpAddr, u8)> = Vec::with_capacity(plan.routes.len());
-    for &(a, l) in &plan.routes {
-        if let Ok(net) = network(a, l)
-            && !wanted.contains(&(net, l))
-        {
-            wanted.push((net, l));
+    let mut wanted: Vec<Prefix> = Vec::with_capacity(plan.routes.len());
+    for route in &plan.routes {
+        let net = route.network();
+        if !wanted.contains(&net) {
+            wanted.push(net);
         }
     }
-    for &(dest, len) in &applied.routes {
-        if table_changed || !wanted.contains(&(dest, len)) {
-            steps.push(Step::DelRoute(dest, len, applied.table));
+    for &route in &applied.routes {
+        if table_changed || !wanted.contains(&route) {
+            steps.push(Step::DelRoute(route, applied.table));
         }
     }
-    for &(dest, len) in &wanted {
-        if table_changed || !applied.routes.contains(&(dest, len)) {
-            steps.push(Step::AddRoute(dest, len, plan.table));
+    for &route in &wanted {
+        if table_changed || !applied.routes.contains(&route) {
+            steps.push(Step::AddRoute(route, plan.table));
         }
     }
     for part in wanted_policy {
@@ -175,12 +173,12 @@ pub async fn sync(
         }
         match did.unwrap_or(step) {
             Step::Mtu { to, .. } => next.mtu = to,
-            Step::DelAddress(a, l) => next.addresses.retain(|&x| x != (a, l)),
-            Step::AddAddress(a, l) => next.addresses.push((a, l)),
-            Step::DelRoute(d, l, _) => next.routes.retain(|&x| x != (d, l)),
-            Step::AddRoute(d, l, _) => {
+            Step::DelAddress(a) => next.addresses.retain(|&x| x != a),
+            Step::AddAddress(a) => next.addresses.push(a),
+            Step::DelRoute(d, _) => next.routes.retain(|&x| x != d),
+            Step::AddRoute(d, _) => {
                 if did.is_some() {
-                    next.routes.push((d, l));
+                    next.routes.push(d);
                 }
             }
             Step::DelPolicy(p) => next.policy.retain(|x| x.part != p.part),
@@ -208,10 +206,10 @@ async fn run(nc: &NetConf, index: u32, step: Step) -> Result<Option<Step>, Netco
     let mut done = step;
     let result = match step {
         Step::Mtu { to, .. } => nc.set_mtu(index, to).await,
-        Step::DelAddress(a, l) => nc.del_address(index, a, l).await,
-        Step::AddAddress(a, l) => nc.add_address(index, a, l).await,
-        Step::DelRoute(d, l, t) => nc.del_route(index, d, l, t).await,
-        Step::AddRoute(d, l, t) => nc.add_route(index, d, l, t).await,
+        Step::DelAddress(a) => nc.del_address(index, a.addr(), a.len()).await,
+        Step::AddAddress(a) => nc.add_address(index, a.addr(), a.len()).await,
+        Step::DelRoute(d, t) => nc.del_route(index, d.addr(), d.len(), t).await,
+        Step::AddRoute(d, t) => nc.add_route(index, d.addr(), d.len(), t).await,
         Step::DelPolicy(p) => nc.del_policy_part(index, p).await,
         // A full tunnel's default route that is already there is an error, not skipped: it
         // is not tandem's, and the tunnel would not work through it.
@@ -252,8 +250,12 @@ mod tests {
     use super::*;
     use crate::netconf::Family;
 
-    fn ip(s: &str) -> IpAddr {
+    fn ip(s: &str) -> std::net::IpAddr {
         s.parse().expect("test address")
+    }
+
+    fn pfx(addr: &str, len: u8) -> Prefix {
+        Prefix::new(ip(addr), len).expect("test prefix")
     }
 
     fn applied() -> Applied {
@@ -262,8 +264,8 @@ mod tests {
             index: 7,
             mtu: 1420,
             table: None,
-            addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
-            routes: vec![(ip("10.10.0.0"), 16), (ip("10.11.0.0"), 16)],
+            addresses: vec![pfx("10.9.0.1", 24), pfx("fd00:9::1", 64)],
+            routes: vec![pfx("10.10.0.0", 16), pfx("10.11.0.0", 16)],
             policy: vec![],
         }
     }
@@ -272,8 +274,8 @@ mod tests {
         InterfacePlan {
             ifname: "tandem0".into(),
             mtu: 1420,
-            addresses: vec![(ip("10.9.0.1"), 24), (ip("fd00:9::1"), 64)],
-            routes: vec![(ip("10.10.0.0"), 16), (ip("10.11.0.0"), 16)],
+            addresses: vec![pfx("10.9.0.1", 24), pfx("fd00:9::1", 64)],
+            routes: vec![pfx("10.10.0.0", 16), pfx("10.11.0.0", 16)],
             table: None,
             full_tunnel: None,
         }
@@ -288,9 +290,9 @@ mod tests {
     fn steps_come_in_order_and_compare_routes_as_networks() {
         let mut p = plan();
         p.mtu = 1380;
-        p.addresses = vec![(ip("10.9.0.1"), 24), (ip("10.9.1.1"), 24)];
+        p.addresses = vec![pfx("10.9.0.1", 24), pfx("10.9.1.1", 24)];
         // Host bits in a wanted route: the same network as one in place.
-        p.routes = vec![(ip("10.10.1.2"), 16), (ip("10.12.0.0"), 16)];
+        p.routes = vec![pfx("10.10.1.2", 16), pfx("10.12.0.0", 16)];
         assert_eq!(
             diff(&applied(), &p),
             [
@@ -298,10 +300,10 @@ mod tests {
                     from: 1420,
                     to: 1380
                 },
-                Step::AddAddress(ip("10.9.1.1"), 24),
-                Step::DelAddress(ip("fd00:9::1"), 64),
-                Step::DelRoute(ip("10.11.0.0"), 16, None),
-                Step::AddRoute(ip("10.12.0.0"), 16, None),
+                Step::AddAddress(pfx("10.9.1.1", 24)),
+                Step::DelAddress(pfx("fd00:9::1", 64)),
+                Step::DelRoute(pfx("10.11.0.0", 16), None),
+                Step::AddRoute(pfx("10.12.0.0", 16), None),
             ]
         );
     }
@@ -309,14 +311,14 @@ mod tests {
     #[test]
     fn an_address_changing_its_prefix_length_comes_off_first() {
         let mut p = plan();
-        p.addresses = vec![(ip("10.9.0.1"), 16), (ip("10.9.7.1"), 24)];
+        p.addresses = vec![pfx("10.9.0.1", 16), pfx("10.9.7.1", 24)];
         assert_eq!(
             diff(&applied(), &p),
             [
-                Step::DelAddress(ip("10.9.0.1"), 24),
-                Step::AddAddress(ip("10.9.0.1"), 16),
-                Step::AddAddress(ip("10.9.7.1"), 24),
-                Step::DelAddress(ip("fd00:9::1"), 64),
+                Step::DelAddress(pfx("10.9.0.1", 24)),
+                Step::AddAddress(pfx("10.9.0.1", 16)),
+                Step::AddAddress(pfx("10.9.7.1", 24)),
+                Step::DelAddress(pfx("fd00:9::1", 64)),
             ]
         );
     }
@@ -330,12 +332,12 @@ mod tests {
         assert!(
             steps[..2]
                 .iter()
-                .all(|s| matches!(s, Step::DelRoute(_, _, None)))
+                .all(|s| matches!(s, Step::DelRoute(_, None)))
         );
         assert!(
             steps[2..]
                 .iter()
-                .all(|s| matches!(s, Step::AddRoute(_, _, Some(51820))))
+                .all(|s| matches!(s, Step::AddRoute(_, Some(51820))))
         );
     }
 
@@ -343,10 +345,10 @@ mod tests {
     fn every_step_has_an_inverse_that_takes_it_back() {
         for step in [
             Step::Mtu { from: 1, to: 2 },
-            Step::AddAddress(ip("10.0.0.1"), 8),
-            Step::DelAddress(ip("10.0.0.1"), 8),
-            Step::AddRoute(ip("10.0.0.0"), 8, Some(3)),
-            Step::DelRoute(ip("10.0.0.0"), 8, None),
+            Step::AddAddress(pfx("10.0.0.1", 8)),
+            Step::DelAddress(pfx("10.0.0.1", 8)),
+            Step::AddRoute(pfx("10.0.0.0", 8), Some(3)),
+            Step::DelRoute(pfx("10.0.0.0", 8), None),
             Step::AddPolicy(Placed::new(PolicyPart::NotMarked {
                 family: Family::V6,
                 mark: 7,
@@ -372,7 +374,7 @@ mod tests {
     fn a_full_tunnel_comes_last_and_goes_first_in_reverse() {
         let mut p = plan();
         p.full_tunnel = full(51820, true, true);
-        p.routes.push((ip("10.12.0.0"), 16));
+        p.routes.push(pfx("10.12.0.0", 16));
         let steps = diff(&applied(), &p);
         let parts = FullTunnel {
             mark: 51820,
@@ -380,7 +382,7 @@ mod tests {
             v6: true,
         }
         .parts();
-        assert_eq!(steps[0], Step::AddRoute(ip("10.12.0.0"), 16, None));
+        assert_eq!(steps[0], Step::AddRoute(pfx("10.12.0.0", 16), None));
         assert_eq!(
             steps[1..],
             parts

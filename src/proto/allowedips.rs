@@ -13,14 +13,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// A prefix length longer than its address family allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("prefix length /{cidr} is too long for an {family} address (at most /{max})")]
-pub struct PrefixError {
-    pub cidr: u8,
-    pub max: u8,
-    pub family: &'static str,
-}
+use super::prefix::Prefix;
 
 /// Multiplicative hasher for the masked address keys.
 ///
@@ -204,7 +197,7 @@ impl<T: Copy + Eq> Default for AllowedIps<T> {
 impl<T: Copy + Eq + std::fmt::Debug> std::fmt::Debug for AllowedIps<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.iter().map(|(a, c, v)| (format!("{a}/{c}"), v)))
+            .entries(self.iter().map(|(p, v)| (p.to_string(), v)))
             .finish()
     }
 }
@@ -217,35 +210,21 @@ impl<T: Copy + Eq> AllowedIps<T> {
         }
     }
 
-    /// Host bits beyond `cidr` are masked off. A prefix already present moves to `value`
-    /// (kernel semantics); returns the previous value. `cidr` > 32 (v4) / > 128 (v6) -> Err.
-    pub fn insert(&mut self, addr: IpAddr, cidr: u8, value: T) -> Result<Option<T>, PrefixError> {
-        match addr {
-            IpAddr::V4(a) if cidr <= <u32 as Key>::BITS => {
-                Ok(self.v4.insert(a.to_bits(), cidr, value))
-            }
-            IpAddr::V6(a) if cidr <= <u128 as Key>::BITS => {
-                Ok(self.v6.insert(a.to_bits(), cidr, value))
-            }
-            IpAddr::V4(_) => Err(PrefixError {
-                cidr,
-                max: <u32 as Key>::BITS,
-                family: "IPv4",
-            }),
-            IpAddr::V6(_) => Err(PrefixError {
-                cidr,
-                max: <u128 as Key>::BITS,
-                family: "IPv6",
-            }),
+    /// Host bits beyond the prefix length are masked off. A prefix already present moves to
+    /// `value` (kernel semantics); returns the previous value. A [`Prefix`]'s length always
+    /// fits its family, so this cannot fail.
+    pub fn insert(&mut self, prefix: Prefix, value: T) -> Option<T> {
+        match prefix.addr() {
+            IpAddr::V4(a) => self.v4.insert(a.to_bits(), prefix.len(), value),
+            IpAddr::V6(a) => self.v6.insert(a.to_bits(), prefix.len(), value),
         }
     }
 
-    /// Removes exactly the prefix `addr/cidr` (host bits ignored); returns its value.
-    pub fn remove(&mut self, addr: IpAddr, cidr: u8) -> Option<T> {
-        match addr {
-            IpAddr::V4(a) if cidr <= <u32 as Key>::BITS => self.v4.remove(a.to_bits(), cidr),
-            IpAddr::V6(a) if cidr <= <u128 as Key>::BITS => self.v6.remove(a.to_bits(), cidr),
-            _ => None,
+    /// Removes exactly `prefix` (host bits ignored); returns its value.
+    pub fn remove(&mut self, prefix: Prefix) -> Option<T> {
+        match prefix.addr() {
+            IpAddr::V4(a) => self.v4.remove(a.to_bits(), prefix.len()),
+            IpAddr::V6(a) => self.v6.remove(a.to_bits(), prefix.len()),
         }
     }
 
@@ -278,24 +257,27 @@ impl<T: Copy + Eq> AllowedIps<T> {
     }
 
     /// The prefixes of one peer, IPv4 first, each family by address then length.
-    pub fn prefixes_of(&self, value: T) -> Vec<(IpAddr, u8)> {
+    pub fn prefixes_of(&self, value: T) -> Vec<Prefix> {
         self.iter()
-            .filter(|&(_, _, v)| v == value)
-            .map(|(a, c, _)| (a, c))
+            .filter(|&(_, v)| v == value)
+            .map(|(p, _)| p)
             .collect()
     }
 
-    /// Every prefix with its value, IPv4 first, each family by address then length.
-    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, u8, T)> + '_ {
+    /// Every prefix (host bits cleared) with its value, IPv4 first, each family by address
+    /// then length.
+    pub fn iter(&self) -> impl Iterator<Item = (Prefix, T)> + '_ {
         let mut v4: Vec<(u32, u8, T)> = self.v4.entries().collect();
         v4.sort_unstable_by_key(|&(k, c, _)| (k, c));
         let mut v6: Vec<(u128, u8, T)> = self.v6.entries().collect();
         v6.sort_unstable_by_key(|&(k, c, _)| (k, c));
+        // The tables only hold lengths that fit their family, so `new` cannot fail here.
+        let prefix = |addr: IpAddr, len: u8| Prefix::new(addr, len).unwrap_or(Prefix::host(addr));
         v4.into_iter()
-            .map(|(k, c, v)| (IpAddr::V4(Ipv4Addr::from_bits(k)), c, v))
+            .map(move |(k, c, v)| (prefix(IpAddr::V4(Ipv4Addr::from_bits(k)), c), v))
             .chain(
                 v6.into_iter()
-                    .map(|(k, c, v)| (IpAddr::V6(Ipv6Addr::from_bits(k)), c, v)),
+                    .map(move |(k, c, v)| (prefix(IpAddr::V6(Ipv6Addr::from_bits(k)), c), v)),
             )
     }
 
@@ -325,14 +307,17 @@ mod tests {
     fn v6(s: &str) -> IpAddr {
         IpAddr::V6(s.parse().expect("test literal"))
     }
+    fn p(addr: IpAddr, len: u8) -> Prefix {
+        Prefix::new(addr, len).expect("test prefix")
+    }
 
     #[test]
     fn longest_prefix_wins_v4() {
         let mut t = AllowedIps::new();
-        t.insert(v4("0.0.0.0"), 0, 'd').unwrap();
-        t.insert(v4("10.0.0.0"), 8, 'a').unwrap();
-        t.insert(v4("10.1.0.0"), 16, 'b').unwrap();
-        t.insert(v4("10.1.2.3"), 32, 'c').unwrap();
+        t.insert(p(v4("0.0.0.0"), 0), 'd');
+        t.insert(p(v4("10.0.0.0"), 8), 'a');
+        t.insert(p(v4("10.1.0.0"), 16), 'b');
+        t.insert(p(v4("10.1.2.3"), 32), 'c');
         assert_eq!(t.lookup(v4("10.1.2.3")), Some('c'));
         assert_eq!(t.lookup(v4("10.1.2.4")), Some('b'));
         assert_eq!(t.lookup(v4("10.2.0.1")), Some('a'));
@@ -346,10 +331,10 @@ mod tests {
     #[test]
     fn longest_prefix_wins_v6() {
         let mut t = AllowedIps::new();
-        t.insert(v6("::"), 0, 0u32).unwrap();
-        t.insert(v6("2001:db8::"), 32, 1).unwrap();
-        t.insert(v6("2001:db8:1::"), 48, 2).unwrap();
-        t.insert(v6("2001:db8:1::7"), 128, 3).unwrap();
+        t.insert(p(v6("::"), 0), 0u32);
+        t.insert(p(v6("2001:db8::"), 32), 1);
+        t.insert(p(v6("2001:db8:1::"), 48), 2);
+        t.insert(p(v6("2001:db8:1::7"), 128), 3);
         assert_eq!(t.lookup(v6("2001:db8:1::7")), Some(3));
         assert_eq!(t.lookup(v6("2001:db8:1::8")), Some(2));
         assert_eq!(t.lookup(v6("2001:db8:2::8")), Some(1));
@@ -362,46 +347,32 @@ mod tests {
     #[test]
     fn host_bits_are_masked_and_reinsert_moves() {
         let mut t = AllowedIps::new();
-        assert_eq!(t.insert(v4("192.168.7.9"), 24, 1u8), Ok(None));
-        assert_eq!(t.prefixes_of(1), vec![(v4("192.168.7.0"), 24)]);
+        assert_eq!(t.insert(p(v4("192.168.7.9"), 24), 1u8), None);
+        assert_eq!(t.prefixes_of(1), vec![p(v4("192.168.7.0"), 24)]);
         // The same prefix written with other host bits is the same prefix: it moves.
-        assert_eq!(t.insert(v4("192.168.7.200"), 24, 2), Ok(Some(1)));
+        assert_eq!(t.insert(p(v4("192.168.7.200"), 24), 2), Some(1));
         assert_eq!(t.len(), 1);
         assert_eq!(t.prefixes_of(1), vec![]);
         assert_eq!(t.lookup(v4("192.168.7.1")), Some(2));
-        assert_eq!(t.remove(v4("192.168.7.55"), 24), Some(2));
+        assert_eq!(t.remove(p(v4("192.168.7.55"), 24)), Some(2));
         assert!(t.is_empty());
         assert_eq!(t.lookup(v4("192.168.7.1")), None);
     }
 
     #[test]
-    fn too_long_prefixes_are_errors() {
-        let mut t = AllowedIps::new();
-        let e = t.insert(v4("1.2.3.4"), 33, 1u8).unwrap_err();
-        assert_eq!((e.cidr, e.max), (33, 32));
-        let e = t.insert(v6("::1"), 129, 1u8).unwrap_err();
-        assert_eq!((e.cidr, e.max), (129, 128));
-        assert!(t.insert(v6("::1"), 128, 1u8).is_ok());
-        assert!(t.insert(v4("1.2.3.4"), 32, 1u8).is_ok());
-        assert_eq!(t.remove(v4("1.2.3.4"), 33), None);
-        assert_eq!(t.remove(v6("::1"), 255), None);
-        assert_eq!(t.len(), 2);
-    }
-
-    #[test]
     fn remove_value_and_clear() {
         let mut t = AllowedIps::new();
-        t.insert(v4("10.0.0.0"), 8, 1u8).unwrap();
-        t.insert(v4("10.0.0.1"), 32, 2).unwrap();
-        t.insert(v6("fd00::"), 8, 1).unwrap();
-        t.insert(v6("fd00::2"), 128, 2).unwrap();
+        t.insert(p(v4("10.0.0.0"), 8), 1u8);
+        t.insert(p(v4("10.0.0.1"), 32), 2);
+        t.insert(p(v6("fd00::"), 8), 1);
+        t.insert(p(v6("fd00::2"), 128), 2);
         t.remove_value(2);
         assert_eq!(t.len(), 2);
         assert_eq!(t.lookup(v4("10.0.0.1")), Some(1));
         assert_eq!(t.lookup(v6("fd00::2")), Some(1));
         assert_eq!(
             t.prefixes_of(1),
-            vec![(v4("10.0.0.0"), 8), (v6("fd00::"), 8)]
+            vec![p(v4("10.0.0.0"), 8), p(v6("fd00::"), 8)]
         );
         t.clear();
         assert!(t.is_empty());
@@ -420,18 +391,18 @@ mod tests {
             (v4("1.0.0.0"), 8),
             (v6("::"), 0),
         ];
-        for &(p, c) in &prefixes {
-            a.insert(p, c, 7u8).unwrap();
+        for &(addr, c) in &prefixes {
+            a.insert(p(addr, c), 7u8);
         }
-        for &(p, c) in prefixes.iter().rev() {
-            b.insert(p, c, 7u8).unwrap();
+        for &(addr, c) in prefixes.iter().rev() {
+            b.insert(p(addr, c), 7u8);
         }
         let expected = vec![
-            (v4("1.0.0.0"), 8),
-            (v4("10.0.0.0"), 8),
-            (v4("10.0.0.0"), 24),
-            (v6("::"), 0),
-            (v6("fd00::"), 64),
+            p(v4("1.0.0.0"), 8),
+            p(v4("10.0.0.0"), 8),
+            p(v4("10.0.0.0"), 24),
+            p(v6("::"), 0),
+            p(v6("fd00::"), 64),
         ];
         assert_eq!(a.prefixes_of(7), expected);
         assert_eq!(b.prefixes_of(7), expected);
@@ -547,14 +518,18 @@ mod tests {
                         let cidr = random_cidr(&mut rng, six);
                         let value = rng.below(8) as u8;
                         assert_eq!(
-                            t.insert(addr, cidr, value),
-                            Ok(m.insert(addr, cidr, value)),
+                            t.insert(p(addr, cidr), value),
+                            m.insert(addr, cidr, value),
                             "{ctx}/{cidr}: insert"
                         );
                     }
                     6 => {
                         let cidr = random_cidr(&mut rng, six);
-                        assert_eq!(t.remove(addr, cidr), m.remove(addr, cidr), "{ctx}: remove");
+                        assert_eq!(
+                            t.remove(p(addr, cidr)),
+                            m.remove(addr, cidr),
+                            "{ctx}: remove"
+                        );
                     }
                     7 if !m.entries.is_empty() => {
                         // Remove a prefix that is present, written with random host bits.
@@ -568,7 +543,7 @@ mod tests {
                             IpAddr::V4(Ipv4Addr::from_bits(bits))
                         };
                         assert_eq!(
-                            t.remove(a, cidr),
+                            t.remove(p(a, cidr)),
                             m.remove(a, cidr),
                             "{ctx}: remove present"
                         );
@@ -595,7 +570,7 @@ mod tests {
                 assert_eq!(t.len(), m.entries.len(), "{ctx}: len");
             }
             // Final state: the same set of prefixes, and each peer's list matches.
-            let mut expected: Vec<(IpAddr, u8, u8)> = m
+            let mut expected: Vec<(Prefix, u8)> = m
                 .entries
                 .iter()
                 .map(|&(six, x, c, v)| {
@@ -604,20 +579,20 @@ mod tests {
                     } else {
                         IpAddr::V4(Ipv4Addr::from_bits(x as u32))
                     };
-                    (a, c, v)
+                    (p(a, c), v)
                 })
                 .collect();
-            expected.sort_by_key(|&(a, c, _)| (a, c));
+            expected.sort_by_key(|&(q, _)| (q.addr(), q.len()));
             assert_eq!(
                 t.iter().collect::<Vec<_>>(),
                 expected,
                 "round {round}: iter"
             );
             for value in 0..8 {
-                let mine: Vec<(IpAddr, u8)> = expected
+                let mine: Vec<Prefix> = expected
                     .iter()
-                    .filter(|e| e.2 == value)
-                    .map(|e| (e.0, e.1))
+                    .filter(|e| e.1 == value)
+                    .map(|e| e.0)
                     .collect();
                 assert_eq!(
                     t.prefixes_of(value),

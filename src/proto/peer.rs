@@ -2,7 +2,7 @@
 //! next), timers, packets waiting for a session, and counters users see in `wg show`.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use zeroize::Zeroize;
@@ -11,6 +11,7 @@ use super::cookie::CookieState;
 use super::crypto;
 use super::keys::{PresharedKey, PrivateKey, PublicKey};
 use super::noise::{InitiatorState, Protocol};
+use super::prefix::Prefix;
 use super::tai64n::Tai64N;
 use super::timers::PeerTimers;
 use super::transport::Keypair;
@@ -29,7 +30,7 @@ pub struct PeerConfig {
     pub endpoint: Option<SocketAddr>,
     /// Seconds; 0 is off.
     pub persistent_keepalive: u16,
-    pub allowed_ips: Vec<(IpAddr, u8)>,
+    pub allowed_ips: Vec<Prefix>,
 }
 
 impl PeerConfig {

@@ -75,8 +75,5 @@ impl Snapshot {
 
 /// A running peer's AllowedIPs as prefixes, host bits cleared.
 pub(super) fn running_prefixes(info: &PeerInfo) -> impl Iterator<Item = Prefix> + '_ {
-    info.allowed_ips
-        .iter()
-        .filter_map(|&(a, l)| Prefix::new(a, l).ok())
-        .map(|p| p.network())
+    info.allowed_ips.iter().map(Prefix::network)
 }

@@ -211,11 +211,11 @@ pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
             device.set_endpoint(id, Some(endpoint));
         }
         for p in &update.remove_ips {
-            device.remove_allowed_ip(id, p.addr(), p.len());
+            device.remove_allowed_ip(id, *p);
         }
         for p in &update.add_ips {
             // Cannot fail: a `Prefix`'s length fits its family.
-            let _ = device.add_allowed_ip(id, p.addr(), p.len());
+            let _ = device.add_allowed_ip(id, *p);
         }
         if let Some(seconds) = update.persistent_keepalive {
             device.set_persistent_keepalive(id, seconds, now);
@@ -234,7 +234,7 @@ pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
             continue;
         };
         for p in &peer.allowed_ips {
-            let _ = device.add_allowed_ip(id, p.addr(), p.len());
+            let _ = device.add_allowed_ip(id, *p);
         }
         if peer.persistent_keepalive != 0 {
             device.set_persistent_keepalive(id, peer.persistent_keepalive, now);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::packet::{ipv4, ipv6};
 use super::{key, t0};
 use crate::proto::messages::INITIATION_LEN;
+use crate::proto::prefix::Prefix;
 use crate::proto::{
     Decapsulated, Device, DropReason, Encapsulated, HEADROOM, Now, PeerConfig, PeerId,
     PresharedKey, PublicKey, TAILROOM,
@@ -85,11 +86,11 @@ impl Pair {
         let mut ca = PeerConfig::new(pb);
         ca.preshared_key = psk.clone();
         ca.endpoint = Some(ADDR_B);
-        ca.allowed_ips = vec![(inner_b, 32)];
+        ca.allowed_ips = vec![Prefix::host(inner_b)];
         let mut cb = PeerConfig::new(pa);
         cb.preshared_key = psk;
         cb.endpoint = b_knows_a.then_some(ADDR_A);
-        cb.allowed_ips = vec![(inner_a, 32)];
+        cb.allowed_ips = vec![Prefix::host(inner_a)];
         let peer_a = da.upsert_peer(&ca).expect("configuring a's peer");
         let peer_b = db.upsert_peer(&cb).expect("configuring b's peer");
         Pair {
@@ -122,11 +123,11 @@ impl Pair {
         let (pa, pb) = (self.a.peer, self.b.peer);
         self.a
             .dev
-            .add_allowed_ip(pa, IpAddr::from(INNER6_B), 128)
+            .add_allowed_ip(pa, Prefix::host(IpAddr::from(INNER6_B)))
             .expect("fd00::2 at a");
         self.b
             .dev
-            .add_allowed_ip(pb, IpAddr::from(INNER6_A), 128)
+            .add_allowed_ip(pb, Prefix::host(IpAddr::from(INNER6_A)))
             .expect("fd00::1 at b");
         self
     }

@@ -155,9 +155,13 @@ fn get_on_a_populated_device() {
     a.endpoint = Some("192.0.2.1:51820".parse().unwrap());
     a.persistent_keepalive = 25;
     a.allowed_ips = vec![
-        ("10.0.0.2".parse().unwrap(), 32),
-        ("fd00::".parse().unwrap(), 64),
-        ("10.9.0.0".parse().unwrap(), 16),
+        "10.0.0.2/32"
+            .parse::<crate::proto::prefix::Prefix>()
+            .unwrap(),
+        "fd00::/64".parse::<crate::proto::prefix::Prefix>().unwrap(),
+        "10.9.0.0/16"
+            .parse::<crate::proto::prefix::Prefix>()
+            .unwrap(),
     ];
     dev.upsert_peer(&a).unwrap();
     let mut b = PeerConfig::new(public(3));
@@ -334,7 +338,7 @@ fn replace_peers_drops_every_peer_before_the_new_ones() {
     let mut state = InterfaceState::default();
     for seed in [2, 3] {
         let mut c = PeerConfig::new(public(seed));
-        c.allowed_ips = vec![(format!("10.0.0.{seed}").parse().unwrap(), 32)];
+        c.allowed_ips = vec![format!("10.0.0.{seed}/32").parse().unwrap()];
         dev.upsert_peer(&c).unwrap();
     }
     let lines = format!(
@@ -347,7 +351,11 @@ fn replace_peers_drops_every_peer_before_the_new_ones() {
     assert_eq!(peers[0].public_key, public(4));
     assert_eq!(
         peers[0].allowed_ips,
-        vec![("10.0.0.2".parse().unwrap(), 32)]
+        vec![
+            "10.0.0.2/32"
+                .parse::<crate::proto::prefix::Prefix>()
+                .unwrap()
+        ]
     );
 }
 
@@ -356,7 +364,11 @@ fn remove_drops_the_peer_and_ignores_the_rest_of_its_section() {
     let mut dev = device();
     let mut state = InterfaceState::default();
     let mut c = PeerConfig::new(public(2));
-    c.allowed_ips = vec![("10.0.0.2".parse().unwrap(), 32)];
+    c.allowed_ips = vec![
+        "10.0.0.2/32"
+            .parse::<crate::proto::prefix::Prefix>()
+            .unwrap(),
+    ];
     dev.upsert_peer(&c).unwrap();
     dev.upsert_peer(&PeerConfig::new(public(3))).unwrap();
     let lines = format!(
@@ -390,7 +402,14 @@ fn a_peer_removed_and_added_again_comes_back_fresh() {
     assert_eq!(info.public_key, public(2));
     assert_eq!(info.preshared_key, None);
     assert_eq!(info.persistent_keepalive, 0);
-    assert_eq!(info.allowed_ips, vec![("10.2.0.0".parse().unwrap(), 16)]);
+    assert_eq!(
+        info.allowed_ips,
+        vec![
+            "10.2.0.0/16"
+                .parse::<crate::proto::prefix::Prefix>()
+                .unwrap()
+        ]
+    );
 }
 
 #[test]
@@ -423,8 +442,10 @@ fn replace_allowed_ips_replaces_the_peers_prefixes() {
     let mut state = InterfaceState::default();
     let mut c = PeerConfig::new(public(2));
     c.allowed_ips = vec![
-        ("10.0.0.0".parse().unwrap(), 8),
-        ("fd00::".parse().unwrap(), 8),
+        "10.0.0.0/8"
+            .parse::<crate::proto::prefix::Prefix>()
+            .unwrap(),
+        "fd00::/8".parse::<crate::proto::prefix::Prefix>().unwrap(),
     ];
     dev.upsert_peer(&c).unwrap();
     let lines = format!(
@@ -434,7 +455,11 @@ fn replace_allowed_ips_replaces_the_peers_prefixes() {
     assert_eq!(set(&mut dev, &mut state, &lines), "errno=0\n\n");
     assert_eq!(
         dev.peers()[0].allowed_ips,
-        vec![("192.168.7.0".parse().unwrap(), 24)]
+        vec![
+            "192.168.7.0/24"
+                .parse::<crate::proto::prefix::Prefix>()
+                .unwrap()
+        ]
     );
     // With nothing after it, it clears them all.
     let lines = format!("public_key={}\nreplace_allowed_ips=true\n", pub_hex(2));
@@ -533,10 +558,14 @@ fn populated() -> (Device, InterfaceState) {
     let mut c = PeerConfig::new(public(2));
     c.preshared_key = Some(PresharedKey::from_bytes([5; 32]));
     c.endpoint = Some("192.0.2.2:2".parse().unwrap());
-    c.allowed_ips = vec![("10.0.0.0".parse().unwrap(), 24)];
+    c.allowed_ips = vec![
+        "10.0.0.0/24"
+            .parse::<crate::proto::prefix::Prefix>()
+            .unwrap(),
+    ];
     dev.upsert_peer(&c).unwrap();
     let mut c = PeerConfig::new(public(3));
-    c.allowed_ips = vec![("fd00::".parse().unwrap(), 64)];
+    c.allowed_ips = vec!["fd00::/64".parse::<crate::proto::prefix::Prefix>().unwrap()];
     dev.upsert_peer(&c).unwrap();
     (dev, state)
 }

@@ -17,14 +17,14 @@
 //! `timers.rs` (`timers.c`) each add one `impl Device` block.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-use super::allowedips::{AllowedIps, PrefixError};
+use super::allowedips::AllowedIps;
 use super::error::{DropCounters, DropReason};
 use super::handshake::Identity;
 use super::index::IndexTable;
@@ -33,6 +33,7 @@ use super::messages::MAX_HANDSHAKE_LEN;
 use super::noise::Protocol;
 use super::peer::{MAX_STAGED_PACKETS, Peer, PeerConfig, PeerId, PeerStats};
 use super::peer_table::PeerTable;
+use super::prefix::Prefix;
 use super::ratelimiter::RateLimiter;
 use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
@@ -145,7 +146,7 @@ pub struct PeerInfo {
     pub preshared_key: Option<PresharedKey>,
     pub endpoint: Option<SocketAddr>,
     pub persistent_keepalive: u16,
-    pub allowed_ips: Vec<(IpAddr, u8)>,
+    pub allowed_ips: Vec<Prefix>,
     pub stats: PeerStats,
 }
 
@@ -253,13 +254,10 @@ impl Device {
     }
 
     /// Adds a peer, or updates the one with this public key (keeping its sessions).
-    /// Refuses our own public key and over-long prefixes; nothing changes on error.
+    /// Refuses our own public key; nothing changes then.
     pub fn upsert_peer(&mut self, config: &PeerConfig) -> Result<PeerId, ConfigureError> {
         if Some(config.public_key) == self.public_key() {
             return Err(ConfigureError::OwnPublicKey);
-        }
-        for &(addr, cidr) in &config.allowed_ips {
-            check_prefix(addr, cidr)?;
         }
         let id = match self.by_key.get(&config.public_key) {
             Some(&id) => {
@@ -279,8 +277,8 @@ impl Device {
                 id
             }
         };
-        for &(addr, cidr) in &config.allowed_ips {
-            self.allowed_ips.insert(addr, cidr, id)?;
+        for &prefix in &config.allowed_ips {
+            self.allowed_ips.insert(prefix, id);
         }
         Ok(id)
     }
@@ -318,28 +316,23 @@ impl Device {
         self.allowed_ips.remove_value(id);
     }
 
-    /// Routes `addr/cidr` to `id` (taking it from another peer if it had it). Refuses the id
-    /// of a removed peer, which would make a route to nowhere.
-    pub fn add_allowed_ip(
-        &mut self,
-        id: PeerId,
-        addr: IpAddr,
-        cidr: u8,
-    ) -> Result<(), ConfigureError> {
+    /// Routes `prefix` to `id` (taking it from another peer if it had it). Refuses the id of
+    /// a removed peer, which would make a route to nowhere.
+    pub fn add_allowed_ip(&mut self, id: PeerId, prefix: Prefix) -> Result<(), ConfigureError> {
         if self.peers.get(id).is_none() {
             return Err(ConfigureError::UnknownPeer);
         }
-        self.allowed_ips.insert(addr, cidr, id)?;
+        self.allowed_ips.insert(prefix, id);
         Ok(())
     }
 
     /// Removes one AllowedIP if it belongs to `id`.
-    pub fn remove_allowed_ip(&mut self, id: PeerId, addr: IpAddr, cidr: u8) {
-        if let Some(owner) = self.allowed_ips.remove(addr, cidr)
+    pub fn remove_allowed_ip(&mut self, id: PeerId, prefix: Prefix) {
+        if let Some(owner) = self.allowed_ips.remove(prefix)
             && owner != id
         {
             // Not this peer's: put it back where it was.
-            let _ = self.allowed_ips.insert(addr, cidr, owner);
+            self.allowed_ips.insert(prefix, owner);
         }
     }
 
@@ -426,17 +419,6 @@ pub enum ConfigureError {
     OwnPublicKey,
     #[error("no such peer")]
     UnknownPeer,
-    #[error(transparent)]
-    Prefix(#[from] PrefixError),
-}
-
-fn check_prefix(addr: IpAddr, cidr: u8) -> Result<(), ConfigureError> {
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if cidr > max {
-        let mut probe = AllowedIps::<u8>::new();
-        probe.insert(addr, cidr, 0)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -445,6 +427,7 @@ mod tests {
 
     use super::*;
     use crate::testkit::packet::ipv4;
+    use std::net::IpAddr;
 
     const BUF: usize = 2048;
     const A_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1001);
@@ -456,7 +439,7 @@ mod tests {
 
     fn peer_config(seed: u8, inner: [u8; 4], endpoint: SocketAddr) -> PeerConfig {
         PeerConfig {
-            allowed_ips: vec![(IpAddr::from(inner), 32)],
+            allowed_ips: vec![crate::proto::prefix::Prefix::new(IpAddr::from(inner), 32).unwrap()],
             endpoint: Some(endpoint),
             ..PeerConfig::new(key(seed).public_key())
         }
@@ -572,16 +555,19 @@ mod tests {
         a.set_persistent_keepalive(old, 25, now);
         a.set_preshared_key(old, Some(PresharedKey::from_bytes([9; 32])));
         assert_eq!(
-            a.add_allowed_ip(old, IpAddr::from([10, 9, 9, 9]), 32),
+            a.add_allowed_ip(old, Prefix::host(IpAddr::from([10, 9, 9, 9]))),
             Err(ConfigureError::UnknownPeer)
         );
-        a.remove_allowed_ip(old, IpAddr::from([10, 0, 0, 2]), 32);
+        a.remove_allowed_ip(old, Prefix::host(IpAddr::from([10, 0, 0, 2])));
         a.clear_allowed_ips(old);
         let info = a.peer_info(new).unwrap();
         assert_eq!(info.endpoint, Some(B_ADDR));
         assert_eq!(info.persistent_keepalive, 0);
         assert_eq!(info.preshared_key, None);
-        assert_eq!(info.allowed_ips, vec![(IpAddr::from([10, 0, 0, 2]), 32)]);
+        assert_eq!(
+            info.allowed_ips,
+            vec![crate::proto::prefix::Prefix::new(IpAddr::from([10, 0, 0, 2]), 32).unwrap()]
+        );
         assert!(!a.has_transmit());
 
         // The old peer's packets are dropped, both ways in.
