@@ -255,6 +255,22 @@ fn x25519_reference(c: &mut Criterion) {
     g.bench_function("fixed_base_table", |b| {
         b.iter(|| x25519::PublicKey::from(black_box(&s)))
     });
+    // The same public key from aws-lc (import + compute_public_key), the candidate for
+    // leaving x25519-dalek out (benches/README.md has the comparison).
+    g.bench_function("aws_lc_public_key", |b| {
+        b.iter(|| {
+            let private = aws_lc_rs::agreement::PrivateKey::from_private_key(
+                &aws_lc_rs::agreement::X25519,
+                black_box(&k),
+            )
+            .expect("key");
+            private.compute_public_key().expect("public key")
+        })
+    });
+    // aws-lc's variable-base ladder, as `proto::crypto::dh` runs it.
+    g.bench_function("aws_lc_dh", |b| {
+        b.iter(|| tandem::proto::crypto::dh(black_box(&k), black_box(&p)))
+    });
     g.finish();
 }
 
