@@ -33,7 +33,7 @@ struct Snapshot {
     has_transmit: bool,
 }
 
-fn snapshot(side: &Side) -> Snapshot {
+fn snapshot(side: &mut Side) -> Snapshot {
     let info = side.dev.peer_info(side.peer).unwrap();
     Snapshot {
         endpoint: info.endpoint,
@@ -1104,7 +1104,7 @@ fn under_load_initiation_without_mac2_gets_only_a_cookie() {
     p.now = p.now.advance(Duration::from_secs(1));
     let now = p.now;
     p.b.dev.set_under_load(now);
-    let snap = snapshot(&p.b);
+    let snap = snapshot(&mut p.b);
     let (got, sent) = inject(&mut p, false, attacker(), &init);
     assert_eq!(got, Decapsulated::Dropped(DropReason::CookieRequired));
     assert_eq!(p.b.dev.drops().get(DropReason::CookieRequired), 1);
@@ -1112,7 +1112,7 @@ fn under_load_initiation_without_mac2_gets_only_a_cookie() {
     // One cookie reply (to the source, not to a's endpoint), nothing else changed.
     assert_eq!(sent.len(), 1);
     assert_eq!((ty(&sent[0]), sent[0].len()), (3, COOKIE_REPLY_LEN));
-    assert_eq!(snapshot(&p.b), snap);
+    assert_eq!(snapshot(&mut p.b), snap);
     // A bad mac2 is the same as none.
     let mut m = init.clone();
     m[140] ^= 1;

@@ -79,6 +79,9 @@ pub(crate) struct Peer {
     pub next: Option<Box<Keypair>>,
     pub cookie: CookieState,
     pub timers: PeerTimers,
+    /// The deadline this peer has in the device's timer heap (the earliest of its entries
+    /// there that is still current), `None` when it has none: see `device/timers.rs`.
+    pub scheduled: Option<Duration>,
     pub staged: VecDeque<Vec<u8>>,
     pub stats: PeerStats,
 }
@@ -100,6 +103,7 @@ impl Peer {
             next: None,
             cookie: CookieState::new(config.public_key.as_bytes()),
             timers: PeerTimers::default(),
+            scheduled: None,
             staged: VecDeque::new(),
             stats: PeerStats {
                 rx_bytes: 0,

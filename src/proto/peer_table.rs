@@ -19,6 +19,8 @@ struct Slot<T> {
     /// Wrapping: a stale id would have to outlive 2^32 reuses of its slot to match again.
     generation: u32,
     value: Option<T>,
+    /// Handed out mutably since the last [`PeerTable::take_touched`] (listed in `touched`).
+    touched: bool,
 }
 
 pub(crate) struct PeerTable<T> {
@@ -26,6 +28,10 @@ pub(crate) struct PeerTable<T> {
     /// Free slots, lowest first: peers keep the order they had before (slot order), and a
     /// removed peer's slot is the next to be filled, as before generations existed.
     free: BinaryHeap<Reverse<u32>>,
+    /// Slots handed out mutably since the last [`PeerTable::take_touched`], each once: the
+    /// device's timer schedule looks only at these peers, since a peer's timers can change
+    /// only through a mutable borrow. (So no call site can forget to reschedule.)
+    touched: Vec<u32>,
 }
 
 impl<T> Default for PeerTable<T> {
@@ -33,6 +39,7 @@ impl<T> Default for PeerTable<T> {
         PeerTable {
             slots: Vec::new(),
             free: BinaryHeap::new(),
+            touched: Vec::new(),
         }
     }
 }
@@ -44,6 +51,10 @@ impl<T> PeerTable<T> {
             && let Some(s) = self.slots.get_mut(slot as usize)
         {
             s.value = Some(value);
+            if !s.touched {
+                s.touched = true;
+                self.touched.push(slot);
+            }
             return PeerId {
                 slot,
                 generation: s.generation,
@@ -54,7 +65,9 @@ impl<T> PeerTable<T> {
         self.slots.push(Slot {
             generation: 0,
             value: Some(value),
+            touched: true,
         });
+        self.touched.push(slot);
         PeerId {
             slot,
             generation: 0,
@@ -70,12 +83,44 @@ impl<T> PeerTable<T> {
         s.value.as_ref()
     }
 
+    /// The peer `id` names, mutably; noted as touched (see [`PeerTable::take_touched`]).
     pub fn get_mut(&mut self, id: PeerId) -> Option<&mut T> {
         let s = self.slots.get_mut(id.slot as usize)?;
         if s.generation != id.generation {
             return None;
         }
+        let value = s.value.as_mut()?;
+        if !s.touched {
+            s.touched = true;
+            self.touched.push(id.slot);
+        }
+        Some(value)
+    }
+
+    /// [`PeerTable::get_mut`] without noting the peer: for the one that reads the notes.
+    pub fn get_mut_untracked(&mut self, id: PeerId) -> Option<&mut T> {
+        let s = self.slots.get_mut(id.slot as usize)?;
+        if s.generation != id.generation {
+            return None;
+        }
         s.value.as_mut()
+    }
+
+    /// Moves the ids of the peers touched since the last call into `out` (cleared first),
+    /// in the order they were first touched; removed ones are left out.
+    pub fn take_touched(&mut self, out: &mut Vec<PeerId>) {
+        out.clear();
+        for slot in self.touched.drain(..) {
+            if let Some(s) = self.slots.get_mut(slot as usize) {
+                s.touched = false;
+                if s.value.is_some() {
+                    out.push(PeerId {
+                        slot,
+                        generation: s.generation,
+                    });
+                }
+            }
+        }
     }
 
     /// Takes the peer out; its id (and every copy of it) is dead from here on.
@@ -117,12 +162,20 @@ impl<T> PeerTable<T> {
         })
     }
 
-    pub fn values(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().filter_map(|s| s.value.as_ref())
-    }
-
+    /// Every peer, mutably; all noted as touched.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.slots.iter_mut().filter_map(|s| s.value.as_mut())
+        let touched = &mut self.touched;
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(move |(slot, s)| {
+                let value = s.value.as_mut()?;
+                if !s.touched {
+                    s.touched = true;
+                    touched.push(slot as u32);
+                }
+                Some(value)
+            })
     }
 }
 
@@ -144,7 +197,7 @@ mod tests {
         assert_eq!(t.remove(a), None, "a stale id removes nothing");
         assert_eq!(t.get(c), Some(&"c"));
         assert_eq!(t.get(b), Some(&"b"));
-        assert_eq!(t.values().count(), 2);
+        assert_eq!(t.iter().count(), 2);
         assert_eq!(
             t.iter().map(|(id, v)| (id, *v)).collect::<Vec<_>>(),
             vec![(c, "c"), (b, "b")]
@@ -165,7 +218,7 @@ mod tests {
         assert_eq!(t.id_at(5), None);
         t.remove(ids[3]);
         assert_eq!(t.id_at(3), None);
-        assert!(t.values().eq([0, 10, 20, 30].iter()));
+        assert!(t.iter().map(|(_, v)| v).eq([0, 10, 20, 30].iter()));
     }
 
     /// Against a naive model: a map from every id ever issued to what it should find.
@@ -185,7 +238,7 @@ mod tests {
                 issued[i].1 = None;
             }
             let live = issued.iter().filter(|(_, v)| v.is_some()).count();
-            assert_eq!(t.values().count(), live);
+            assert_eq!(t.iter().count(), live);
         }
         for (id, expect) in issued {
             assert_eq!(t.get(id).copied(), expect);

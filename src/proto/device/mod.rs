@@ -16,7 +16,8 @@
 //! (UDP -> TUN, `receive.c`), `handshake.rs` (initiations, responses, cookie replies) and
 //! `timers.rs` (`timers.c`) each add one `impl Device` block.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
@@ -179,6 +180,12 @@ pub struct Device {
     /// crate version (rand's `StdRng` may change between versions), so a seed replays the
     /// same ephemeral keys, indices, cookie secrets and jitter everywhere.
     rng: ChaCha20Rng,
+    /// Every peer's next timer deadline, earliest first (see `timers.rs`): entries can be
+    /// stale (for a peer that was removed or whose deadline moved), never missing.
+    timer_heap: BinaryHeap<Reverse<(Duration, PeerId)>>,
+    /// Scratch lists of the timer schedule, kept to be reused (no allocation per turn).
+    timer_scratch: Vec<PeerId>,
+    timer_due: Vec<PeerId>,
 }
 
 impl Device {
@@ -203,6 +210,9 @@ impl Device {
             control: VecDeque::new(),
             flush: VecDeque::new(),
             spare: Vec::new(),
+            timer_heap: BinaryHeap::new(),
+            timer_scratch: Vec::new(),
+            timer_due: Vec::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
             rng,
