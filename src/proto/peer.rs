@@ -82,6 +82,9 @@ pub(crate) struct Peer {
     /// The deadline this peer has in the device's timer heap (the earliest of its entries
     /// there that is still current), `None` when it has none: see `device/timers.rs`.
     pub scheduled: Option<Duration>,
+    /// The prefixes the AllowedIPs table routes to this peer (host bits cleared), so listing
+    /// and removing them costs this peer's entries only (the kernel's `peer->allowedips_list`).
+    pub allowed_ips: Vec<Prefix>,
     pub staged: VecDeque<Vec<u8>>,
     pub stats: PeerStats,
 }
@@ -104,6 +107,7 @@ impl Peer {
             cookie: CookieState::new(config.public_key.as_bytes()),
             timers: PeerTimers::default(),
             scheduled: None,
+            allowed_ips: Vec::new(),
             staged: VecDeque::new(),
             stats: PeerStats {
                 rx_bytes: 0,

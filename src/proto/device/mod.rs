@@ -288,9 +288,37 @@ impl Device {
             }
         };
         for &prefix in &config.allowed_ips {
-            self.allowed_ips.insert(prefix, id);
+            self.route(id, prefix);
         }
         Ok(id)
+    }
+
+    /// Routes `prefix` to `id` in the AllowedIPs table and in the peers' own lists (taking
+    /// it from the peer that had it). Costs that peer's prefixes, not the table's.
+    fn route(&mut self, id: PeerId, prefix: Prefix) {
+        let prefix = prefix.network();
+        match self.allowed_ips.insert(prefix, id) {
+            Some(old) if old == id => return,
+            Some(old) => {
+                if let Some(previous) = self.peers.get_mut(old) {
+                    previous.allowed_ips.retain(|&p| p != prefix);
+                }
+            }
+            None => {}
+        }
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.allowed_ips.push(prefix);
+        }
+    }
+
+    /// Takes every prefix of `id` out of the table, walking only its own list.
+    fn unroute_all(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        for prefix in std::mem::take(&mut peer.allowed_ips) {
+            self.allowed_ips.remove(prefix);
+        }
     }
 
     /// Sets a peer's persistent keepalive; turning it on sends a keepalive at once (which
@@ -323,7 +351,7 @@ impl Device {
 
     /// Removes every AllowedIP of a peer (UAPI `replace_allowed_ips`).
     pub fn clear_allowed_ips(&mut self, id: PeerId) {
-        self.allowed_ips.remove_value(id);
+        self.unroute_all(id);
     }
 
     /// Routes `prefix` to `id` (taking it from another peer if it had it). Refuses the id of
@@ -332,17 +360,20 @@ impl Device {
         if self.peers.get(id).is_none() {
             return Err(ConfigureError::UnknownPeer);
         }
-        self.allowed_ips.insert(prefix, id);
+        self.route(id, prefix);
         Ok(())
     }
 
     /// Removes one AllowedIP if it belongs to `id`.
     pub fn remove_allowed_ip(&mut self, id: PeerId, prefix: Prefix) {
-        if let Some(owner) = self.allowed_ips.remove(prefix)
-            && owner != id
-        {
-            // Not this peer's: put it back where it was.
-            self.allowed_ips.insert(prefix, owner);
+        let prefix = prefix.network();
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let before = peer.allowed_ips.len();
+        peer.allowed_ips.retain(|&p| p != prefix);
+        if peer.allowed_ips.len() != before {
+            self.allowed_ips.remove(prefix);
         }
     }
 
@@ -352,7 +383,7 @@ impl Device {
             return false;
         };
         self.clear_sessions(id);
-        self.allowed_ips.remove_value(id);
+        self.unroute_all(id);
         self.peers.remove(id);
         self.control.retain(|c| c.peer != Some(id));
         self.flush.retain(|&p| p != id);
@@ -371,7 +402,7 @@ impl Device {
             preshared_key: (!peer.preshared_key.is_zero()).then(|| peer.preshared_key.clone()),
             endpoint: peer.endpoint,
             persistent_keepalive: peer.persistent_keepalive,
-            allowed_ips: self.allowed_ips.prefixes_of(id),
+            allowed_ips: sorted(&peer.allowed_ips),
             stats: peer.stats.clone(),
         })
     }
@@ -420,6 +451,14 @@ impl Device {
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
+}
+
+/// A peer's prefixes in the order `wg` lists them: IPv4 first, each family by address, then
+/// length (as the table's walk gave them before each peer kept its own list).
+fn sorted(prefixes: &[Prefix]) -> Vec<Prefix> {
+    let mut out = prefixes.to_vec();
+    out.sort_unstable_by_key(|p| (p.addr().is_ipv6(), p.addr(), p.len()));
+    out
 }
 
 /// Why a configuration change was refused (nothing changed).
@@ -590,5 +629,48 @@ mod tests {
             Decapsulated::Dropped(DropReason::UnknownReceiverIndex)
         );
         assert_eq!(a.peer_info(new).unwrap().stats.rx_bytes, 0);
+    }
+
+    /// Each peer's own prefix list always says what the AllowedIPs table routes to it,
+    /// through adds, moves between peers, removals, clears and peer removals.
+    #[test]
+    fn per_peer_prefix_lists_match_the_table() {
+        let mut rng = crate::testkit::rng::SplitMix64::new(0x5eed_a11d);
+        let mut d = Device::new(Some(key(1)), [3; 32]);
+        let keys: Vec<PublicKey> = (2..10).map(|i| key(i).public_key()).collect();
+        let prefix = |r: &mut crate::testkit::rng::SplitMix64| {
+            let b = (r.next_u64() % 6) as u8;
+            let len = [8u8, 16, 24, 32][(r.next_u64() % 4) as usize];
+            Prefix::new(IpAddr::from([10, b, b, 1]), len).expect("prefix")
+        };
+        for step in 0..3000 {
+            let k = keys[(rng.next_u64() % keys.len() as u64) as usize];
+            let id = match d.peer_id(&k) {
+                Some(id) => id,
+                None => d.upsert_peer(&PeerConfig::new(k)).expect("peer"),
+            };
+            match rng.next_u64() % 10 {
+                0..=5 => d.add_allowed_ip(id, prefix(&mut rng)).expect("add"),
+                6 | 7 => d.remove_allowed_ip(id, prefix(&mut rng)),
+                8 => d.clear_allowed_ips(id),
+                _ => {
+                    d.remove_peer(&k);
+                }
+            }
+            let mut listed = 0;
+            for (id, peer) in d.peers.iter() {
+                assert_eq!(
+                    sorted(&peer.allowed_ips),
+                    d.allowed_ips.prefixes_of(id),
+                    "step {step}"
+                );
+                listed += peer.allowed_ips.len();
+            }
+            assert_eq!(
+                listed,
+                d.allowed_ips.len(),
+                "step {step}: a prefix with no peer"
+            );
+        }
     }
 }
