@@ -69,7 +69,7 @@ fn ten_thousand_peers_load_read_back_and_go_through_the_uapi_socket() {
     let ns = Netns::new("tnd-scale");
     let ifname = format!("tsc{}", std::process::id() % 100_000);
     let socket = format!("/var/run/wireguard/{ifname}.sock");
-    let mut daemon = Daemon::start(&ns, &["-f", &ifname], &[]);
+    let daemon = Daemon::start(&ns, &["-f", &ifname], &[]);
     assert!(
         wait_until(Duration::from_secs(15), || UnixStream::connect(&socket)
             .is_ok()),
