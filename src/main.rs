@@ -115,7 +115,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
-        Command::Show { iface } => status::show(iface.as_deref()),
+        Command::Show { iface, json } => status::show(iface.as_deref(), json),
         Command::Genkey => print_line(&keygen::genkey()?),
         Command::Genpsk => print_line(&keygen::genpsk()?),
         Command::Pubkey => {
