@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(short = 'f', long, requires = "ifname")]
     pub foreground: bool,
 
+    /// With IFNAME: serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9586), GET /metrics.
+    /// (`tandem up` takes it from the config's `[metrics] listen`.)
+    #[arg(long, value_name = "ADDR", requires = "ifname")]
+    pub metrics: Option<SocketAddr>,
+
     /// Create interface IFNAME (wireguard-go style) and serve its UAPI socket until the
     /// interface or the socket is deleted, or SIGINT/SIGTERM.
     #[arg(value_name = "IFNAME", required = true, value_parser = interface_name)]
@@ -189,6 +194,11 @@ mod tests {
             Cli::try_parse_from(["tandem", "show", "wg0"]).expect("parse").command,
             Some(Command::Show { iface: Some(i), json: false }) if i == "wg0"
         ));
+        let cli = Cli::try_parse_from(["tandem", "-f", "--metrics", "127.0.0.1:9586", "wg0"])
+            .expect("--metrics with IFNAME");
+        assert_eq!(cli.metrics, Some("127.0.0.1:9586".parse().expect("addr")));
+        assert!(Cli::try_parse_from(["tandem", "--metrics", "127.0.0.1:9586"]).is_err());
+        assert!(Cli::try_parse_from(["tandem", "--metrics", "nope", "wg0"]).is_err());
         assert!(matches!(
             Cli::try_parse_from(["tandem", "show", "--json", "wg0"]).expect("parse").command,
             Some(Command::Show { iface: Some(i), json: true }) if i == "wg0"

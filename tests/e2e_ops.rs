@@ -7,7 +7,9 @@
 mod common;
 use common::{kit, netns};
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use kit::{BIN, Daemon, TempDir, unique, wait_until};
 use netns::{Netns, require_root, veth_pair};
@@ -23,7 +25,7 @@ struct Tunnel {
     da: Daemon,
     db: Daemon,
     a: Netns,
-    _b: Netns,
+    b: Netns,
     _dir: TempDir,
     ifname: String,
     port_a: u16,
@@ -80,7 +82,7 @@ impl Tunnel {
             da,
             db,
             a,
-            _b: b,
+            b,
             _dir: dir,
             ifname,
             port_a,
@@ -88,6 +90,12 @@ impl Tunnel {
             key_a,
             key_b,
         }
+    }
+
+    /// Waits until a's log holds `needle`; panics with the log otherwise.
+    fn da_log_has(&self, needle: &str) {
+        let ok = wait_until(Duration::from_secs(10), || self.da.log().contains(needle));
+        assert!(ok, "{needle:?} not in a's log:\n{}", self.da.log());
     }
 
     /// `count` pings from a to b (0.2 s apart); panics unless every one is answered.
@@ -215,4 +223,137 @@ fn show_json_matches_wg_show_dump_field_by_field() {
             .any(|i| i["name"] == t.ifname.as_str()),
         "{all:#}"
     );
+}
+
+/// A blocking HTTP/1.0 GET of /metrics at `addr` from the calling thread's namespace (every
+/// wait bounded); the body of a 200 answer.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("cannot connect to the metrics endpoint {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: tandem\r\n\r\n")
+        .expect("send the request");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    assert!(head.contains(" 200 "), "{reply}");
+    body.to_owned()
+}
+
+/// The value of the sample line that starts with `name{` and holds every one of `labels`.
+fn sample(text: &str, name: &str, labels: &[&str]) -> Option<u64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `[metrics] listen` serves the exporter's names with the peer's config name; garbage
+/// datagrams raise their drop counter by exactly their number; a silent client does not hold
+/// up other scrapes or the tunnel.
+#[test]
+fn metrics_count_bytes_by_name_and_drops_exactly() {
+    let metrics_port = 19_586 + (unique() as u16);
+    let listen: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().expect("addr");
+    let t = Tunnel::start("metrics", &format!("\n[metrics]\nlisten = \"{listen}\"\n"));
+    t.da_log_has("serving metrics");
+    t.pings(10);
+
+    let pk_b = t.key_b.public_key().to_base64();
+    let peer = [
+        format!("interface=\"{}\"", t.ifname),
+        format!("public_key=\"{pk_b}\""),
+        "name=\"site-b\"".to_owned(),
+        format!("allowed_ips=\"{B4}/32\""),
+    ];
+    let peer: Vec<&str> = peer.iter().map(String::as_str).collect();
+    let text = t.a.run(|| scrape(listen));
+    for counter in [
+        "wireguard_sent_bytes_total",
+        "wireguard_received_bytes_total",
+    ] {
+        let n = sample(&text, counter, &peer).unwrap_or_else(|| panic!("no {counter}:\n{text}"));
+        assert!(n > 0, "{counter} is 0:\n{text}");
+    }
+    let latest = sample(&text, "wireguard_latest_handshake_seconds", &peer).expect("handshake");
+    assert!(now_unix().saturating_sub(latest) < 60, "{text}");
+    assert_eq!(
+        sample(&text, "tandem_peer_connected", &peer),
+        Some(1),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "tandem_peers", &[]), Some(1), "{text}");
+    assert_eq!(sample(&text, "tandem_under_load", &[]), Some(0), "{text}");
+    assert!(sample(&text, "tandem_handshakes_completed_total", &[]).expect("count") >= 1);
+    assert!(!text.contains(&t.key_a.to_base64()), "no private key");
+
+    // 5 datagrams of an unknown message type, from b's side of the veth to a's port.
+    let reason = ["reason=\"unknown_type\""];
+    let before = sample(&text, "tandem_drops_total", &reason).expect("unknown_type counter");
+    let target: SocketAddr = format!("10.98.0.1:{}", t.port_a).parse().expect("addr");
+    t.b.run(|| {
+        let socket = UdpSocket::bind("10.98.0.2:0").expect("bind in b");
+        for _ in 0..5 {
+            socket
+                .send_to(&[9, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8], target)
+                .expect("send garbage");
+        }
+    });
+    let want = before + 5;
+    let seen = wait_until(Duration::from_secs(5), || {
+        sample(&t.a.run(|| scrape(listen)), "tandem_drops_total", &reason) == Some(want)
+    });
+    assert!(seen, "unknown_type did not reach {want}");
+    std::thread::sleep(Duration::from_millis(500));
+    let text = t.a.run(|| scrape(listen));
+    assert_eq!(
+        sample(&text, "tandem_drops_total", &reason),
+        Some(want),
+        "exactly 5 more:\n{text}"
+    );
+
+    // A client that connects and sends nothing holds one connection, not the endpoint nor
+    // the tunnel.
+    t.a.run(|| {
+        let _silent = TcpStream::connect_timeout(&listen, Duration::from_secs(2)).expect("connect");
+        std::thread::sleep(Duration::from_millis(200));
+        let started = Instant::now();
+        let text = scrape(listen);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a scrape waited {:?} behind a silent client",
+            started.elapsed()
+        );
+        assert!(text.contains("tandem_peers"), "{text}");
+    });
+    t.pings(3);
+}
+
+/// `tandem -f IFNAME --metrics ADDR` (the wireguard-go command line) serves metrics too.
+#[test]
+fn bare_mode_serves_metrics_with_the_flag() {
+    require_root();
+    let ns = Netns::new("tnd-ops-bare");
+    let ifname = format!("tndob{}x{}", std::process::id() % 1000, unique());
+    let listen: SocketAddr = format!("127.0.0.1:{}", 19_700 + (unique() as u16))
+        .parse()
+        .expect("addr");
+    let listen_s = listen.to_string();
+    let mut d = Daemon::start(&ns, &["-f", &ifname, "--metrics", &listen_s], &[]);
+    // (Daemon's drop kills it by PID should an assertion below fail.)
+    d.wait_log("serving metrics", Duration::from_secs(15));
+    let text = ns.run(|| scrape(listen));
+    assert_eq!(
+        sample(&text, "tandem_peers", &[&format!("interface=\"{ifname}\"")]),
+        Some(0),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    // A clean stop also removes its UAPI socket and closes the endpoint.
+    d.stop(Duration::from_secs(10));
+    assert!(ns.run(|| TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_err()));
 }

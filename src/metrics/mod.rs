@@ -57,21 +57,57 @@ pub struct MetricsServer {
     accept: JoinHandle<()>,
 }
 
+/// The endpoint's socket, bound before the interface is set up so that a taken address stops
+/// the daemon before it changes anything; [`MetricsListener::serve`] starts answering.
+#[derive(Debug)]
+pub struct MetricsListener {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl MetricsListener {
+    pub fn bind(addr: SocketAddr) -> Result<MetricsListener, MetricsError> {
+        let bind_err = |source| MetricsError::Bind { addr, source };
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        // tokio needs a non-blocking socket.
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        Ok(MetricsListener { listener, addr })
+    }
+
+    /// Serves the metrics of interface `ifname` on the current tokio runtime, asking
+    /// `control` for a snapshot per scrape, with `names` as the peers' `name` labels.
+    pub fn serve(
+        self,
+        ifname: &str,
+        control: ControlSender,
+        names: PeerNames,
+    ) -> Result<MetricsServer, MetricsError> {
+        let addr = self.addr;
+        let listener = TcpListener::from_std(self.listener)
+            .map_err(|source| MetricsError::Bind { addr, source })?;
+        Ok(MetricsServer::spawn(listener, addr, ifname, control, names))
+    }
+}
+
 impl MetricsServer {
-    /// Listens on `addr` and serves the metrics of interface `ifname` on the current tokio
-    /// runtime, asking `control` for a snapshot per scrape.
-    pub async fn start(
+    /// [`MetricsListener::bind`] and [`MetricsListener::serve`] in one step.
+    pub fn start(
         addr: SocketAddr,
         ifname: &str,
         control: ControlSender,
         names: PeerNames,
     ) -> Result<MetricsServer, MetricsError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| MetricsError::Bind { addr, source })?;
-        let bound = listener
-            .local_addr()
-            .map_err(|source| MetricsError::Bind { addr, source })?;
+        MetricsListener::bind(addr)?.serve(ifname, control, names)
+    }
+
+    fn spawn(
+        listener: TcpListener,
+        bound: SocketAddr,
+        ifname: &str,
+        control: ControlSender,
+        names: PeerNames,
+    ) -> MetricsServer {
         let (names, names_rx) = watch::channel(Arc::new(names));
         let scrape = Arc::new(Scrape {
             ifname: ifname.to_owned(),
@@ -80,11 +116,11 @@ impl MetricsServer {
         });
         let accept = tokio::spawn(accept_loop(listener, scrape));
         tracing::info!(listen = %bound, "serving metrics at http://{bound}/metrics");
-        Ok(MetricsServer {
+        MetricsServer {
             addr: bound,
             names,
             accept,
-        })
+        }
     }
 
     /// The address actually bound (a port of 0 is a fresh one).
@@ -231,9 +267,7 @@ mod tests {
             fake_loop(rx);
             let control = ControlSender::new(tx, None);
             let addr = "127.0.0.1:0".parse().expect("addr");
-            MetricsServer::start(addr, "tnd-m0", control, PeerNames::new())
-                .await
-                .expect("start")
+            MetricsServer::start(addr, "tnd-m0", control, PeerNames::new()).expect("start")
         });
         let addr = server.local_addr();
         // Clients that connect and say nothing take slots, but not all of them.
