@@ -254,8 +254,9 @@ pub fn format_interface(name: &str, device: &DeviceStatus, now_unix: u64) -> Str
 }
 
 /// A peer counts as connected while its latest handshake is younger than this
-/// (REJECT_AFTER_TIME: past it, no session of that handshake may carry data).
-pub const CONNECTED_WITHIN_SECS: u64 = 180;
+/// (REJECT_AFTER_TIME: past it, no session of that handshake may carry data). The metrics'
+/// `tandem_peer_connected` uses the same rule.
+pub const CONNECTED_WITHIN_SECS: u64 = crate::proto::timers::REJECT_AFTER_TIME.as_secs();
 
 /// The version of `tandem show --json`'s schema; it changes only when a field changes
 /// meaning or goes away (new fields may be added without a change).

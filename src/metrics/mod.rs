@@ -12,7 +12,7 @@
 
 mod render;
 
-pub use render::{CONNECTED_WITHIN_SECS, PeerNames, render};
+pub use render::{PeerNames, render};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -18,12 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::control::show::connected as is_connected;
 use crate::proto::{DropReason, PublicKey};
 use crate::reconcile::Snapshot;
-
-/// A peer counts as connected while its latest handshake is younger than this
-/// (REJECT_AFTER_TIME: past it, no session of that handshake may carry data).
-pub const CONNECTED_WITHIN_SECS: u64 = 180;
 
 /// Peer names from the config, by public key.
 pub type PeerNames = HashMap<PublicKey, String>;
@@ -99,10 +96,9 @@ pub fn render(ifname: &str, snapshot: &Snapshot, names: &PeerNames, now_unix: u6
         received.get_or_create(&labels).inc_by(peer.stats.rx_bytes);
         let latest = peer.stats.last_handshake.map_or(0, |t| t.as_secs());
         handshake.get_or_create(&labels).set(gauge_value(latest));
-        let is_connected = latest != 0 && now_unix.saturating_sub(latest) < CONNECTED_WITHIN_SECS;
         connected
             .get_or_create(&labels)
-            .set(i64::from(is_connected));
+            .set(i64::from(is_connected(latest, now_unix)));
     }
     for reason in DropReason::ALL {
         let mut labels = iface();
