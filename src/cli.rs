@@ -29,6 +29,11 @@ pub struct Cli {
     #[arg(short = 'f', long, requires = "ifname")]
     pub foreground: bool,
 
+    /// With IFNAME: serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9586), GET /metrics.
+    /// (`tandem up` takes it from the config's `[metrics] listen`.)
+    #[arg(long, value_name = "ADDR", requires = "ifname")]
+    pub metrics: Option<SocketAddr>,
+
     /// Create interface IFNAME (wireguard-go style) and serve its UAPI socket until the
     /// interface or the socket is deleted, or SIGINT/SIGTERM.
     #[arg(value_name = "IFNAME", required = true, value_parser = interface_name)]
@@ -85,15 +90,21 @@ pub enum Command {
     Import { config: PathBuf },
     /// Show interfaces the way `wg show` does, with peer names from tandem's config (all
     /// interfaces with a socket in /var/run/wireguard when IFACE is not given).
-    Show { iface: Option<String> },
+    Show {
+        iface: Option<String>,
+        /// Print JSON instead (the schema is in the README): everything `wg show dump` has
+        /// but the private key, plus peer names, a connected flag and drop counters.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
     /// Print a new preshared key (base64), like `wg genpsk`.
     Genpsk,
-    /// Two daemons in two network namespaces: handshake, ping, a TCP transfer, then clean up
-    /// (needs root).
+    /// Two daemons in two network namespaces: handshake, UDP echo round trips, a TCP
+    /// transfer, then clean up (needs root).
     Demo {
         /// MiB to move over TCP through the tunnel.
         #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
@@ -174,11 +185,23 @@ mod tests {
             Cli::try_parse_from(["tandem", "show"])
                 .expect("parse")
                 .command,
-            Some(Command::Show { iface: None })
+            Some(Command::Show {
+                iface: None,
+                json: false
+            })
         ));
         assert!(matches!(
             Cli::try_parse_from(["tandem", "show", "wg0"]).expect("parse").command,
-            Some(Command::Show { iface: Some(i) }) if i == "wg0"
+            Some(Command::Show { iface: Some(i), json: false }) if i == "wg0"
+        ));
+        let cli = Cli::try_parse_from(["tandem", "-f", "--metrics", "127.0.0.1:9586", "wg0"])
+            .expect("--metrics with IFNAME");
+        assert_eq!(cli.metrics, Some("127.0.0.1:9586".parse().expect("addr")));
+        assert!(Cli::try_parse_from(["tandem", "--metrics", "127.0.0.1:9586"]).is_err());
+        assert!(Cli::try_parse_from(["tandem", "--metrics", "nope", "wg0"]).is_err());
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "show", "--json", "wg0"]).expect("parse").command,
+            Some(Command::Show { iface: Some(i), json: true }) if i == "wg0"
         ));
         assert!(matches!(
             Cli::try_parse_from(["tandem", "import", "wg0.conf"]).expect("parse").command,

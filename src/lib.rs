@@ -3,6 +3,7 @@ pub mod control;
 pub mod daemon;
 pub mod driver;
 pub mod keygen;
+pub mod metrics;
 pub mod netconf;
 pub mod os;
 pub mod proto;

@@ -4,6 +4,7 @@
 mod cli;
 
 use std::io::{IsTerminal, Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,7 +27,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(command) => run(command),
         None => match cli.ifname {
-            Some(ifname) => run_interface(&ifname, cli.foreground, cli.log_level.as_deref()),
+            Some(ifname) => run_interface(
+                &ifname,
+                cli.foreground,
+                cli.log_level.as_deref(),
+                cli.metrics,
+            ),
             // clap requires one or the other.
             None => Err(anyhow::anyhow!("give a command or an interface name")),
         },
@@ -135,7 +141,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
-        Command::Show { iface } => status::show(iface.as_deref()),
+        Command::Show { iface, json } => status::show(iface.as_deref(), json),
         Command::Genkey => print_line(&keygen::genkey()?),
         Command::Genpsk => print_line(&keygen::genpsk()?),
         Command::Pubkey => {
@@ -154,12 +160,17 @@ fn run(command: Command) -> anyhow::Result<()> {
 
 /// `tandem [-f] IFNAME`, wireguard-go's command line. Without `-f` (or wireguard-go's
 /// `WG_PROCESS_FOREGROUND=1`) the daemon detaches and this returns once its socket is up.
-fn run_interface(ifname: &str, foreground: bool, log_level: Option<&str>) -> anyhow::Result<()> {
+fn run_interface(
+    ifname: &str,
+    foreground: bool,
+    log_level: Option<&str>,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let detached = detach::is_detached_child();
     let foreground =
         foreground || std::env::var_os("WG_PROCESS_FOREGROUND").is_some_and(|v| v == "1");
     if !foreground && !detached {
-        return detach::spawn_detached(ifname, log_level);
+        return detach::spawn_detached(ifname, log_level, metrics);
     }
     if detached && let Err(e) = os::new_session() {
         tracing::warn!(error = %e, "cannot start a new session");
@@ -168,7 +179,7 @@ fn run_interface(ifname: &str, foreground: bool, log_level: Option<&str>) -> any
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(daemon::bare(ifname, detached))
+    rt.block_on(daemon::bare(ifname, detached, metrics))
 }
 
 fn print_line(s: &str) -> anyhow::Result<()> {

@@ -105,18 +105,25 @@ fn reference_is_a_valid_config_with_the_values_it_shows() {
         ["10.9.0.2/32", "192.168.20.0/24"].map(|c| c.parse().unwrap())
     );
     assert_eq!(p.persistent_keepalive, Some(25));
+    assert_eq!(
+        config.metrics.map(|m| m.listen),
+        Some("127.0.0.1:9586".parse().unwrap())
+    );
 }
 
 /// The keys the reference documents in `[interface]` and in `[[peer]]`: `key = ...` lines,
 /// also the commented-out alternatives (`# private_key_file = ...`).
-fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
-    let (mut interface, mut peer) = (BTreeSet::new(), BTreeSet::new());
+fn documented() -> (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>) {
+    let (mut interface, mut peer, mut metrics) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     let mut section = None;
     for line in REFERENCE.lines() {
         if line.starts_with("[interface]") {
             section = Some(&mut interface);
         } else if line.starts_with("[[peer]]") {
             section = Some(&mut peer);
+        } else if line.starts_with("[metrics]") {
+            section = Some(&mut metrics);
         } else if let Some((k, _)) = line.trim_start_matches("# ").split_once(" = ") {
             let k = k.trim();
             if !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
@@ -125,7 +132,7 @@ fn documented() -> (BTreeSet<String>, BTreeSet<String>) {
             }
         }
     }
-    (interface, peer)
+    (interface, peer, metrics)
 }
 
 /// The keys the parser knows in one section, as its error for an unknown key there lists
@@ -147,7 +154,7 @@ fn known(text: &str, at: &str) -> BTreeSet<String> {
 
 #[test]
 fn documented_keys_are_the_keys_the_parser_knows() {
-    let (interface, peer) = documented();
+    let (interface, peer, metrics) = documented();
     assert!(interface.contains("private_key_file") && peer.contains("endpoint"));
     let text = filled_in();
     let in_interface = text.replacen("[interface]\n", "[interface]\nzzzzzzzz = 1\n", 1);
@@ -161,5 +168,12 @@ fn documented_keys_are_the_keys_the_parser_knows() {
         peer,
         known(&in_peer, "peer[2].zzzzzzzz"),
         "[[peer]]: documented keys (left) vs keys the parser knows (right)"
+    );
+    // (The `[metrics]` header line carries a comment; its first key follows it.)
+    let in_metrics = text.replacen("\nlisten = ", "\nzzzzzzzz = 1\nlisten = ", 1);
+    assert_eq!(
+        metrics,
+        known(&in_metrics, "metrics.zzzzzzzz"),
+        "[metrics]: documented keys (left) vs keys the parser knows (right)"
     );
 }

@@ -837,9 +837,18 @@ fn systemd_unit_is_valid_and_locked_down() {
 #[test]
 fn demo_runs_and_cleans_up() {
     require_root();
+    // Nothing but `ip` on the PATH (no ping, no wg): the demo needs nothing else, so the
+    // README's first command works on a bare machine.
+    let bare = TempDir::new("demo-path");
+    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("this test needs iproute2's `ip`");
+    std::os::unix::fs::symlink(ip, bare.path("ip")).expect("symlink ip");
     let out = ChildGuard::new(
         Command::new(BIN)
             .args(["demo", "--mib", "4"])
+            .env("PATH", bare.root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::error::{ConfigErrors, Diagnostics};
 use super::net::{EndpointSpec, InterfaceAddress, Prefix, check_interface_name};
-use super::{Config, InterfaceConfig, MAX_MTU, MIN_MTU, PeerConfig, Table};
+use super::{Config, InterfaceConfig, MAX_MTU, MIN_MTU, MetricsConfig, PeerConfig, Table};
 use crate::proto::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 
 /// A raw value with where it came from: its 1-based line and its key path as the user's file
@@ -116,6 +116,50 @@ pub(crate) struct Draft {
     /// `None` when the file has no interface section at all.
     pub interface: Option<InterfaceDraft>,
     pub peers: Vec<PeerDraft>,
+    /// `[metrics]` (TOML only).
+    pub metrics: Option<MetricsDraft>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct MetricsDraft {
+    /// Line of the section header.
+    pub line: Option<usize>,
+    pub listen: Option<At<String>>,
+}
+
+/// `[metrics]`: `listen` is required and must be an `address:port` with a non-zero port
+/// (a scraper has to know where to look).
+fn compile_metrics(diag: &mut Diagnostics, d: &MetricsDraft) -> Option<MetricsConfig> {
+    let Some(listen) = &d.listen else {
+        diag.missing(
+            d.line,
+            "metrics.listen",
+            "missing: the address to serve metrics on, e.g. \"127.0.0.1:9586\"",
+        );
+        return None;
+    };
+    match listen.value.parse::<std::net::SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Some(MetricsConfig { listen: addr }),
+        Ok(_) => {
+            diag.error(
+                listen.line,
+                &listen.key,
+                "port 0 is not allowed here: a scraper needs a fixed port",
+            );
+            None
+        }
+        Err(_) => {
+            diag.error(
+                listen.line,
+                &listen.key,
+                format!(
+                    "\"{}\" is not an address and port (\"127.0.0.1:9586\", \"[::1]:9586\")",
+                    listen.value
+                ),
+            );
+            None
+        }
+    }
 }
 
 fn key_message(e: &KeyError) -> String {
@@ -336,6 +380,11 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
         peers.push(peer);
     }
 
+    let metrics = draft
+        .metrics
+        .as_ref()
+        .map(|m| compile_metrics(&mut diag, m));
+
     let warnings = diag.finish()?;
     // No errors were reported, so every part compiled; a `None` here would be a bug in this
     // module, reported rather than panicking.
@@ -353,6 +402,8 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
     Ok(Config {
         interface,
         peers,
+        // Without errors, a [metrics] table compiled.
+        metrics: metrics.flatten(),
         warnings,
         source,
     })

@@ -57,6 +57,8 @@ pub const MAX_MTU: u16 = 65535;
 pub struct Config {
     pub interface: InterfaceConfig,
     pub peers: Vec<PeerConfig>,
+    /// `[metrics]`: the Prometheus endpoint, off when absent.
+    pub metrics: Option<MetricsConfig>,
     /// Things accepted but worth telling the user (print them on load).
     pub warnings: Vec<ConfigWarning>,
     /// The file this came from.
@@ -114,6 +116,13 @@ impl InterfaceConfig {
     pub fn public_key(&self) -> PublicKey {
         self.private_key.public_key()
     }
+}
+
+/// `[metrics]`: serve Prometheus metrics over HTTP (opt in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address and port to listen on, e.g. `127.0.0.1:9586`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// Where routes for peer prefixes go.

@@ -114,6 +114,10 @@ pub fn to_toml(config: &Config) -> String {
             let _ = writeln!(out, "persistent_keepalive = {secs}");
         }
     }
+    if let Some(metrics) = &config.metrics {
+        out.push_str("\n[metrics]\n");
+        let _ = writeln!(out, "listen = {}", quote(&metrics.listen.to_string()));
+    }
     out
 }
 

@@ -8,10 +8,11 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::Config;
-use super::compile::{At, Dialect, Draft, InterfaceDraft, PeerDraft, compile};
+use super::compile::{At, Dialect, Draft, InterfaceDraft, MetricsDraft, PeerDraft, compile};
 use super::error::{ConfigErrors, Diagnostics, LineIndex};
 
-const ROOT_KEYS: &[&str] = &["interface", "peer"];
+const ROOT_KEYS: &[&str] = &["interface", "peer", "metrics"];
+const METRICS_KEYS: &[&str] = &["listen"];
 const INTERFACE_KEYS: &[&str] = &[
     "name",
     "private_key",
@@ -56,6 +57,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         dialect: Dialect::Toml,
         interface: None,
         peers: Vec::new(),
+        metrics: None,
     };
     for (key, value) in doc.get_ref().iter() {
         match key.get_ref().as_ref() {
@@ -89,6 +91,12 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
                      even when there is only one",
                 ),
                 other => w.wrong_type("peer", value, "an array of tables ([[peer]])", other),
+            },
+            "metrics" => match value.get_ref() {
+                DeValue::Table(table) => {
+                    draft.metrics = Some(w.metrics(table, w.line(value)));
+                }
+                other => w.wrong_type("metrics", value, "a table ([metrics])", other),
             },
             _ => w.unknown_key("", key, ROOT_KEYS),
         }
@@ -261,6 +269,21 @@ impl Walker<'_> {
         d
     }
 
+    fn metrics(&mut self, table: &DeTable<'_>, line: Option<usize>) -> MetricsDraft {
+        let mut d = MetricsDraft {
+            line,
+            ..MetricsDraft::default()
+        };
+        for (key, v) in table.iter() {
+            let name = key.get_ref().as_ref();
+            match name {
+                "listen" => d.listen = self.string(format!("metrics.{name}"), v),
+                _ => self.unknown_key("metrics", key, METRICS_KEYS),
+            }
+        }
+        d
+    }
+
     fn peer(&mut self, table: &DeTable<'_>, index: usize, line: Option<usize>) -> PeerDraft {
         let mut d = PeerDraft {
             line,
@@ -335,6 +358,44 @@ mod tests {
 
     fn doc(lines: &[&str]) -> String {
         lines.join("\n")
+    }
+
+    #[test]
+    fn metrics_listen_is_parsed_and_checked_with_lines() {
+        let base = format!("[interface]\nprivate_key = \"{}\"\n", private(1));
+        let ok = parse_toml(
+            file("m.toml"),
+            &format!("{base}\n[metrics]\nlisten = \"127.0.0.1:9586\"\n"),
+        )
+        .expect("valid");
+        assert_eq!(
+            ok.metrics.map(|m| m.listen),
+            Some("127.0.0.1:9586".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_toml(file("m.toml"), &base).expect("valid").metrics,
+            None
+        );
+        let bad = format!(
+            "{base}\n[metrics]\nlisten = \"localhost\"\nport = 1\n\n[[peer]]\n\
+             public_key = \"{}\"\n",
+            public(2)
+        );
+        let errors = parse_toml(file("m.toml"), &bad).expect_err("invalid");
+        assert_error(&errors, "metrics.listen", 5, "is not an address and port");
+        assert_error(&errors, "metrics.port", 6, "unknown key");
+        let zero = format!("{base}[metrics]\nlisten = \"[::1]:0\"\n");
+        let errors = parse_toml(file("m.toml"), &zero).expect_err("port 0");
+        assert_error(&errors, "metrics.listen", 4, "port 0");
+        let empty = format!("{base}[metrics]\n");
+        let errors = parse_toml(file("m.toml"), &empty).expect_err("no listen");
+        assert_error(&errors, "metrics.listen", 3, "missing");
+        let wrong = format!("{base}metrics = 1\n");
+        let errors = parse_toml(file("m.toml"), &wrong).expect_err("not a table");
+        assert!(
+            errors.iter().any(|e| e.key == "interface.metrics"),
+            "{errors}"
+        );
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         dialect: Dialect::WgQuick,
         interface: None,
         peers: Vec::new(),
+        metrics: None,
     };
     let mut section = Section::None;
 

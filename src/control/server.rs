@@ -10,13 +10,17 @@
 //!
 //! Besides wireguard-go's `get=1` and `set=1`, tandem answers `get=tandem` (which `wg` never
 //! sends): the `get=1` reply with a `name=` line after each `public_key=` line of a peer the
-//! config names, for `tandem show`.
+//! config names, and device-level lines of tandem's own before the first peer
+//! (`tandem_drop_<reason>=N` for every drop reason, `tandem_handshakes_completed=N`,
+//! `tandem_under_load=0|1`), for `tandem show` and `tandem show --json`. The `get=1` reply
+//! stays byte for byte wireguard-go's.
 //!
 //! The socket is created under umask 077 (only root may connect), in a directory created
 //! with mode 0755 when missing, as wireguard-go does. A socket file left by a daemon that died
 //! is replaced; one that still answers means the interface is served already.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::fs::DirBuilder;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -32,7 +36,8 @@ use tokio::task::JoinHandle;
 use super::uapi::{Frame, Framer, Request, SET_OK, UapiError, format_get, parse_request};
 use crate::driver::ControlSender;
 use crate::os;
-use crate::proto::PublicKey;
+use crate::proto::{DropReason, PublicKey};
+use crate::reconcile::Snapshot;
 
 /// Where wireguard-go, the kernel tools and `wg` look for userspace interfaces' sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -337,9 +342,54 @@ async fn tandem_get(
     control: &ControlSender,
     names: &watch::Receiver<Arc<PeerNames>>,
 ) -> Option<String> {
-    let reply = format_get(&control.get().await.ok()?);
+    let snapshot = control.get().await.ok()?;
+    let reply = format_get(&snapshot);
     let names = Arc::clone(&names.borrow());
-    Some(add_names(&reply, &names))
+    Some(add_device_lines(
+        &add_names(&reply, &names),
+        &tandem_device_lines(&snapshot),
+    ))
+}
+
+/// tandem's own device-level lines of a `get=tandem` reply (see the module notes).
+pub fn tandem_device_lines(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for reason in DropReason::ALL {
+        // Writing to a String cannot fail.
+        let _ = writeln!(
+            out,
+            "tandem_drop_{}={}",
+            reason.as_str(),
+            snapshot.drops.get(reason)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "tandem_handshakes_completed={}",
+        snapshot.handshakes_completed
+    );
+    let _ = writeln!(out, "tandem_under_load={}", u8::from(snapshot.under_load));
+    out
+}
+
+/// `get_reply` with `lines` inserted where the device's part ends: before the first
+/// `public_key=` line, or before `errno=` when there is no peer (a reader takes every line
+/// after a `public_key=` as that peer's).
+pub fn add_device_lines(get_reply: &str, lines: &str) -> String {
+    let at = get_reply
+        .split_inclusive('\n')
+        .scan(0usize, |offset, line| {
+            let start = *offset;
+            *offset += line.len();
+            Some((start, line))
+        })
+        .find(|(_, line)| line.starts_with("public_key=") || line.starts_with("errno="))
+        .map_or(get_reply.len(), |(start, _)| start);
+    let mut out = String::with_capacity(get_reply.len() + lines.len());
+    out.push_str(&get_reply[..at]);
+    out.push_str(lines);
+    out.push_str(&get_reply[at..]);
+    out
 }
 
 /// A `get=1` reply with `name=NAME` after the `public_key=` line of each named peer. Control
@@ -517,7 +567,18 @@ mod tests {
             assert!(!get.contains("name="), "{get}");
 
             let named = exchange(&path, b"get=tandem\n\n").await;
-            let expected = get.replace(
+            // The device's own lines come before the first peer: every drop reason, the
+            // handshake count and the load state.
+            let device_lines = tandem_device_lines(&Snapshot::default());
+            assert_eq!(
+                device_lines.lines().count(),
+                DropReason::COUNT + 2,
+                "{device_lines}"
+            );
+            assert!(device_lines.contains("tandem_drop_truncated=0\n"));
+            assert!(device_lines.ends_with("tandem_handshakes_completed=0\ntandem_under_load=0\n"));
+            let with_device = get.replacen("public_key=", &format!("{device_lines}public_key="), 1);
+            let expected = with_device.replace(
                 &format!("public_key={}\n", peer_hex(2)),
                 &format!("public_key={}\nname=site-b\n", peer_hex(2)),
             );
@@ -526,7 +587,7 @@ mod tests {
 
             // Names can be replaced (after a reload).
             server.set_names(PeerNames::new());
-            assert_eq!(exchange(&path, b"get=tandem\n\n").await, get);
+            assert_eq!(exchange(&path, b"get=tandem\n\n").await, with_device);
 
             // A set cut short by the end of the stream still applies, like wireguard-go.
             let reply = exchange(
@@ -688,6 +749,30 @@ mod tests {
         );
         assert_eq!(add_names(&reply, &names), expected);
         assert_eq!(add_names(&reply, &PeerNames::new()), reply);
+    }
+
+    #[test]
+    fn device_lines_go_before_the_first_peer_or_errno() {
+        let x = "x=1\n";
+        assert_eq!(
+            add_device_lines("listen_port=1\npublic_key=ab\nrx_bytes=0\nerrno=0\n\n", x),
+            "listen_port=1\nx=1\npublic_key=ab\nrx_bytes=0\nerrno=0\n\n"
+        );
+        assert_eq!(
+            add_device_lines("listen_port=1\nerrno=0\n\n", x),
+            "listen_port=1\nx=1\nerrno=0\n\n"
+        );
+        assert_eq!(add_device_lines("errno=0\n\n", x), "x=1\nerrno=0\n\n");
+        // The drop counters are read by `tandem show` as they were written.
+        let mut snapshot = Snapshot::default();
+        snapshot.drops.count(DropReason::InvalidMac1);
+        snapshot.under_load = true;
+        let reply = add_device_lines("errno=0\n\n", &tandem_device_lines(&snapshot));
+        let status = crate::control::show::parse_get_reply(&reply).expect("parse");
+        assert_eq!(status.drops.get("invalid_mac1"), Some(&1));
+        assert_eq!(status.drops.get("truncated"), Some(&0));
+        assert_eq!(status.drops.len(), DropReason::COUNT);
+        assert_eq!(status.under_load, Some(true));
     }
 
     #[test]

@@ -2,10 +2,17 @@
 //! (wireguard-tools `show.c`, without colours), plus a `name:` line for each peer the config
 //! names (from tandem's `get=tandem`, see [`server`](super::server)).
 //!
+//! [`format_json`] is `tandem show --json`: the same facts as `wg show dump` (without the
+//! private key) plus names, a connected flag and tandem's device counters, in the schema the
+//! README documents (`JSON_SCHEMA_VERSION`).
+//!
 //! Pure: the reply text and the current time in, the text out.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+
+use serde::Serialize;
 
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
 
@@ -16,6 +23,12 @@ pub struct DeviceStatus {
     pub listen_port: u16,
     pub fwmark: u32,
     pub peers: Vec<PeerStatus>,
+    /// tandem's `tandem_drop_<reason>=N` lines, by reason (empty from other daemons).
+    pub drops: BTreeMap<String, u64>,
+    /// tandem's `tandem_handshakes_completed` (None from other daemons).
+    pub handshakes_completed: Option<u64>,
+    /// tandem's `tandem_under_load` (None from other daemons).
+    pub under_load: Option<bool>,
 }
 
 /// One peer of a `get` reply.
@@ -105,7 +118,19 @@ pub fn parse_get_reply(text: &str) -> Result<DeviceStatus, ShowError> {
                         device.fwmark = u32::try_from(number_of("bad fwmark")?)
                             .map_err(|_| bad("bad fwmark"))?;
                     }
-                    _ => {}
+                    "tandem_handshakes_completed" => {
+                        device.handshakes_completed =
+                            Some(number_of("bad tandem_handshakes_completed")?);
+                    }
+                    "tandem_under_load" => {
+                        device.under_load = Some(number_of("bad tandem_under_load")? != 0);
+                    }
+                    _ => {
+                        if let Some(reason) = key.strip_prefix("tandem_drop_") {
+                            let n = number_of("bad drop counter")?;
+                            device.drops.insert(reason.to_owned(), n);
+                        }
+                    }
                 },
                 Some(peer) => match key {
                     "name" => peer.name = Some(value.to_owned()),
@@ -225,6 +250,123 @@ pub fn format_interface(name: &str, device: &DeviceStatus, now_unix: u64) -> Str
             );
         }
     }
+    out
+}
+
+/// A peer counts as connected while its latest handshake is younger than this
+/// (REJECT_AFTER_TIME: past it, no session of that handshake may carry data). The metrics'
+/// `tandem_peer_connected` uses the same rule.
+pub const CONNECTED_WITHIN_SECS: u64 = crate::proto::timers::REJECT_AFTER_TIME.as_secs();
+
+/// The version of `tandem show --json`'s schema; it changes only when a field changes
+/// meaning or goes away (new fields may be added without a change).
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Whether a handshake at unix second `latest` (0: never) counts as connected at `now_unix`.
+pub fn connected(latest: u64, now_unix: u64) -> bool {
+    latest != 0 && now_unix.saturating_sub(latest) < CONNECTED_WITHIN_SECS
+}
+
+/// `tandem show --json`: the whole document (see the README for the schema).
+#[derive(Debug, Serialize)]
+pub struct JsonShow<'a> {
+    pub schema: u32,
+    pub interfaces: Vec<JsonInterface<'a>>,
+}
+
+/// One interface of `tandem show --json`.
+#[derive(Debug, Serialize)]
+pub struct JsonInterface<'a> {
+    pub name: &'a str,
+    /// Base64; null when the interface has no private key. The private key is never printed.
+    pub public_key: Option<String>,
+    /// 0 before the first bind.
+    pub listen_port: u16,
+    /// 0 = off.
+    pub fwmark: u32,
+    /// Handshakes completed since the interface started (null: not a tandem daemon).
+    pub handshakes_completed: Option<u64>,
+    /// Whether handshakes need a cookie right now (null: not a tandem daemon).
+    pub under_load: Option<bool>,
+    /// Every drop reason with its count since start (empty: not a tandem daemon).
+    pub drops: &'a BTreeMap<String, u64>,
+    /// In the daemon's order (as `wg show dump`, not sorted).
+    pub peers: Vec<JsonPeer<'a>>,
+}
+
+/// One peer of `tandem show --json`.
+#[derive(Debug, Serialize)]
+pub struct JsonPeer<'a> {
+    /// Base64.
+    pub public_key: String,
+    /// The peer's `name` from the config; null when it has none.
+    pub name: Option<&'a str>,
+    /// Whether a preshared key is set (the key itself is never printed).
+    pub preshared_key: bool,
+    /// `ip:port` or `[ipv6]:port`; null when unknown.
+    pub endpoint: Option<&'a str>,
+    pub allowed_ips: &'a [String],
+    /// Unix seconds; 0 = never.
+    pub latest_handshake: u64,
+    /// Bytes received from and sent to the peer.
+    pub transfer_rx: u64,
+    pub transfer_tx: u64,
+    /// Seconds; 0 = off.
+    pub persistent_keepalive: u16,
+    /// Latest handshake younger than [`CONNECTED_WITHIN_SECS`].
+    pub connected: bool,
+}
+
+/// The JSON view of one interface at wall-clock second `now_unix`.
+pub fn json_interface<'a>(
+    name: &'a str,
+    device: &'a DeviceStatus,
+    now_unix: u64,
+) -> JsonInterface<'a> {
+    JsonInterface {
+        name,
+        public_key: device
+            .private_key
+            .as_ref()
+            .map(|k| k.public_key().to_base64()),
+        listen_port: device.listen_port,
+        fwmark: device.fwmark,
+        handshakes_completed: device.handshakes_completed,
+        under_load: device.under_load,
+        drops: &device.drops,
+        peers: device
+            .peers
+            .iter()
+            .map(|p| JsonPeer {
+                public_key: p.public_key.to_base64(),
+                name: p.name.as_deref(),
+                preshared_key: p.has_preshared_key,
+                endpoint: p.endpoint.as_deref(),
+                allowed_ips: &p.allowed_ips,
+                latest_handshake: p.last_handshake.0,
+                transfer_rx: p.rx_bytes,
+                transfer_tx: p.tx_bytes,
+                persistent_keepalive: p.persistent_keepalive,
+                connected: connected(p.last_handshake.0, now_unix),
+            })
+            .collect(),
+    }
+}
+
+/// `tandem show --json` for `interfaces` (name and state), pretty-printed, ending in a
+/// newline.
+pub fn format_json(interfaces: &[(String, DeviceStatus)], now_unix: u64) -> String {
+    let doc = JsonShow {
+        schema: JSON_SCHEMA_VERSION,
+        interfaces: interfaces
+            .iter()
+            .map(|(name, device)| json_interface(name, device, now_unix))
+            .collect(),
+    };
+    // Serializing these plain structs (strings, numbers, maps with string keys) cannot fail;
+    // an empty document would be the symptom if it ever did.
+    let mut out = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    out.push('\n');
     out
 }
 
@@ -356,6 +498,58 @@ mod tests {
             pub4 = private(4).public_key().to_base64(),
         );
         assert_eq!(format_interface("tnd0", &device, NOW), expected);
+    }
+
+    #[test]
+    fn json_has_every_dump_field_and_no_secret() {
+        let text = reply(&format!(
+            "{}{}",
+            peer(2, 0x22, "name=site-b\n")
+                + "endpoint=192.0.2.7:51820\nlast_handshake_time_sec=1699999937\n\
+                   tx_bytes=4096\nrx_bytes=1234\npersistent_keepalive_interval=25\n\
+                   allowed_ip=10.9.0.2/32\nallowed_ip=192.168.20.0/24\n",
+            peer(3, 0, "") + "last_handshake_time_sec=1699999000\n"
+        ))
+        .replacen(
+            "public_key=",
+            "tandem_drop_invalid_mac1=5\ntandem_drop_truncated=0\n\
+             tandem_handshakes_completed=3\ntandem_under_load=0\npublic_key=",
+            1,
+        );
+        let device = parse_get_reply(&text).expect("parse");
+        let json = format_json(&[("tnd0".to_owned(), device)], NOW);
+        let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(v["schema"], 1);
+        let i = &v["interfaces"][0];
+        assert_eq!(i["name"], "tnd0");
+        assert_eq!(i["public_key"], private(1).public_key().to_base64());
+        assert_eq!(i["listen_port"], 51820);
+        assert_eq!(i["fwmark"], 51820);
+        assert_eq!(i["handshakes_completed"], 3);
+        assert_eq!(i["under_load"], false);
+        assert_eq!(i["drops"]["invalid_mac1"], 5);
+        assert_eq!(i["drops"]["truncated"], 0);
+        let p = &i["peers"][0];
+        assert_eq!(p["public_key"], private(2).public_key().to_base64());
+        assert_eq!(p["name"], "site-b");
+        assert_eq!(p["preshared_key"], true);
+        assert_eq!(p["endpoint"], "192.0.2.7:51820");
+        assert_eq!(p["allowed_ips"][1], "192.168.20.0/24");
+        assert_eq!(p["latest_handshake"], 1_699_999_937u64);
+        assert_eq!(p["transfer_rx"], 1234);
+        assert_eq!(p["transfer_tx"], 4096);
+        assert_eq!(p["persistent_keepalive"], 25);
+        assert_eq!(p["connected"], true);
+        let q = &i["peers"][1];
+        assert_eq!(q["name"], serde_json::Value::Null);
+        assert_eq!(q["endpoint"], serde_json::Value::Null);
+        assert_eq!(q["preshared_key"], false);
+        assert_eq!(q["connected"], false, "1000 s old");
+        // Never the private key nor the preshared key, in any encoding.
+        for secret in [private(1).to_base64(), private(1).to_hex(), "22".repeat(32)] {
+            assert!(!json.contains(&secret), "{json}");
+        }
+        assert!(connected(NOW - 179, NOW) && !connected(NOW - 180, NOW) && !connected(0, NOW));
     }
 
     #[test]

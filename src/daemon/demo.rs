@@ -1,9 +1,13 @@
 //! `tandem demo`: two tandem daemons in two fresh network namespaces joined by a veth pair,
-//! a handshake, pings through the tunnel (IPv4 and IPv6 inside), a timed TCP transfer, and
-//! everything removed again, also on Ctrl-C or failure. Needs root. Traffic never leaves the
-//! two namespaces it creates.
+//! a handshake, UDP echo round trips through the tunnel (IPv4 and IPv6 inside), a timed TCP
+//! transfer, and everything removed again, also on Ctrl-C or failure. Needs root and
+//! iproute2's `ip` (for the namespaces and the veth pair), nothing else: the round trips are
+//! tandem's own UDP echo (threads that entered the namespaces), not `ping`, so the first
+//! command of the README works on a bare machine. Traffic never leaves the two namespaces it
+//! creates.
 
 use std::fs;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -208,23 +212,176 @@ fn wait_for(limit: Duration, every: Duration, mut check: impl FnMut() -> bool) -
     }
 }
 
-fn ping(ns: &str, target: &str, count: u32) -> anyhow::Result<String> {
-    let c = count.to_string();
-    run_ok(&mut in_ns(
-        ns,
-        "ping",
-        &["-n", "-c", &c, "-i", "0.2", "-W", "2", target],
-    ))
+/// The UDP port of the demo's echo responders (one per namespace, on every inner address).
+const ECHO_PORT: u16 = 7;
+/// Bytes of one echo probe: a sequence number, a nonce and padding, so that a late answer to
+/// an earlier probe is never taken for the current one.
+const PROBE_LEN: usize = 64;
+
+/// Runs `work` on a thread of its own that first entered namespace `ns` (`setns(2)` acts per
+/// thread, so the rest of the demo stays where it is), and returns what `work` returned.
+fn in_netns<T: Send + 'static>(
+    ns: &str,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = Path::new("/run/netns").join(ns);
+    std::thread::spawn(move || {
+        os::enter_netns(&path).with_context(|| format!("cannot enter {}", path.display()))?;
+        work()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?
 }
 
-/// The `rtt min/avg/max/mdev = ...` line of ping's summary.
-fn rtt_line(output: &str) -> String {
-    output
-        .lines()
-        .find(|l| l.contains("min/avg/max"))
-        .unwrap_or("(no summary)")
-        .trim()
-        .to_owned()
+/// An echo responder: a thread in namespace `ns` that sends every datagram on UDP port
+/// [`ECHO_PORT`] (IPv4 and IPv6) back to where it came from, until `stop` is set. tandem's
+/// own stand-in for ICMP echo, so that the demo needs no `ping`.
+fn spawn_echo_responder(
+    ns: &str,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let path = Path::new("/run/netns").join(ns);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let bound = os::enter_netns(&path)
+            .with_context(|| format!("cannot enter {}", path.display()))
+            .and_then(|()| {
+                // One dual-stack socket answers both families.
+                let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, ECHO_PORT));
+                let socket = os::bind_udp(any, false).context("cannot bind the echo port")?;
+                socket.set_nonblocking(false)?;
+                // Bounded waits, so the thread notices `stop` within 100 ms.
+                socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+                Ok(socket)
+            });
+        let socket = match bound {
+            Ok(s) => {
+                let _ = ready_tx.send(Ok(()));
+                s
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e));
+                return;
+            }
+        };
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::SeqCst) {
+            if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .context("the echo responder did not start within 5 s")??;
+    Ok(handle)
+}
+
+/// Round-trip times of echo probes through the tunnel.
+#[derive(Debug, Default)]
+struct Rtt {
+    sent: u32,
+    samples: Vec<Duration>,
+}
+
+impl std::fmt::Display for Rtt {
+    /// `rtt min/avg/max = 0.241/0.300/0.412 ms, 3 of 3 answered`, like ping's summary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let (Some(min), Some(max)) = (self.samples.iter().min(), self.samples.iter().max()) else {
+            return write!(f, "no answer to {} probes", self.sent);
+        };
+        let sum: Duration = self.samples.iter().sum();
+        let avg = ms(sum) / self.samples.len() as f64;
+        write!(
+            f,
+            "rtt min/avg/max = {:.3}/{avg:.3}/{:.3} ms, {} of {} answered",
+            ms(*min),
+            ms(*max),
+            self.samples.len(),
+            self.sent
+        )
+    }
+}
+
+/// Sends `count` UDP echo probes from namespace `ns` to `target`'s echo responder, one at a
+/// time, each waiting at most `wait` for its answer, with `gap` between probes.
+fn probe(
+    ns: &str,
+    target: IpAddr,
+    count: u32,
+    wait: Duration,
+    gap: Duration,
+) -> anyhow::Result<Rtt> {
+    in_netns(ns, move || {
+        let local: SocketAddr = match target {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = os::bind_udp(local, true).context("cannot bind a probe socket")?;
+        socket.set_nonblocking(false)?;
+        socket.connect((target, ECHO_PORT))?;
+        let nonce = u64::from(std::process::id()) << 32 | u64::from(rand::random::<u32>());
+        let mut rtt = Rtt::default();
+        let mut probe = [0u8; PROBE_LEN];
+        let mut answer = [0u8; PROBE_LEN + 1];
+        for seq in 0..count {
+            if seq > 0 {
+                std::thread::sleep(gap);
+            }
+            probe[..4].copy_from_slice(&seq.to_be_bytes());
+            probe[4..12].copy_from_slice(&nonce.to_be_bytes());
+            let start = Instant::now();
+            rtt.sent += 1;
+            // Before the handshake, the kernel may refuse the send (no route yet on a
+            // namespace that is still coming up): that probe is lost, not fatal.
+            if socket.send(&probe).is_err() {
+                continue;
+            }
+            let deadline = start + wait;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                socket.set_read_timeout(Some(left))?;
+                match socket.recv(&mut answer) {
+                    // Anything else is a late answer to an earlier probe: keep waiting.
+                    Ok(n) if n == PROBE_LEN && answer[..n] == probe => {
+                        rtt.samples.push(start.elapsed());
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break;
+                    }
+                    // ECONNREFUSED from an ICMP error of an earlier send: try again.
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+        Ok(rtt)
+    })
+}
+
+/// Stops the echo responders (within their 100 ms read timeout) when the demo ends.
+struct EchoGuard {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EchoGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Runs the demo. Needs root.
@@ -246,7 +403,6 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
         );
     }
     need_tool("ip", "iproute2")?;
-    need_tool("ping", "iputils-ping")?;
     let exe = std::env::current_exe().context("cannot find the tandem binary itself")?;
     let exe = exe.to_string_lossy().into_owned();
 
@@ -341,12 +497,18 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
 
     println!("== 4. handshake");
     let start = Instant::now();
+    let stop_echo = Arc::new(AtomicBool::new(false));
+    let _echo = EchoGuard {
+        stop: Arc::clone(&stop_echo),
+        threads: vec![
+            spawn_echo_responder(&ns_a, Arc::clone(&stop_echo))?,
+            spawn_echo_responder(&ns_b, Arc::clone(&stop_echo))?,
+        ],
+    };
+    let inner_b4: IpAddr = INNER_B4.parse()?;
     let connected = wait_for(Duration::from_secs(15), Duration::from_millis(100), || {
-        in_ns(&ns_a, "ping", &["-n", "-c", "1", "-W", "1", INNER_B4])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        probe(&ns_a, inner_b4, 1, Duration::from_secs(1), Duration::ZERO)
+            .is_ok_and(|rtt| !rtt.samples.is_empty())
     });
     if !connected {
         bail!(
@@ -369,15 +531,24 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
         first.as_secs_f64() * 1e3
     );
 
-    println!("== 5. ping through the tunnel");
+    println!("== 5. UDP echo through the tunnel");
     for (from, to) in [
         (&ns_a, INNER_B4),
         (&ns_b, INNER_A4),
         (&ns_a, INNER_B6),
         (&ns_b, INNER_A6),
     ] {
-        let out = ping(from, to, 3)?;
-        println!("   {from} -> {to}: {}", rtt_line(&out));
+        let rtt = probe(
+            from,
+            to.parse()?,
+            5,
+            Duration::from_secs(2),
+            Duration::from_millis(100),
+        )?;
+        if rtt.samples.is_empty() {
+            bail!("{from} -> {to}: {rtt}");
+        }
+        println!("   {from} -> {to}: {rtt}");
     }
 
     println!("== 6. {} MiB over TCP through the tunnel", options.mib);
@@ -458,6 +629,7 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
     println!("   receiver: {received} (every byte checked)");
 
     println!("== 7. cleaning up");
+    drop(_echo);
     drop(_guard);
     println!("   daemons stopped, namespaces {ns_a} and {ns_b} removed");
     Ok(())

@@ -44,7 +44,11 @@ fn identity(path: &Path) -> Option<(u64, u64)> {
 
 /// Starts `tandem -f IFNAME` in the background and waits (bounded) until its UAPI socket
 /// answers. `log_level` is passed on.
-pub fn spawn_detached(ifname: &str, log_level: Option<&str>) -> anyhow::Result<()> {
+pub fn spawn_detached(
+    ifname: &str,
+    log_level: Option<&str>,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     let path = socket_path(Path::new(SOCKET_DIR), ifname);
     if UnixStream::connect(&path).is_ok() {
         bail!(
@@ -58,6 +62,9 @@ pub fn spawn_detached(ifname: &str, log_level: Option<&str>) -> anyhow::Result<(
     let mut command = Command::new(exe);
     if let Some(level) = log_level {
         command.args(["--log-level", level]);
+    }
+    if let Some(addr) = metrics {
+        command.args(["--metrics", &addr.to_string()]);
     }
     command
         .args(["-f", ifname])

@@ -14,6 +14,7 @@
 //! clean exits, as in wireguard-go.
 //! On the way out the socket goes first, then addresses and routes, then the device.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use crate::driver::{
     Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets,
 };
 use crate::keygen::os_random;
+use crate::metrics::{MetricsListener, MetricsServer};
 use crate::netconf::{self, NetConf};
 use crate::os;
 use crate::proto::Device;
@@ -61,6 +63,8 @@ pub(crate) struct Running {
     pub name_file: Option<PathBuf>,
     /// Config mode: follows the config's endpoint names (replaced on each reload).
     pub resolver: Option<Resolver>,
+    /// The Prometheus endpoint, when asked for (`[metrics]`, `--metrics`).
+    pub metrics: Option<MetricsServer>,
 }
 
 /// Signals the daemon handles, registered before anything is set up so that none is missed.
@@ -86,6 +90,8 @@ impl Signals {
 /// is told to stop. Everything set up is taken down on the way out, also after an error.
 pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result<()> {
     let signals = Signals::new()?;
+    // Before anything is set up, so a taken address changes nothing.
+    let metrics = bind_metrics(config.metrics.map(|m| m.listen))?;
     for warning in &config.warnings {
         tracing::warn!("{}", warning.to_string().trim_start_matches("warning: "));
     }
@@ -98,6 +104,14 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
     let resolved = settings::resolve(config).await;
     let seeds = endpoints::seeds(&resolved.config, &resolved.endpoints);
     let (mut running, status) = set_up(path, resolved).await?;
+    let names = running.managed.as_ref().map(|m| peer_names(&m.config));
+    match serve_metrics(metrics, &running, names.unwrap_or_default()) {
+        Ok(server) => running.metrics = server,
+        Err(e) => {
+            tear_down(running, false).await;
+            return Err(e);
+        }
+    }
     // DNS, then PostUp, as wg-quick orders them; either failing takes everything down again
     // (without the down hooks, as wg-quick's trap does) and the start fails.
     if let Err(e) = finish_up(&mut running, &hooks).await {
@@ -122,8 +136,9 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
 /// UAPI socket, and serves them until told to stop; `wg` configures keys and peers,
 /// `ip`/`wg-quick` addresses, MTU and routes. `detached`: started by `detach::spawn_detached`,
 /// whose parent reads our stderr until the socket is up; then stdio goes to /dev/null.
-pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
+pub async fn bare(ifname: &str, detached: bool, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
     let signals = Signals::new()?;
+    let metrics = bind_metrics(metrics)?;
     let tun = open_interface(ifname, true)?;
     // wireguard-go's default MTU (wg-quick sets its own afterwards).
     if let Err(e) = tun.device.set_mtu(DEFAULT_MTU) {
@@ -158,7 +173,7 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "cannot point stdio at /dev/null");
     }
     let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
-    let running = Running {
+    let mut running = Running {
         plane: start_data_plane(driver, control)?,
         ifname,
         ifindex,
@@ -166,7 +181,10 @@ pub async fn bare(ifname: &str, detached: bool) -> anyhow::Result<()> {
         managed: None,
         name_file,
         resolver: None,
+        metrics: None,
     };
+    // No names without a config: `wg` knows none.
+    running.metrics = serve_metrics(metrics, &running, PeerNames::new())?;
     run(running, signals).await
 }
 
@@ -377,8 +395,26 @@ async fn start(
         }),
         name_file: None,
         resolver: None,
+        metrics: None,
     };
     Ok((running, status))
+}
+
+fn bind_metrics(addr: Option<SocketAddr>) -> anyhow::Result<Option<MetricsListener>> {
+    addr.map(MetricsListener::bind)
+        .transpose()
+        .context("cannot serve metrics")
+}
+
+fn serve_metrics(
+    listener: Option<MetricsListener>,
+    running: &Running,
+    names: PeerNames,
+) -> anyhow::Result<Option<MetricsServer>> {
+    listener
+        .map(|l| l.serve(&running.ifname, running.plane.control().clone(), names))
+        .transpose()
+        .context("cannot serve metrics")
 }
 
 /// Once a second: stops the daemon when its socket file is gone (or replaced), and asks the
@@ -478,6 +514,9 @@ async fn main_loop(running: &mut Running, mut signals: Signals) -> anyhow::Resul
                                     uapi.set_names(peer_names(&managed.config));
                                 }
                                 follow_dns(&running.ifname, managed).await;
+                                if let Some(metrics) = &running.metrics {
+                                    metrics.set_names(peer_names(&managed.config));
+                                }
                                 // The new config's names from now on (a failed reload keeps
                                 // the old resolver, like the rest of the old config).
                                 running.resolver = Some(Resolver::start(

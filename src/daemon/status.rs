@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use crate::control::server::{SOCKET_DIR, query, socket_path};
-use crate::control::show::{ShowError, format_interface, name_zones, parse_get_reply};
+use crate::control::show::{
+    DeviceStatus, ShowError, format_interface, format_json, name_zones, parse_get_reply,
+};
 use crate::os;
 
 /// How long one interface may take to answer.
@@ -16,6 +18,18 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The status text of one interface, from its socket in `dir`.
 pub fn interface_status(dir: &Path, ifname: &str) -> anyhow::Result<String> {
+    let device = interface_device(dir, ifname)?;
+    Ok(format_interface(ifname, &device, now_unix()))
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The state of one interface, from its socket in `dir`.
+pub fn interface_device(dir: &Path, ifname: &str) -> anyhow::Result<DeviceStatus> {
     let path = socket_path(dir, ifname);
     let ask = |request: &str| {
         query(&path, request, QUERY_TIMEOUT).with_context(|| {
@@ -36,10 +50,7 @@ pub fn interface_status(dir: &Path, ifname: &str) -> anyhow::Result<String> {
         }
     };
     name_zones(&mut device, os::if_indextoname);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Ok(format_interface(ifname, &device, now))
+    Ok(device)
 }
 
 /// The interfaces with a socket in `dir`, sorted; sockets nobody answers on (left by a daemon
@@ -68,9 +79,12 @@ pub fn interfaces(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// `tandem show [IFACE]`: prints one interface, or every one with a live socket (separated
 /// by a blank line, as `wg show` does). An interface that fails is reported on stderr and the
-/// others still shown; the result is then an error.
-pub fn show(iface: Option<&str>) -> anyhow::Result<()> {
+/// others still shown; the result is then an error. `json`: one JSON document instead.
+pub fn show(iface: Option<&str>, json: bool) -> anyhow::Result<()> {
     let dir = Path::new(SOCKET_DIR);
+    if json {
+        return show_json(dir, iface);
+    }
     if let Some(iface) = iface {
         print!("{}", interface_status(dir, iface)?);
         return Ok(());
@@ -92,6 +106,33 @@ pub fn show(iface: Option<&str>) -> anyhow::Result<()> {
             }
         }
     }
+    if failed > 0 {
+        bail!("{failed} interface(s) could not be shown");
+    }
+    Ok(())
+}
+
+/// `tandem show --json [IFACE]`: one document for one interface or every live one; an
+/// interface that fails is reported on stderr, left out, and makes the result an error.
+fn show_json(dir: &Path, iface: Option<&str>) -> anyhow::Result<()> {
+    let names = match iface {
+        Some(iface) => vec![iface.to_owned()],
+        None => interfaces(dir)?,
+    };
+    let mut devices = Vec::new();
+    let mut failed = 0usize;
+    for name in names {
+        match interface_device(dir, &name) {
+            Ok(device) => devices.push((name, device)),
+            // One interface asked for: its error is the command's.
+            Err(e) if iface.is_some() => return Err(e),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                failed += 1;
+            }
+        }
+    }
+    print!("{}", format_json(&devices, now_unix()));
     if failed > 0 {
         bail!("{failed} interface(s) could not be shown");
     }

@@ -920,7 +920,9 @@ impl Driver {
     pub fn answer(&mut self, request: ControlRequest) {
         match request {
             ControlRequest::Get { reply } => {
-                let _ = reply.send(self.snapshot());
+                let mut snapshot = self.snapshot();
+                snapshot.under_load = self.device.is_under_load(self.now());
+                let _ = reply.send(snapshot);
             }
             ControlRequest::Set { request, reply } => {
                 let result = self.set(&request);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 pub use crate::proto::prefix::{Prefix, mask};
-use crate::proto::{Device, PeerInfo, PresharedKey, PrivateKey, PublicKey};
+use crate::proto::{Device, DropCounters, PeerInfo, PresharedKey, PrivateKey, PublicKey};
 
 /// The device's settings as one source wants them.
 #[derive(Debug, Clone, Default)]
@@ -58,6 +58,14 @@ pub struct Snapshot {
     pub mtu: usize,
     /// In the device's order, AllowedIPs with host bits cleared.
     pub peers: Vec<PeerInfo>,
+    /// The core's drop counters, by reason (for `tandem show` and metrics; the plan ignores
+    /// them).
+    pub drops: DropCounters,
+    /// Handshakes completed since the device was made.
+    pub handshakes_completed: u64,
+    /// Whether handshakes currently need a cookie (mac2): the core answers this only for a
+    /// given `now`, so the driver fills it in; `of` leaves it false.
+    pub under_load: bool,
 }
 
 impl Snapshot {
@@ -69,6 +77,9 @@ impl Snapshot {
             fwmark,
             mtu: device.mtu(),
             peers: device.peers(),
+            drops: device.drops().clone(),
+            handshakes_completed: device.handshakes_completed(),
+            under_load: false,
         }
     }
 }

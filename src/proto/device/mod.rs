@@ -176,6 +176,9 @@ pub struct Device {
     spare: Vec<Vec<u8>>,
     events: VecDeque<Event>,
     drops: DropCounters,
+    /// Handshakes completed since the device was made, for metrics (events may be dropped
+    /// when nobody drains them; this count is not).
+    handshakes_completed: u64,
     /// ChaCha20 keyed by the caller's seed: its output is fixed by the algorithm, not by a
     /// crate version (rand's `StdRng` may change between versions), so a seed replays the
     /// same ephemeral keys, indices, cookie secrets and jitter everywhere.
@@ -215,6 +218,7 @@ impl Device {
             timer_due: Vec::new(),
             events: VecDeque::new(),
             drops: DropCounters::default(),
+            handshakes_completed: 0,
             rng,
         }
     }
@@ -440,7 +444,15 @@ impl Device {
         reason
     }
 
+    /// Handshakes completed (as initiator or responder) since the device was made.
+    pub fn handshakes_completed(&self) -> u64 {
+        self.handshakes_completed
+    }
+
     pub(super) fn push_event(&mut self, event: Event) {
+        if matches!(event, Event::HandshakeCompleted { .. }) {
+            self.handshakes_completed += 1;
+        }
         if self.events.len() >= MAX_EVENTS {
             self.events.pop_front();
         }
