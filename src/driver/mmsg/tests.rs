@@ -79,6 +79,7 @@ fn sendmmsg_and_recvmmsg_carry_several_messages_in_order() {
             to,
             iov,
             segment_size: 0,
+            local: None,
         })
         .collect();
     assert_eq!(send_mmsg(&a, &msgs).expect("sendmmsg"), 5);
@@ -108,6 +109,7 @@ fn sends_of_every_scratch_size_arrive_whole_with_their_source() {
                 to,
                 iov,
                 segment_size: 0,
+                local: None,
             })
             .collect();
         let mut sent = 0;
@@ -138,6 +140,7 @@ fn gso_send_arrives_as_separate_datagrams_or_a_gro_batch() {
         to,
         iov: &iov,
         segment_size: 100,
+        local: None,
     };
     // Without GRO on the receiver: four datagrams.
     assert_eq!(send_mmsg(&a, &[msg]).expect("sendmmsg with GSO"), 1);
@@ -253,6 +256,7 @@ fn ipv6_sources_survive_the_round_trip() {
         to: b.local_addr().expect("addr"),
         iov: &iov,
         segment_size: 0,
+        local: None,
     };
     assert_eq!(send_mmsg(&a, &[msg]).expect("sendmmsg"), 1);
     let got = recv_all(&b, 1);

@@ -25,6 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::allowedips::{AllowedIps, PrefixError};
+use super::endpoint::Endpoint;
 use super::error::{DropCounters, DropReason};
 use super::handshake::Identity;
 use super::index::IndexTable;
@@ -54,9 +55,11 @@ pub const DEFAULT_MTU: usize = 1420;
 /// What became of an outbound IP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encapsulated {
-    /// `buf[..len]` is a transport message for `endpoint`.
+    /// `buf[..len]` is a transport message for `endpoint`, to be sent from `local` (see
+    /// [`Endpoint`]).
     Send {
         endpoint: SocketAddr,
+        local: Option<IpAddr>,
         len: usize,
     },
     /// Kept until a handshake completes (drain `poll_transmit`: an initiation may be waiting).
@@ -80,9 +83,13 @@ pub enum Decapsulated {
 /// The sequential half of an outbound packet (see [`Device::prepare_encapsulate`]).
 #[derive(Debug)]
 pub enum PreparedSend {
-    /// Run `job.seal(buf)`, then send `buf[..len]` to `endpoint`.
+    /// Run `job.seal(buf)`, then send `buf[..len]` to `endpoint` from `local` (see
+    /// [`Endpoint`]). `peer` is whom it is for: if sending from `local` fails because the
+    /// address is gone, the driver tells [`Device::clear_endpoint_src`].
     Seal {
         endpoint: SocketAddr,
+        local: Option<IpAddr>,
+        peer: PeerId,
         job: SealJob,
     },
     Queued,
@@ -105,7 +112,7 @@ pub struct ReceiveJob {
     open: OpenJob,
     peer: PeerId,
     receiver: u32,
-    src: SocketAddr,
+    src: Endpoint,
 }
 
 impl ReceiveJob {
@@ -130,10 +137,13 @@ pub enum Event {
 /// Events kept for the driver; beyond this the oldest is dropped (they are informational).
 const MAX_EVENTS: usize = 256;
 
-/// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`.
+/// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`, from `local` when
+/// known (see [`Endpoint`]). `peer` is None for a cookie reply, which belongs to no peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     pub endpoint: SocketAddr,
+    pub local: Option<IpAddr>,
+    pub peer: Option<PeerId>,
     pub len: usize,
 }
 
@@ -151,7 +161,7 @@ pub struct PeerInfo {
 
 /// A handshake message or keepalive waiting for `poll_transmit`.
 struct Control {
-    to: SocketAddr,
+    to: Endpoint,
     peer: Option<PeerId>,
     len: usize,
     bytes: [u8; MAX_HANDSHAKE_LEN],
@@ -267,8 +277,10 @@ impl Device {
                 if let Some(psk) = &config.preshared_key {
                     peer.preshared_key = psk.clone();
                 }
-                if config.endpoint.is_some() {
-                    peer.endpoint = config.endpoint;
+                // A configured endpoint comes without a local address: the kernel chooses
+                // until the peer's packets teach us one.
+                if let Some(remote) = config.endpoint {
+                    peer.endpoint = Some(Endpoint::from(remote));
                 }
                 id
             }
@@ -301,9 +313,23 @@ impl Device {
         }
     }
 
+    /// Sets a peer's endpoint (config, UAPI, a re-resolved name), with no local address.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: Option<SocketAddr>) {
         if let Some(peer) = self.peers.get_mut(id) {
-            peer.endpoint = endpoint;
+            peer.endpoint = endpoint.map(Endpoint::from);
+        }
+    }
+
+    /// Forgets the local address a peer's packets go out from (the kernel's
+    /// `wg_socket_clear_peer_endpoint_src`): the driver calls it when sending from that
+    /// address failed because it no longer exists on this host; the kernel picks the source
+    /// again until the peer's next packet teaches a new one.
+    pub fn clear_endpoint_src(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(id)
+            && let Some(endpoint) = &mut peer.endpoint
+            && endpoint.local.take().is_some()
+        {
+            tracing::debug!(peer = %peer.public_key, "local address of the endpoint forgotten");
         }
     }
 
@@ -366,7 +392,7 @@ impl Device {
             id,
             public_key: peer.public_key,
             preshared_key: (!peer.preshared_key.is_zero()).then(|| peer.preshared_key.clone()),
-            endpoint: peer.endpoint,
+            endpoint: peer.endpoint.map(|e| e.remote),
             persistent_keepalive: peer.persistent_keepalive,
             allowed_ips: self.allowed_ips.prefixes_of(id),
             stats: peer.stats.clone(),
