@@ -103,12 +103,18 @@ fn gso_unsupported(e: &io::Error) -> bool {
 }
 
 /// Whether a failed send that named a source address means that address is unusable: not
-/// (or no longer) one of this host's. IPv4 reports EINVAL from the route lookup (the kernel
-/// module retries without the source on exactly that), IPv6 EINVAL from the control-message
-/// check or EADDRNOTAVAIL from the route. A GSO refusal is EINVAL too: then the source is
-/// forgotten once needlessly and learnt again from the peer's next packet.
+/// (or no longer) one of this host's. IPv4's route lookup reports EINVAL (older kernels; the
+/// kernel module retries without the source on exactly that) or ENETUNREACH (newer ones,
+/// checked in a_source_address_the_host_does_not_have_is_refused); IPv6 EINVAL from the
+/// control-message check or EADDRNOTAVAIL. Where the errno has another cause (a GSO refusal
+/// is EINVAL too, a network really unreachable), the retry without the source fails again
+/// the same way, and the source is learnt again from the peer's next packet: a wrong guess
+/// costs one system call and one forgotten address, never a packet.
 pub fn local_unusable(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EADDRNOTAVAIL))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EADDRNOTAVAIL | libc::ENETUNREACH)
+    )
 }
 
 /// Sends `sealed` (in order) from `bufs` through the socket of each endpoint's family.
@@ -126,18 +132,21 @@ pub fn send_sealed(
     let mut out = SendOutcome::default();
     let mut next = 0;
     while next < sealed.len() {
-        let Some((socket, _)) = sealed.get(next).and_then(|s| udp.route(s.endpoint)) else {
+        if sealed
+            .get(next)
+            .and_then(|s| udp.route(s.endpoint))
+            .is_none()
+        {
             out.errors += 1;
             tracing::debug!("no UDP socket of this address family");
             next += 1;
             continue;
-        };
+        }
         // The scratch arrays are zeroed on every call (about 10 KiB at full size): the last
         // few datagrams, which is every send when idle, get small ones.
         next = if sealed.len() - next <= SMALL_SEND {
             send_some::<SMALL_SEND, SMALL_SEND>(
                 udp,
-                socket,
                 gso_segments,
                 bufs,
                 sealed,
@@ -148,7 +157,6 @@ pub fn send_sealed(
         } else {
             send_some::<MAX_MMSG, MAX_SEND_IOV>(
                 udp,
-                socket,
                 gso_segments,
                 bufs,
                 sealed,
@@ -165,11 +173,10 @@ pub fn send_sealed(
 const SMALL_SEND: usize = 4;
 
 /// Sends one `sendmmsg` worth (at most `M` messages, `V` datagrams) of `sealed[next..]`
-/// through `socket`, stopping at the first datagram for another socket; returns where the
-/// next call starts.
+/// through the socket of `sealed[next]`'s family (the caller checked there is one), stopping
+/// at the first datagram for another socket; returns where the next call starts.
 fn send_some<const M: usize, const V: usize>(
     udp: &UdpSockets,
-    socket: &UdpSocket,
     gso_segments: &mut usize,
     bufs: &[Box<[u8]>],
     sealed: &[Sealed],
@@ -178,6 +185,9 @@ fn send_some<const M: usize, const V: usize>(
     local_gone: &mut dyn FnMut(&Sealed),
 ) -> usize {
     let base = next;
+    let Some((socket, _)) = sealed.get(next).and_then(|s| udp.route(s.endpoint)) else {
+        return next + 1;
+    };
     // (first datagram, end, target) of each message.
     let mut runs = [(0usize, 0usize, None::<SocketAddr>); M];
     let mut nruns = 0;
@@ -489,6 +499,67 @@ mod tests {
         let without = send_mixed(0);
         assert_eq!(without.sent, 9);
         assert_eq!(without.gso_messages, 0);
+    }
+
+    #[test]
+    fn a_refused_source_is_reported_and_the_datagrams_go_without_it() {
+        let udp = UdpSockets::bind(None, 0).expect("bind");
+        let r = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let port = r.local_addr().expect("addr").port();
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        // A GSO run of three from an address this host lacks, then one from 127.0.0.4 (of
+        // `lo`, usable), then one more from the lacking address.
+        let gone = Some(IpAddr::from([192, 0, 2, 1]));
+        let ok = Some(IpAddr::from([127, 0, 0, 4]));
+        let plan = [(100, gone), (100, gone), (100, gone), (50, ok), (60, gone)];
+        let bufs: Vec<Box<[u8]>> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, _))| vec![i as u8; len].into_boxed_slice())
+            .collect();
+        let sealed: Vec<Sealed> = plan
+            .iter()
+            .enumerate()
+            .map(|(buf, &(len, local))| Sealed {
+                buf,
+                len,
+                endpoint: to,
+                local,
+                peer: None,
+            })
+            .collect();
+        let mut reported = Vec::new();
+        let mut gso = GSO_MAX_SEGMENTS;
+        let out = send_sealed(&udp, &mut gso, &bufs, &sealed, &mut |s| {
+            reported.push(s.buf)
+        });
+        assert_eq!((out.sent, out.errors), (5, 0), "{out:?}");
+        assert_eq!(
+            gso, GSO_MAX_SEGMENTS,
+            "a refused source is not a refused GSO"
+        );
+        // Once per message: the GSO run (by its first datagram) and the last one.
+        assert_eq!(reported, [0, 4]);
+        r.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        let mut got = Vec::new();
+        for _ in 0..plan.len() {
+            let (n, from) = r.recv_from(&mut buf).expect("datagram");
+            got.push((n, buf[0], from.ip()));
+        }
+        let lo: IpAddr = [127, 0, 0, 1].into();
+        let four: IpAddr = [127, 0, 0, 4].into();
+        assert_eq!(
+            got,
+            [
+                (100, 0, lo),
+                (100, 1, lo),
+                (100, 2, lo),
+                (50, 3, four),
+                (60, 4, lo)
+            ]
+        );
     }
 
     #[test]

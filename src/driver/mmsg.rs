@@ -33,19 +33,27 @@ pub const MAX_MMSG: usize = 64;
 /// Most `iovec`s one [`send_mmsg`] call passes (over all its messages).
 pub const MAX_SEND_IOV: usize = 256;
 
-// SAFETY (the consts below): CMSG_SPACE and CMSG_LEN are pure arithmetic on a length (libc
-// marks them unsafe only because they are C macros); no memory is touched.
-/// Control-message room for UDP_SEGMENT's u16.
-const SEGMENT_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
-const SEGMENT_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
-const PKTINFO4_SIZE: u32 = std::mem::size_of::<libc::in_pktinfo>() as u32;
-const PKTINFO6_SIZE: u32 = std::mem::size_of::<libc::in6_pktinfo>() as u32;
-const PKTINFO4_SPACE: usize = unsafe { libc::CMSG_SPACE(PKTINFO4_SIZE) } as usize;
-const PKTINFO4_LEN: usize = unsafe { libc::CMSG_LEN(PKTINFO4_SIZE) } as usize;
-const PKTINFO6_SPACE: usize = unsafe { libc::CMSG_SPACE(PKTINFO6_SIZE) } as usize;
-const PKTINFO6_LEN: usize = unsafe { libc::CMSG_LEN(PKTINFO6_SIZE) } as usize;
-const INT_LEN: usize =
-    unsafe { libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+/// CMSG_SPACE as a `usize` in const context: the room a control message with `data` bytes
+/// takes, padding included.
+const fn cmsg_space(data: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on a length (libc marks it unsafe only because it
+    // is a C macro); no memory is touched.
+    unsafe { libc::CMSG_SPACE(data as u32) as usize }
+}
+
+/// CMSG_LEN as a `usize` in const context: the `cmsg_len` of a message with `data` bytes.
+const fn cmsg_len(data: usize) -> usize {
+    // SAFETY: as for CMSG_SPACE, arithmetic only.
+    unsafe { libc::CMSG_LEN(data as u32) as usize }
+}
+
+const SEGMENT_SPACE: usize = cmsg_space(2);
+const SEGMENT_LEN: usize = cmsg_len(2);
+const PKTINFO4_SPACE: usize = cmsg_space(std::mem::size_of::<libc::in_pktinfo>());
+const PKTINFO4_LEN: usize = cmsg_len(std::mem::size_of::<libc::in_pktinfo>());
+const PKTINFO6_SPACE: usize = cmsg_space(std::mem::size_of::<libc::in6_pktinfo>());
+const PKTINFO6_LEN: usize = cmsg_len(std::mem::size_of::<libc::in6_pktinfo>());
+const INT_LEN: usize = cmsg_len(std::mem::size_of::<libc::c_int>());
 
 /// Room for the control messages of one send: UDP_SEGMENT and a source address
 /// (IP_PKTINFO or IPV6_PKTINFO, the larger). Zeroed on every send, so no bigger than that.

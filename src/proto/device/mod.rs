@@ -621,4 +621,180 @@ mod tests {
         );
         assert_eq!(a.peer_info(new).unwrap().stats.rx_bytes, 0);
     }
+    /// An address of A's host other than the one its routes would pick: the one B dials.
+    const SECONDARY: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20));
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 30));
+
+    /// Feeds everything `from` has to send into `to`, as having arrived on `to`'s `local`;
+    /// the sources `from` named, and what `to` made of each datagram.
+    fn pump_to(
+        from: &mut Device,
+        from_addr: SocketAddr,
+        to: &mut Device,
+        local: Option<IpAddr>,
+        now: Now,
+    ) -> Vec<(Option<IpAddr>, Decapsulated)> {
+        let mut out = vec![0u8; BUF];
+        let mut results = Vec::new();
+        while let Some(t) = from.poll_transmit(&mut out, now) {
+            let d = to.decapsulate(Endpoint::new(from_addr, local), &mut out, t.len, now);
+            results.push((t.local, d));
+        }
+        results
+    }
+
+    fn at(secs: u64) -> Now {
+        Now::new(
+            Duration::from_secs(secs),
+            Duration::from_secs(1_700_000_000 + secs),
+        )
+    }
+
+    /// A packet from A's inner address to B's, framed.
+    fn a_to_b_packet() -> (Vec<u8>, usize) {
+        let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"pong");
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+        (buf, packet.len())
+    }
+
+    /// The local address a packet arrives on is remembered with the endpoint (roaming) and
+    /// every reply names it: the response, data, keepalives; it follows the latest
+    /// authenticated packet, and a configured endpoint or `clear_endpoint_src` forgets it.
+    #[test]
+    fn replies_leave_from_the_local_address_the_peer_contacted() {
+        let now = at(1000);
+        let mut a = Device::new(Some(key(1)), [1; 32]);
+        let mut b = Device::new(Some(key(2)), [2; 32]);
+        let id = a
+            .upsert_peer(&peer_config(2, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        b.upsert_peer(&peer_config(1, [10, 0, 0, 1], A_ADDR))
+            .unwrap();
+
+        let (mut buf, len) = b_to_a_packet();
+        assert_eq!(b.encapsulate(&mut buf, len, now), Encapsulated::Queued);
+        // B's initiation reaches A on its secondary address: A's response leaves from there.
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+        let response = pump_to(&mut a, A_ADDR, &mut b, None, now);
+        assert_eq!(response.len(), 1);
+        assert_eq!(response[0].0, Some(SECONDARY), "{response:?}");
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+
+        // Data: the one-shot and the batched halves say the same.
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                endpoint: B_ADDR,
+                local: Some(SECONDARY),
+                ..
+            }
+        ));
+        let (buf, len) = a_to_b_packet();
+        match a.prepare_encapsulate(&buf, len, now) {
+            PreparedSend::Seal {
+                endpoint,
+                local,
+                peer,
+                ..
+            } => assert_eq!((endpoint, local, peer), (B_ADDR, Some(SECONDARY), id)),
+            other => panic!("{other:?}"),
+        }
+        // A keepalive, from poll_transmit, too.
+        a.send_keepalive(id, now);
+        let mut out = vec![0u8; BUF];
+        let t = a.poll_transmit(&mut out, now).expect("keepalive");
+        assert_eq!((t.local, t.peer), (Some(SECONDARY), Some(id)));
+
+        // B's next packet arrives on another address: the replies follow.
+        let (mut buf, len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut buf, len, now) else {
+            panic!("B has a session");
+        };
+        let got = a.decapsulate(Endpoint::new(B_ADDR, Some(OTHER)), &mut buf, n, now);
+        assert!(matches!(got, Decapsulated::Deliver { .. }), "{got:?}");
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                local: Some(OTHER),
+                ..
+            }
+        ));
+        // A forged packet (fails authentication) teaches nothing.
+        let (mut b_buf, b_len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut b_buf, b_len, now) else {
+            panic!("B has a session");
+        };
+        b_buf[n - 1] ^= 1;
+        let got = a.decapsulate(Endpoint::new(B_ADDR, Some(SECONDARY)), &mut b_buf, n, now);
+        assert_eq!(got, Decapsulated::Dropped(DropReason::DecryptFailed));
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                local: Some(OTHER),
+                ..
+            }
+        ));
+
+        // The driver found the address gone: forgotten, the kernel picks.
+        a.clear_endpoint_src(id);
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                endpoint: B_ADDR,
+                local: None,
+                ..
+            }
+        ));
+        // A configured endpoint has none either.
+        let (mut buf, len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut buf, len, now) else {
+            panic!("B has a session");
+        };
+        a.decapsulate(Endpoint::new(B_ADDR, Some(OTHER)), &mut buf, n, now);
+        a.set_endpoint(id, Some(B_ADDR));
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send { local: None, .. }
+        ));
+    }
+
+    /// A handshake that goes unanswered may be leaving from an address that no longer works:
+    /// its retransmission lets the kernel pick the source (as the kernel module and
+    /// wireguard-go clear theirs in the retransmit timer).
+    #[test]
+    fn handshake_retransmit_forgets_the_local_address() {
+        let now = at(1000);
+        let mut a = Device::new(Some(key(1)), [1; 32]);
+        let mut b = Device::new(Some(key(2)), [2; 32]);
+        a.upsert_peer(&peer_config(2, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        b.upsert_peer(&peer_config(1, [10, 0, 0, 1], A_ADDR))
+            .unwrap();
+        let (mut buf, len) = b_to_a_packet();
+        b.encapsulate(&mut buf, len, now);
+        // A answers B's initiation (learning the secondary address), but the response is lost.
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+        let mut out = vec![0u8; BUF];
+        assert_eq!(
+            a.poll_transmit(&mut out, now).map(|t| t.local),
+            Some(Some(SECONDARY))
+        );
+        // A has something to send and no confirmed session: its own initiation goes from
+        // the secondary address first...
+        let (mut buf, len) = a_to_b_packet();
+        assert_eq!(a.encapsulate(&mut buf, len, now), Encapsulated::Queued);
+        let first = a.poll_transmit(&mut out, now).expect("initiation");
+        assert_eq!((out[0], first.local), (1, Some(SECONDARY)));
+        // ...and, unanswered, its retransmission from wherever the routes say.
+        let later = at(1000 + 6);
+        a.update_timers(later);
+        let retry = a.poll_transmit(&mut out, later).expect("retransmission");
+        assert_eq!((out[0], retry.local), (1, None));
+    }
 }
