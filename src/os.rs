@@ -191,6 +191,18 @@ pub fn buffer_sizes<F: AsFd>(fd: &F) -> io::Result<(usize, usize)> {
     Ok((rcv, snd))
 }
 
+/// Asks the kernel to report, with each datagram received on this socket, the local
+/// address it was sent to: IP_PKTINFO on an IPv4 socket, IPV6_RECVPKTINFO on an IPv6 one
+/// (the control messages `driver::mmsg` reads), so replies can leave from that address.
+pub fn set_recv_pktinfo<F: AsFd>(fd: &F, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        socket::setsockopt(fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+    } else {
+        socket::setsockopt(fd, sockopt::Ipv4PacketInfo, &true)?;
+    }
+    Ok(())
+}
+
 /// Turns UDP receive offload (UDP_GRO, Linux 5.0+) on or off for a socket.
 pub fn set_udp_gro<F: AsFd>(fd: &F, on: bool) -> io::Result<()> {
     socket::setsockopt(fd, sockopt::UdpGroSegment, &on)?;

@@ -169,7 +169,7 @@ impl Interop {
         let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
         buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(packet);
         let r = self.tandem.encapsulate(&mut buf, packet.len(), now);
-        if let Encapsulated::Send { endpoint, len } = r {
+        if let Encapsulated::Send { endpoint, len, .. } = r {
             assert_eq!(endpoint, self.bt_addr);
             self.to_bt.push_back(buf[..len].to_vec());
         }

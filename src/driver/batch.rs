@@ -6,15 +6,21 @@
 //! (no copy), and cuts into datagrams as late as possible, often only at the receiving
 //! socket. Receiving: one `recvmmsg` message may be several datagrams back to back (UDP_GRO);
 //! [`segments`] splits it by the stride the kernel reported.
+//!
+//! Each datagram may name the local address it leaves from (the peer's remembered source, see
+//! `proto::Endpoint`); a GSO run shares it, since all its datagrams go to one peer. When the
+//! kernel refuses that address (it was removed from this host), the message goes again
+//! without one and the caller hears of it, so the core forgets it for that peer.
 
 use std::io::{self, IoSlice};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::ops::Range;
 use std::time::Duration;
 
 use super::mmsg::{self, MAX_MMSG, MAX_SEND_IOV, SendMsg};
 use super::udp::{GSO_MAX_SEGMENTS, UdpSockets};
 use crate::os;
+use crate::proto::PeerId;
 
 /// Most bytes of payload one UDP send may carry: a 16-bit IPv4 total length less the IPv4
 /// and UDP headers (IPv6 allows a little more; the smaller limit serves both).
@@ -25,12 +31,16 @@ pub const GSO_MAX_BYTES: usize = 65535 - 20 - 8;
 /// and the timers. With 8 MiB buffers a full one drains in well under this.
 const SEND_WAIT: Duration = Duration::from_millis(100);
 
-/// One sealed datagram waiting to be sent: `bufs[buf][..len]` goes to `endpoint`.
+/// One sealed datagram waiting to be sent: `bufs[buf][..len]` goes to `endpoint`, from
+/// `local` when set. `peer` identifies whose it is to the caller (for forgetting a source
+/// address that no longer works); [`send_sealed`] does not look at it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sealed {
     pub buf: usize,
     pub len: usize,
     pub endpoint: SocketAddr,
+    pub local: Option<IpAddr>,
+    pub peer: Option<PeerId>,
 }
 
 /// What a [`send_sealed`] call did, in datagrams.
@@ -58,6 +68,7 @@ pub fn gso_run_end(sealed: &[Sealed], start: usize, max_segments: usize) -> usiz
     while let Some(next) = sealed.get(end) {
         if end - start >= max_segments
             || next.endpoint != first.endpoint
+            || next.local != first.local
             || next.len > first.len
             || next.len == 0
             || total + next.len > GSO_MAX_BYTES
@@ -91,46 +102,67 @@ fn gso_unsupported(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
 }
 
+/// Whether a failed send that named a source address means that address is unusable: not
+/// (or no longer) one of this host's. IPv4's route lookup reports EINVAL (older kernels; the
+/// kernel module retries without the source on exactly that) or ENETUNREACH (newer ones,
+/// checked in a_source_address_the_host_does_not_have_is_refused); IPv6 EINVAL from the
+/// control-message check or EADDRNOTAVAIL. Where the errno has another cause (a GSO refusal
+/// is EINVAL too, a network really unreachable), the retry without the source fails again
+/// the same way, and the source is learnt again from the peer's next packet: a wrong guess
+/// costs one system call and one forgotten address, never a packet.
+pub fn local_unusable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EADDRNOTAVAIL | libc::ENETUNREACH)
+    )
+}
+
 /// Sends `sealed` (in order) from `bufs` through the socket of each endpoint's family.
 /// `gso_segments` is the most datagrams per GSO message (0 or 1: no GSO); it is set to 0
 /// when the kernel turns out to refuse GSO. Waits (up to [`SEND_WAIT`] each time) while a
-/// socket's buffer is full.
+/// socket's buffer is full. `local_gone` hears of each datagram (the first of its message)
+/// whose source address the kernel refused; the message was sent again without it.
 pub fn send_sealed(
     udp: &UdpSockets,
     gso_segments: &mut usize,
     bufs: &[Box<[u8]>],
     sealed: &[Sealed],
+    local_gone: &mut dyn FnMut(&Sealed),
 ) -> SendOutcome {
     let mut out = SendOutcome::default();
     let mut next = 0;
     while next < sealed.len() {
-        let Some((socket, _)) = sealed.get(next).and_then(|s| udp.route(s.endpoint)) else {
+        if sealed
+            .get(next)
+            .and_then(|s| udp.route(s.endpoint))
+            .is_none()
+        {
             out.errors += 1;
             tracing::debug!("no UDP socket of this address family");
             next += 1;
             continue;
-        };
+        }
         // The scratch arrays are zeroed on every call (about 10 KiB at full size): the last
         // few datagrams, which is every send when idle, get small ones.
         next = if sealed.len() - next <= SMALL_SEND {
             send_some::<SMALL_SEND, SMALL_SEND>(
                 udp,
-                socket,
                 gso_segments,
                 bufs,
                 sealed,
                 next,
                 &mut out,
+                local_gone,
             )
         } else {
             send_some::<MAX_MMSG, MAX_SEND_IOV>(
                 udp,
-                socket,
                 gso_segments,
                 bufs,
                 sealed,
                 next,
                 &mut out,
+                local_gone,
             )
         };
     }
@@ -141,18 +173,21 @@ pub fn send_sealed(
 const SMALL_SEND: usize = 4;
 
 /// Sends one `sendmmsg` worth (at most `M` messages, `V` datagrams) of `sealed[next..]`
-/// through `socket`, stopping at the first datagram for another socket; returns where the
-/// next call starts.
+/// through the socket of `sealed[next]`'s family (the caller checked there is one), stopping
+/// at the first datagram for another socket; returns where the next call starts.
 fn send_some<const M: usize, const V: usize>(
     udp: &UdpSockets,
-    socket: &UdpSocket,
     gso_segments: &mut usize,
     bufs: &[Box<[u8]>],
     sealed: &[Sealed],
     mut next: usize,
     out: &mut SendOutcome,
+    local_gone: &mut dyn FnMut(&Sealed),
 ) -> usize {
     let base = next;
+    let Some((socket, _)) = sealed.get(next).and_then(|s| udp.route(s.endpoint)) else {
+        return next + 1;
+    };
     // (first datagram, end, target) of each message.
     let mut runs = [(0usize, 0usize, None::<SocketAddr>); M];
     let mut nruns = 0;
@@ -181,6 +216,7 @@ fn send_some<const M: usize, const V: usize>(
         to: SocketAddr::from(([0, 0, 0, 0], 0)),
         iov: &[],
         segment_size: 0,
+        local: None,
     }; M];
     for (m, &(start, end, to)) in msgs.iter_mut().zip(&runs[..nruns]) {
         let Some(to) = to else { continue };
@@ -193,22 +229,37 @@ fn send_some<const M: usize, const V: usize>(
             to,
             iov: &iov[start - base..end - base],
             segment_size,
+            local: sealed[start].local,
         };
     }
-    send_messages(socket, &msgs[..nruns], gso_segments, out);
+    send_messages(socket, &mut msgs[..nruns], gso_segments, out, &mut |k| {
+        if let Some(&(start, _, _)) = runs.get(k) {
+            local_gone(&sealed[start]);
+        }
+    });
     next
 }
 
-/// Sends `msgs` (all through `socket`), waiting for room in the socket buffer as needed.
+/// Sends `msgs` (all through `socket`), waiting for room in the socket buffer as needed. A
+/// message whose source address the kernel refuses is reported to `local_gone` (by its
+/// index in `msgs`) and sent again without it.
 fn send_messages(
     socket: &UdpSocket,
-    msgs: &[SendMsg<'_>],
+    msgs: &mut [SendMsg<'_>],
     gso_segments: &mut usize,
     out: &mut SendOutcome,
+    local_gone: &mut dyn FnMut(usize),
 ) {
     let mut done = 0;
     while done < msgs.len() {
         match mmsg::send_mmsg(socket, &msgs[done..]) {
+            Err(e) if msgs[done].local.is_some() && local_unusable(&e) => {
+                // The address went away: as the kernel module and wireguard-go do, the same
+                // message goes again from whatever source the routes pick.
+                tracing::debug!(endpoint = %msgs[done].to, local = ?msgs[done].local, error = %e, "source address refused, sending without it");
+                msgs[done].local = None;
+                local_gone(done);
+            }
             Ok(k) if k > 0 => {
                 for m in &msgs[done..done + k] {
                     out.sent += m.iov.len() as u64;
@@ -236,6 +287,7 @@ fn send_messages(
             }
             Err(e) => {
                 let m = msgs[done];
+                let index = done;
                 done += 1;
                 if m.segment_size == 0 {
                     out.errors += m.iov.len() as u64;
@@ -256,25 +308,37 @@ fn send_messages(
                         to: m.to,
                         iov: one,
                         segment_size: 0,
+                        local: m.local,
                     };
                 }
                 out.errors += (m.iov.len() - n) as u64;
-                send_messages(socket, &singles[..n], gso_segments, out);
+                send_messages(socket, &mut singles[..n], gso_segments, out, &mut |_| {
+                    local_gone(index)
+                });
             }
         }
     }
 }
 
-/// Sends one datagram, waiting up to [`SEND_WAIT`] for room when the socket's buffer is full,
-/// unless a wait already timed out this turn (`stalled`, then set by a timeout).
+/// Sends one datagram (from `local` when set), waiting up to [`SEND_WAIT`] for room when the
+/// socket's buffer is full, unless a wait already timed out this turn (`stalled`, then set
+/// by a timeout). The caller handles a refused source address ([`local_unusable`]).
 pub fn send_one(
     socket: &UdpSocket,
     to: SocketAddr,
+    local: Option<IpAddr>,
     datagram: &[u8],
     stalled: &mut bool,
 ) -> io::Result<usize> {
+    let iov = [IoSlice::new(datagram)];
+    let msg = [SendMsg {
+        to,
+        iov: &iov,
+        segment_size: 0,
+        local,
+    }];
     loop {
-        match socket.send_to(datagram, to) {
+        match mmsg::send_mmsg(socket, &msg).map(|_| datagram.len()) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if *stalled || !os::wait_writable(socket, SEND_WAIT)? {
                     *stalled = true;
@@ -295,7 +359,13 @@ mod tests {
         let endpoint: SocketAddr = endpoint.parse().expect("addr");
         lens.iter()
             .enumerate()
-            .map(|(buf, &len)| Sealed { buf, len, endpoint })
+            .map(|(buf, &len)| Sealed {
+                buf,
+                len,
+                endpoint,
+                local: None,
+                peer: None,
+            })
             .collect()
     }
 
@@ -389,10 +459,18 @@ mod tests {
             let sealed: Vec<Sealed> = plan
                 .iter()
                 .enumerate()
-                .map(|(buf, &(len, endpoint))| Sealed { buf, len, endpoint })
+                .map(|(buf, &(len, endpoint))| Sealed {
+                    buf,
+                    len,
+                    endpoint,
+                    local: None,
+                    peer: None,
+                })
                 .collect();
             let mut gso_segments = gso;
-            let out = send_sealed(&udp, &mut gso_segments, &bufs, &sealed);
+            let out = send_sealed(&udp, &mut gso_segments, &bufs, &sealed, &mut |_| {
+                panic!("no source address was named")
+            });
             assert_eq!(gso_segments, gso, "GSO stays on over loopback");
             for (r, ep) in [(&r1, e1), (&r2, e2)] {
                 r.set_read_timeout(Some(std::time::Duration::from_secs(5)))
@@ -421,6 +499,67 @@ mod tests {
         let without = send_mixed(0);
         assert_eq!(without.sent, 9);
         assert_eq!(without.gso_messages, 0);
+    }
+
+    #[test]
+    fn a_refused_source_is_reported_and_the_datagrams_go_without_it() {
+        let udp = UdpSockets::bind(None, 0).expect("bind");
+        let r = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        let port = r.local_addr().expect("addr").port();
+        let to = SocketAddr::from(([127, 0, 0, 1], port));
+        // A GSO run of three from an address this host lacks, then one from 127.0.0.4 (of
+        // `lo`, usable), then one more from the lacking address.
+        let gone = Some(IpAddr::from([192, 0, 2, 1]));
+        let ok = Some(IpAddr::from([127, 0, 0, 4]));
+        let plan = [(100, gone), (100, gone), (100, gone), (50, ok), (60, gone)];
+        let bufs: Vec<Box<[u8]>> = plan
+            .iter()
+            .enumerate()
+            .map(|(i, &(len, _))| vec![i as u8; len].into_boxed_slice())
+            .collect();
+        let sealed: Vec<Sealed> = plan
+            .iter()
+            .enumerate()
+            .map(|(buf, &(len, local))| Sealed {
+                buf,
+                len,
+                endpoint: to,
+                local,
+                peer: None,
+            })
+            .collect();
+        let mut reported = Vec::new();
+        let mut gso = GSO_MAX_SEGMENTS;
+        let out = send_sealed(&udp, &mut gso, &bufs, &sealed, &mut |s| {
+            reported.push(s.buf)
+        });
+        assert_eq!((out.sent, out.errors), (5, 0), "{out:?}");
+        assert_eq!(
+            gso, GSO_MAX_SEGMENTS,
+            "a refused source is not a refused GSO"
+        );
+        // Once per message: the GSO run (by its first datagram) and the last one.
+        assert_eq!(reported, [0, 4]);
+        r.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = [0u8; 256];
+        let mut got = Vec::new();
+        for _ in 0..plan.len() {
+            let (n, from) = r.recv_from(&mut buf).expect("datagram");
+            got.push((n, buf[0], from.ip()));
+        }
+        let lo: IpAddr = [127, 0, 0, 1].into();
+        let four: IpAddr = [127, 0, 0, 4].into();
+        assert_eq!(
+            got,
+            [
+                (100, 0, lo),
+                (100, 1, lo),
+                (100, 2, lo),
+                (50, 3, four),
+                (60, 4, lo)
+            ]
+        );
     }
 
     #[test]

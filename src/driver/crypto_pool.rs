@@ -16,12 +16,12 @@
 //! reused.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crate::proto::{ReceiveJob, SealJob};
+use crate::proto::{PeerId, ReceiveJob, SealJob};
 
 /// Batches whose crypto work is smaller than this stay on the loop's thread.
 pub const MIN_PARALLEL_BYTES: usize = 32 * 1024;
@@ -38,8 +38,14 @@ const MAX_CHUNKS: usize = 2 * MAX_THREADS;
 /// What to do with one packet.
 #[derive(Debug)]
 pub enum Job {
-    /// Seal the IP packet at `HEADROOM` in the buffer; the message then goes to `endpoint`.
-    Seal { job: SealJob, endpoint: SocketAddr },
+    /// Seal the IP packet at `HEADROOM` in the buffer; the message then goes to `endpoint`
+    /// from `local` (see `PreparedSend::Seal`).
+    Seal {
+        job: SealJob,
+        endpoint: SocketAddr,
+        local: Option<IpAddr>,
+        peer: PeerId,
+    },
     /// Open the transport message that is the item's range of the buffer.
     Open(ReceiveJob),
 }
@@ -376,7 +382,6 @@ mod tests {
     use super::*;
     use crate::proto::{Decapsulated, Device, HEADROOM, Now, PreparedReceive, PreparedSend};
     use crate::proto::{PeerConfig, PrivateKey, TAILROOM};
-    use std::net::IpAddr;
     use std::time::Duration;
 
     const BUF: usize = 2048;
@@ -459,10 +464,20 @@ mod tests {
             let p = ipv4_packet(ip_a, ip_b, i as u16, len);
             buf[HEADROOM..HEADROOM + len].copy_from_slice(&p);
             match a.prepare_encapsulate(buf, len, now) {
-                PreparedSend::Seal { job, endpoint } => items.push(Item {
+                PreparedSend::Seal {
+                    job,
+                    endpoint,
+                    local,
+                    peer,
+                } => items.push(Item {
                     buf: i,
                     range: 0..buf.len(),
-                    job: Job::Seal { job, endpoint },
+                    job: Job::Seal {
+                        job,
+                        endpoint,
+                        local,
+                        peer,
+                    },
                     result: None,
                 }),
                 other => panic!("{other:?}"),

@@ -34,7 +34,7 @@
 //! are taken between two batches, so they never see half-processed state.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,8 +52,8 @@ use super::mmsg::{self, RecvMeta};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
 use crate::proto::{
-    Decapsulated, Device, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend, PublicKey,
-    TAILROOM, Transmit,
+    Decapsulated, Device, Endpoint, Event, HEADROOM, Now, PeerId, PreparedReceive, PreparedSend,
+    PublicKey, TAILROOM, Transmit,
 };
 use crate::reconcile::SetRequest;
 
@@ -575,10 +575,20 @@ impl Driver {
             .enumerate()
         {
             match self.device.prepare_encapsulate(buf, len, now) {
-                PreparedSend::Seal { endpoint, job } => items.push(Item {
+                PreparedSend::Seal {
+                    endpoint,
+                    local,
+                    peer,
+                    job,
+                } => items.push(Item {
                     buf: i,
                     range: 0..buf.len(),
-                    job: Job::Seal { job, endpoint },
+                    job: Job::Seal {
+                        job,
+                        endpoint,
+                        local,
+                        peer,
+                    },
                     result: None,
                 }),
                 // Queued: an initiation may now wait in poll_transmit; drained after the batch.
@@ -591,17 +601,38 @@ impl Driver {
         sealed.clear();
         for item in items.iter() {
             match (&item.job, item.result) {
-                (Job::Seal { endpoint, .. }, Some(len)) => sealed.push(Sealed {
+                (
+                    Job::Seal {
+                        endpoint,
+                        local,
+                        peer,
+                        ..
+                    },
+                    Some(len),
+                ) => sealed.push(Sealed {
                     buf: item.buf,
                     len,
                     endpoint: *endpoint,
+                    local: *local,
+                    peer: Some(*peer),
                 }),
                 // prepare_encapsulate checked the room: cannot happen.
                 _ => tracing::debug!("a packet could not be sealed"),
             }
         }
         // Sending, in the order prepared (per-peer counters ascend).
-        let outcome = batch::send_sealed(&self.udp, &mut self.udp_gso, &self.pool.tun, sealed);
+        let device = &mut self.device;
+        let outcome = batch::send_sealed(
+            &self.udp,
+            &mut self.udp_gso,
+            &self.pool.tun,
+            sealed,
+            &mut |s: &Sealed| {
+                if let Some(peer) = s.peer {
+                    device.clear_endpoint_src(peer);
+                }
+            },
+        );
         self.count_sent(outcome);
         Ok(more)
     }
@@ -759,7 +790,13 @@ impl Driver {
             .take(count)
             .enumerate()
         {
-            let Some(src) = meta.src.filter(|_| !meta.truncated).map(normalize) else {
+            // The sender, and the local address it sent to: the core remembers both for the
+            // replies (see proto::Endpoint).
+            let Some(src) = meta
+                .src
+                .filter(|_| !meta.truncated)
+                .map(|src| Endpoint::new(normalize(src), meta.local))
+            else {
                 continue;
             };
             for seg in batch::segments(meta.len, meta.stride) {
@@ -847,20 +884,29 @@ impl Driver {
     /// waited for a session).
     fn drain_transmit(&mut self, now: Now) {
         for _ in 0..MAX_DRAIN {
-            let Some(Transmit { endpoint, len }) = self.device.poll_transmit(&mut self.out, now)
+            let Some(Transmit {
+                endpoint,
+                local,
+                peer,
+                len,
+            }) = self.device.poll_transmit(&mut self.out, now)
             else {
                 return;
             };
             let Some(datagram) = self.out.get(..len) else {
                 continue;
             };
-            send_datagram(
+            let local_gone = send_datagram(
                 &self.udp,
                 &mut self.stats,
                 &mut self.stalled,
                 endpoint,
+                local,
                 datagram,
             );
+            if local_gone && let Some(peer) = peer {
+                self.device.clear_endpoint_src(peer);
+            }
         }
     }
 
@@ -995,27 +1041,42 @@ fn write_tun_multiple(
     }
 }
 
-/// Sends one datagram from the socket of `endpoint`'s family. Failures are counted and logged
-/// at debug level: UDP is lossy anyway, and the core's timers retry what matters.
+/// Sends one datagram from the socket of `endpoint`'s family, from `local` when set.
+/// Failures are counted and logged at debug level: UDP is lossy anyway, and the core's
+/// timers retry what matters. When the kernel refuses `local` (the address went away), the
+/// datagram goes again without it, and the result says so (true) for the caller to tell the
+/// core.
 fn send_datagram(
     udp: &UdpSockets,
     stats: &mut DriverStats,
     stalled: &mut bool,
     endpoint: SocketAddr,
+    local: Option<IpAddr>,
     datagram: &[u8],
-) {
+) -> bool {
     let Some((socket, to)) = udp.route(endpoint) else {
         stats.udp_tx_errors += 1;
         tracing::debug!(%endpoint, "no UDP socket of this address family");
-        return;
+        return false;
     };
-    match batch::send_one(socket, to, datagram, stalled) {
+    let mut result = batch::send_one(socket, to, local, datagram, stalled);
+    let mut local_gone = false;
+    if let Err(e) = &result
+        && local.is_some()
+        && batch::local_unusable(e)
+    {
+        tracing::debug!(%endpoint, ?local, error = %e, "source address refused, sending without it");
+        local_gone = true;
+        result = batch::send_one(socket, to, None, datagram, stalled);
+    }
+    match result {
         Ok(_) => stats.udp_tx_datagrams += 1,
         Err(e) => {
             stats.udp_tx_errors += 1;
             tracing::debug!(%endpoint, error = %e, "UDP send failed");
         }
     }
+    local_gone
 }
 
 #[cfg(test)]

@@ -6,6 +6,12 @@
 //! with `UDP_GRO` on (the kernel hands over several datagrams of one flow back to back, with
 //! their common size, the stride, in a `UDP_GRO` control message).
 //!
+//! Both also carry the local address of a datagram, for hosts with several: a receive reports
+//! the address each datagram was sent to (`IP_PKTINFO` / `IPV6_PKTINFO`, asked for with
+//! [`crate::os::set_recv_pktinfo`]), and a send may name the source address its datagrams
+//! leave from in the same control messages, so that a peer gets its replies from the address
+//! it contacted (the kernel module's and wireguard-go's "sticky" source).
+//!
 //! This is the only module allowed `unsafe` (the crate denies it everywhere else, and
 //! `clippy::undocumented_unsafe_blocks` wants a `// SAFETY:` note on every block). It is
 //! hand-written because no maintained crate batches the way the data plane needs: several
@@ -18,7 +24,7 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd};
 
 /// Most messages one [`send_mmsg`] or [`recv_mmsg`] call passes to the kernel.
@@ -27,14 +33,44 @@ pub const MAX_MMSG: usize = 64;
 /// Most `iovec`s one [`send_mmsg`] call passes (over all its messages).
 pub const MAX_SEND_IOV: usize = 256;
 
-/// Room for one control message carrying an integer (UDP_GRO's stride, UDP_SEGMENT's size),
-/// with margin for the kernel adding another one we did not ask for.
-const CMSG_BUF_LEN: usize = 64;
+/// CMSG_SPACE as a `usize` in const context: the room a control message with `data` bytes
+/// takes, padding included.
+const fn cmsg_space(data: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on a length (libc marks it unsafe only because it
+    // is a C macro); no memory is touched.
+    unsafe { libc::CMSG_SPACE(data as u32) as usize }
+}
+
+/// CMSG_LEN as a `usize` in const context: the `cmsg_len` of a message with `data` bytes.
+const fn cmsg_len(data: usize) -> usize {
+    // SAFETY: as for CMSG_SPACE, arithmetic only.
+    unsafe { libc::CMSG_LEN(data as u32) as usize }
+}
+
+const SEGMENT_SPACE: usize = cmsg_space(2);
+const SEGMENT_LEN: usize = cmsg_len(2);
+const PKTINFO4_SPACE: usize = cmsg_space(std::mem::size_of::<libc::in_pktinfo>());
+const PKTINFO4_LEN: usize = cmsg_len(std::mem::size_of::<libc::in_pktinfo>());
+const PKTINFO6_SPACE: usize = cmsg_space(std::mem::size_of::<libc::in6_pktinfo>());
+const PKTINFO6_LEN: usize = cmsg_len(std::mem::size_of::<libc::in6_pktinfo>());
+const INT_LEN: usize = cmsg_len(std::mem::size_of::<libc::c_int>());
+
+/// Room for the control messages of one send: UDP_SEGMENT and a source address
+/// (IP_PKTINFO or IPV6_PKTINFO, the larger). Zeroed on every send, so no bigger than that.
+const SEND_CMSG_LEN: usize = 64;
+const _: () = assert!(SEGMENT_SPACE + PKTINFO6_SPACE <= SEND_CMSG_LEN);
+const _: () = assert!(PKTINFO4_SPACE <= PKTINFO6_SPACE);
+
+/// Room for the control messages of one receive: UDP_GRO's int and IP_PKTINFO or
+/// IPV6_PKTINFO (64 bytes together), with as much again in case the kernel adds one we did
+/// not ask for (left uninitialised, so the margin costs nothing). A cut control area
+/// (MSG_CTRUNC) still holds the messages that fitted whole.
+const RECV_CMSG_LEN: usize = 128;
 
 /// A control-message buffer aligned as `cmsghdr` requires.
 #[derive(Clone, Copy)]
 #[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_BUF_LEN]);
+struct CmsgBuf<const L: usize>([u8; L]);
 
 /// A socket address as the kernel takes it, for either family. Only ever written here (the
 /// kernel reads it), so no field is read back and no `unsafe` is needed to use it.
@@ -130,12 +166,88 @@ fn field<const N: usize>(raw: &[u8], at: usize) -> Option<[u8; N]> {
 
 /// One message for [`send_mmsg`]: the concatenation of `iov` goes to `to`. With a
 /// `segment_size` (GSO), the kernel sends it as datagrams of that size, the last one
-/// possibly shorter; 0 sends it as one datagram.
+/// possibly shorter; 0 sends it as one datagram. With a `local` address of `to`'s family,
+/// the datagrams leave from it (IP_PKTINFO's `ipi_spec_dst` / IPV6_PKTINFO's `ipi6_addr`);
+/// the kernel refuses the message (EINVAL, EADDRNOTAVAIL) when it is not an address of
+/// this host. None lets the kernel's routes pick the source.
 #[derive(Debug, Clone, Copy)]
 pub struct SendMsg<'a> {
     pub to: SocketAddr,
     pub iov: &'a [io::IoSlice<'a>],
     pub segment_size: u16,
+    pub local: Option<IpAddr>,
+}
+
+/// Writes the control messages of `msg` (UDP_SEGMENT when it has a segment size, then its
+/// source address when it has one of `to`'s family) at the start of `buf`; returns how many
+/// bytes they take (0: none, leave msg_control null).
+fn build_control(buf: &mut CmsgBuf<SEND_CMSG_LEN>, msg: &SendMsg<'_>) -> usize {
+    // A zeroed msghdr that only describes `buf`, for the CMSG_* macros to walk it.
+    // SAFETY: msghdr is a plain C struct of integers and raw pointers, for which all-zero
+    // bytes are a valid value.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_control = (&raw mut *buf).cast::<libc::c_void>();
+    hdr.msg_controllen = SEND_CMSG_LEN as _;
+    let mut used = 0;
+    // SAFETY: msg_control points at `buf`, SEND_CMSG_LEN bytes aligned for cmsghdr and
+    // exclusively borrowed for this function, and msg_controllen says so. Each header is
+    // placed at offset `used`, a sum of CMSG_SPACE values (so aligned), and the static
+    // assertions above make `used` plus the largest message's CMSG_SPACE fit the buffer; each
+    // header and its data (written unaligned) lie within that message's CMSG_LEN <= CMSG_SPACE.
+    unsafe {
+        let base = hdr.msg_control.cast::<u8>();
+        if msg.segment_size > 0 {
+            let cmsg = base.add(used).cast::<libc::cmsghdr>();
+            (*cmsg).cmsg_level = libc::SOL_UDP;
+            (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+            (*cmsg).cmsg_len = SEGMENT_LEN as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), msg.segment_size);
+            used += SEGMENT_SPACE;
+        }
+        match (msg.local, msg.to) {
+            (Some(IpAddr::V4(local)), SocketAddr::V4(_)) => {
+                let cmsg = base.add(used).cast::<libc::cmsghdr>();
+                (*cmsg).cmsg_level = libc::IPPROTO_IP;
+                (*cmsg).cmsg_type = libc::IP_PKTINFO;
+                (*cmsg).cmsg_len = PKTINFO4_LEN as _;
+                // ipi_spec_dst is the source of what we send; ipi_addr is ignored on a send,
+                // and ipi_ifindex stays 0 so the routes still choose the way out.
+                let info = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(local.octets()),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+                used += PKTINFO4_SPACE;
+            }
+            (Some(IpAddr::V6(local)), SocketAddr::V6(to)) => {
+                let cmsg = base.add(used).cast::<libc::cmsghdr>();
+                (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
+                (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
+                (*cmsg).cmsg_len = PKTINFO6_LEN as _;
+                // A link-local source only means something with its interface: the one the
+                // peer's (then link-local too) address is scoped to. Otherwise 0, routes decide.
+                let ifindex = if local.is_unicast_link_local() {
+                    to.scope_id()
+                } else {
+                    0
+                };
+                let info = libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: local.octets(),
+                    },
+                    ipi6_ifindex: ifindex,
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
+                used += PKTINFO6_SPACE;
+            }
+            // No source, or one of the other family (the socket could not use it).
+            _ => {}
+        }
+    }
+    used
 }
 
 /// Sends up to [`MAX_MMSG`] messages (and [`MAX_SEND_IOV`] iovecs in all) with one
@@ -180,15 +292,8 @@ pub const SMALL_MMSG: usize = 4;
 /// [`MAX_SEND_IOV`] iovecs in all.
 fn send_mmsg_n<const N: usize, F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Result<usize> {
     let count = msgs.len().min(N);
-    // SAFETY: CMSG_SPACE is pure arithmetic on a length (libc marks it unsafe only because it
-    // is a C macro); no memory is touched.
-    const SEGMENT_SPACE: usize = unsafe { libc::CMSG_SPACE(2) } as usize;
-    // SAFETY: as above, for CMSG_LEN.
-    const SEGMENT_LEN: usize = unsafe { libc::CMSG_LEN(2) } as usize;
-    const _: () = assert!(SEGMENT_SPACE <= CMSG_BUF_LEN);
-
     let mut names = [UNSPECIFIED; N];
-    let mut controls = [CmsgBuf([0; CMSG_BUF_LEN]); N];
+    let mut controls = [CmsgBuf([0; SEND_CMSG_LEN]); N];
     // SAFETY: mmsghdr is a plain C struct of integers and raw pointers, for which all-zero
     // bytes are a valid value (null pointers, zero lengths).
     let mut hdrs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
@@ -202,21 +307,11 @@ fn send_mmsg_n<const N: usize, F: AsFd>(fd: &F, msgs: &[SendMsg<'_>]) -> io::Res
         // reads through this pointer for a send.
         hdr.msg_iov = m.iov.as_ptr().cast::<libc::iovec>().cast_mut();
         hdr.msg_iovlen = m.iov.len() as _;
-        if m.segment_size > 0 {
+        let control_len = build_control(&mut controls[i], m);
+        if control_len > 0 {
+            // `controls[i]` stays alive and unmoved until the end of this function.
             hdr.msg_control = (&raw mut controls[i]).cast::<libc::c_void>();
-            hdr.msg_controllen = SEGMENT_SPACE as _;
-            // SAFETY: msg_control points at `controls[i]`, which is CMSG_BUF_LEN >=
-            // SEGMENT_SPACE bytes, aligned for cmsghdr and alive until the end of this
-            // function, and msg_controllen says so; CMSG_FIRSTHDR therefore returns a pointer
-            // to its start (never null, since the buffer holds a whole cmsghdr), and the u16
-            // written at CMSG_DATA lies within SEGMENT_LEN <= SEGMENT_SPACE bytes of it.
-            unsafe {
-                let cmsg = libc::CMSG_FIRSTHDR(hdr);
-                (*cmsg).cmsg_level = libc::SOL_UDP;
-                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
-                (*cmsg).cmsg_len = SEGMENT_LEN as _;
-                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), m.segment_size);
-            }
+            hdr.msg_controllen = control_len as _;
         }
     }
     // SAFETY: `hdrs[..count]` are initialised above; every pointer in them (names, iovecs
@@ -250,6 +345,67 @@ pub struct RecvMeta {
     pub stride: usize,
     /// The message did not fit the buffer (its tail was cut off).
     pub truncated: bool,
+    /// The local address the datagrams were sent to (IP_PKTINFO's `ipi_spec_dst`, the
+    /// address to answer from, or IPV6_PKTINFO's `ipi6_addr`), when the socket reports it.
+    pub local: Option<IpAddr>,
+}
+
+/// What the control messages of one received message say: the UDP_GRO stride and the local
+/// address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Received {
+    stride: Option<usize>,
+    local: Option<IpAddr>,
+}
+
+/// Reads the control messages the kernel wrote for `hdr` (its msg_control and the
+/// msg_controllen it set): UDP_GRO and IP_PKTINFO / IPV6_PKTINFO; others are skipped.
+///
+/// # Safety
+/// `hdr.msg_control` must point at `hdr.msg_controllen` readable bytes, aligned for cmsghdr,
+/// that hold whole control messages as the kernel lays them out (every header's cmsg_len
+/// within the area; CMSG_NXTHDR checks that the next one fits).
+unsafe fn parse_control(hdr: &libc::msghdr) -> Received {
+    let mut found = Received::default();
+    // SAFETY: by the caller's promise, CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying
+    // whole inside the area, or null; each value is read (unaligned) at CMSG_DATA only after
+    // checking that cmsg_len covers it, so it lies within the bytes the kernel wrote.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            let (level, kind, len) = (
+                (*cmsg).cmsg_level,
+                (*cmsg).cmsg_type,
+                (*cmsg).cmsg_len as usize,
+            );
+            let data = libc::CMSG_DATA(cmsg);
+            match (level, kind) {
+                (libc::SOL_UDP, libc::UDP_GRO) if len >= INT_LEN => {
+                    let size = std::ptr::read_unaligned(data.cast::<libc::c_int>());
+                    if let Ok(size) = usize::try_from(size)
+                        && size > 0
+                    {
+                        found.stride = Some(size);
+                    }
+                }
+                (libc::IPPROTO_IP, libc::IP_PKTINFO) if len >= PKTINFO4_LEN => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in_pktinfo>());
+                    // ipi_spec_dst: the address the kernel itself would answer from, which
+                    // for a unicast datagram is its destination (as wireguard-go takes it).
+                    let local = Ipv4Addr::from(info.ipi_spec_dst.s_addr.to_ne_bytes());
+                    found.local = (!local.is_unspecified()).then_some(IpAddr::V4(local));
+                }
+                (libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) if len >= PKTINFO6_LEN => {
+                    let info = std::ptr::read_unaligned(data.cast::<libc::in6_pktinfo>());
+                    let local = Ipv6Addr::from(info.ipi6_addr.s6_addr);
+                    found.local = (!local.is_unspecified()).then_some(IpAddr::V6(local));
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    found
 }
 
 /// Receives up to `min(bufs.len(), meta.len(), MAX_MMSG)` messages with one `recvmmsg(2)`
@@ -284,7 +440,7 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
     // messages it returns, and only those bytes are read. Zeroing them (12 KiB per call, most
     // calls returning one message or none) cost more than the receive itself when idle.
     let mut names = [const { MaybeUninit::<libc::sockaddr_storage>::uninit() }; N];
-    let mut controls = [const { MaybeUninit::<CmsgBuf>::uninit() }; N];
+    let mut controls = [const { MaybeUninit::<CmsgBuf<RECV_CMSG_LEN>>::uninit() }; N];
     let mut iovs = [libc::iovec {
         iov_base: std::ptr::null_mut(),
         iov_len: 0,
@@ -303,7 +459,7 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
         hdr.msg_iov = &raw mut iovs[i];
         hdr.msg_iovlen = 1;
         hdr.msg_control = controls[i].as_mut_ptr().cast::<libc::c_void>();
-        hdr.msg_controllen = CMSG_BUF_LEN as _;
+        hdr.msg_controllen = RECV_CMSG_LEN as _;
     }
     // SAFETY: `hdrs[..count]` point at name storage, one iovec each (covering exactly the
     // caller's buffer `bufs[i]`, mutably borrowed for this whole call) and control buffers,
@@ -326,31 +482,11 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
     for (i, m) in meta.iter_mut().take(received).enumerate() {
         let hdr = &hdrs[i];
         let len = hdr.msg_len as usize;
-        let mut stride = len;
         // SAFETY: the kernel set msg_controllen to the bytes of control data it wrote into
-        // `controls[i]` (at most CMSG_BUF_LEN, or it would have set MSG_CTRUNC and cut it);
-        // CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying whole inside that range, or
-        // null, so each header and the int read at its CMSG_DATA are within the buffer and
-        // were written by the kernel (the uninitialised rest is never read).
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_UDP
-                    && (*cmsg).cmsg_type == libc::UDP_GRO
-                    && (*cmsg).cmsg_len as usize
-                        >= libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as usize
-                {
-                    let size =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-                    if let Ok(size) = usize::try_from(size)
-                        && size > 0
-                    {
-                        stride = size;
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
-            }
-        }
+        // `controls[i]` (at most RECV_CMSG_LEN; it cuts at a message boundary and sets
+        // MSG_CTRUNC rather than write more), whole messages in its own layout, aligned as
+        // the buffer is; the uninitialised rest is never read.
+        let control = unsafe { parse_control(&hdr.msg_hdr) };
         // Only the msg_namelen bytes the kernel wrote are copied out of the uninitialised
         // buffer, over a zeroed address.
         let mut name = [0u8; STORAGE_LEN];
@@ -369,8 +505,9 @@ fn recv_mmsg_n<const N: usize, F: AsFd, B: AsMut<[u8]>>(
         *m = RecvMeta {
             len,
             src: socket_addr(&name),
-            stride,
+            stride: control.stride.unwrap_or(len),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            local: control.local,
         };
     }
     Ok(received)

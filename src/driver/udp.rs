@@ -1,5 +1,6 @@
 //! The UDP side: one IPv4 and one IPv6 socket on the same port (IPV6_V6ONLY), as the kernel
-//! module and wireguard-go listen.
+//! module and wireguard-go listen. Both report the local address of each datagram
+//! (IP_PKTINFO / IPV6_RECVPKTINFO), so that replies leave from the address a peer contacted.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -53,6 +54,15 @@ fn family_unavailable(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::EADDRNOTAVAIL)
     )
+}
+
+/// Turns on the report of each datagram's local address (see [`os::set_recv_pktinfo`]). A
+/// kernel that refuses leaves the source of replies to its routes, as before.
+fn report_local_address(socket: UdpSocket, ipv6: bool) -> UdpSocket {
+    if let Err(e) = os::set_recv_pktinfo(&socket, ipv6) {
+        tracing::warn!(error = %e, "cannot learn the local address of received datagrams; replies leave from the address the routes pick");
+    }
+    socket
 }
 
 /// Enlarges the socket's buffers (see [`SOCKET_BUFFER_BYTES`]); a kernel that refuses keeps
@@ -157,8 +167,8 @@ impl UdpSockets {
             }
         };
         let sockets = UdpSockets {
-            v4: v4.map(enlarge_buffers),
-            v6: v6.map(enlarge_buffers),
+            v4: v4.map(|s| report_local_address(enlarge_buffers(s), false)),
+            v6: v6.map(|s| report_local_address(enlarge_buffers(s), true)),
             port,
             fwmark: 0,
             offloads: None,

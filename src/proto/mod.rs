@@ -5,6 +5,7 @@ pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
+pub mod endpoint;
 pub mod error;
 pub mod handshake;
 pub mod index;
@@ -26,6 +27,7 @@ pub use device::{
     ConfigureError, Decapsulated, Device, Encapsulated, Event, HEADROOM, PeerInfo, PreparedReceive,
     PreparedSend, ReceiveJob, TAILROOM, Transmit,
 };
+pub use endpoint::Endpoint;
 pub use error::{DropCounters, DropReason};
 pub use keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 pub use peer::{PeerConfig, PeerId, PeerStats};

@@ -9,6 +9,7 @@ use zeroize::Zeroize;
 
 use super::cookie::CookieState;
 use super::crypto;
+use super::endpoint::Endpoint;
 use super::keys::{PresharedKey, PrivateKey, PublicKey};
 use super::noise::{InitiatorState, Protocol};
 use super::prefix::Prefix;
@@ -67,7 +68,8 @@ pub(crate) struct Peer {
     pub static_static: [u8; 32],
     /// HASH(H0 || S_pub_peer): the initiator's hash after the `<- s` pre-message.
     pub responder_hash: [u8; 32],
-    pub endpoint: Option<SocketAddr>,
+    /// Where packets go: roaming updates it with every authenticated packet.
+    pub endpoint: Option<Endpoint>,
     pub persistent_keepalive: u16,
     pub handshake: Option<Handshake>,
     /// Greatest initiation timestamp accepted from this peer (replay protection).
@@ -96,7 +98,7 @@ impl Peer {
             preshared_key: config.preshared_key.clone().unwrap_or_default(),
             static_static: [0; 32],
             responder_hash: protocol.hash_with_responder(config.public_key.as_bytes()),
-            endpoint: config.endpoint,
+            endpoint: config.endpoint.map(Endpoint::from),
             persistent_keepalive: config.persistent_keepalive,
             handshake: None,
             latest_timestamp: Tai64N::default(),

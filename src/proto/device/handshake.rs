@@ -2,10 +2,9 @@
 //! sending initiations, consuming initiations, responses and cookie replies, and erasing a
 //! peer's sessions.
 
-use std::net::SocketAddr;
-
 use rand_core::RngCore;
 
+use crate::proto::endpoint::Endpoint;
 use crate::proto::error::DropReason;
 use crate::proto::handshake;
 use crate::proto::keys::PublicKey;
@@ -79,7 +78,7 @@ impl Device {
     /// mac1 always, then under load: mac2 (else a cookie reply) and the per-source limit.
     fn check_handshake_macs(
         &mut self,
-        src: SocketAddr,
+        src: Endpoint,
         msg: &[u8],
         sender: u32,
         now: Now,
@@ -89,15 +88,19 @@ impl Device {
             return Err(DropReason::InvalidMac1);
         }
         if self.under_load_until.is_some_and(|t| now.monotonic < t) {
-            if !identity.checker.check_mac2(msg, src, now.monotonic) {
-                let reply =
-                    identity
-                        .checker
-                        .create_reply(msg, sender, src, now.monotonic, &mut self.rng);
+            if !identity.checker.check_mac2(msg, src.remote, now.monotonic) {
+                let reply = identity.checker.create_reply(
+                    msg,
+                    sender,
+                    src.remote,
+                    now.monotonic,
+                    &mut self.rng,
+                );
+                // From the address the initiation came to, as every reply.
                 self.push_control(src, None, &reply);
                 return Err(DropReason::CookieRequired);
             }
-            if !self.rate_limiter.allow(src.ip(), now.monotonic) {
+            if !self.rate_limiter.allow(src.remote.ip(), now.monotonic) {
                 return Err(DropReason::RateLimited);
             }
         }
@@ -106,7 +109,7 @@ impl Device {
 
     pub(super) fn consume_initiation(
         &mut self,
-        src: SocketAddr,
+        src: Endpoint,
         msg: &[u8; INITIATION_LEN],
         now: Now,
     ) -> Result<(), DropReason> {
@@ -187,7 +190,7 @@ impl Device {
 
     pub(super) fn consume_response(
         &mut self,
-        src: SocketAddr,
+        src: Endpoint,
         msg: &[u8; RESPONSE_LEN],
         now: Now,
     ) -> Result<(), DropReason> {
@@ -229,7 +232,7 @@ impl Device {
         let completed = Event::HandshakeCompleted {
             peer: id,
             public_key: peer.public_key,
-            endpoint: peer.endpoint,
+            endpoint: peer.endpoint.map(|e| e.remote),
         };
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {

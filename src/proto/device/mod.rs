@@ -18,7 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::allowedips::AllowedIps;
+use super::endpoint::Endpoint;
 use super::error::{DropCounters, DropReason};
 use super::handshake::Identity;
 use super::index::IndexTable;
@@ -56,9 +57,11 @@ pub const DEFAULT_MTU: usize = 1420;
 /// What became of an outbound IP packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encapsulated {
-    /// `buf[..len]` is a transport message for `endpoint`.
+    /// `buf[..len]` is a transport message for `endpoint`, to be sent from `local` (see
+    /// [`Endpoint`]).
     Send {
         endpoint: SocketAddr,
+        local: Option<IpAddr>,
         len: usize,
     },
     /// Kept until a handshake completes (drain `poll_transmit`: an initiation may be waiting).
@@ -82,9 +85,13 @@ pub enum Decapsulated {
 /// The sequential half of an outbound packet (see [`Device::prepare_encapsulate`]).
 #[derive(Debug)]
 pub enum PreparedSend {
-    /// Run `job.seal(buf)`, then send `buf[..len]` to `endpoint`.
+    /// Run `job.seal(buf)`, then send `buf[..len]` to `endpoint` from `local` (see
+    /// [`Endpoint`]). `peer` is whom it is for: if sending from `local` fails because the
+    /// address is gone, the driver tells [`Device::clear_endpoint_src`].
     Seal {
         endpoint: SocketAddr,
+        local: Option<IpAddr>,
+        peer: PeerId,
         job: SealJob,
     },
     Queued,
@@ -107,7 +114,7 @@ pub struct ReceiveJob {
     open: OpenJob,
     peer: PeerId,
     receiver: u32,
-    src: SocketAddr,
+    src: Endpoint,
 }
 
 impl ReceiveJob {
@@ -132,10 +139,13 @@ pub enum Event {
 /// Events kept for the driver; beyond this the oldest is dropped (they are informational).
 const MAX_EVENTS: usize = 256;
 
-/// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`.
+/// A datagram `poll_transmit` wrote: `out[..len]` goes to `endpoint`, from `local` when
+/// known (see [`Endpoint`]). `peer` is None for a cookie reply, which belongs to no peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     pub endpoint: SocketAddr,
+    pub local: Option<IpAddr>,
+    pub peer: Option<PeerId>,
     pub len: usize,
 }
 
@@ -153,7 +163,7 @@ pub struct PeerInfo {
 
 /// A handshake message or keepalive waiting for `poll_transmit`.
 struct Control {
-    to: SocketAddr,
+    to: Endpoint,
     peer: Option<PeerId>,
     len: usize,
     bytes: [u8; MAX_HANDSHAKE_LEN],
@@ -279,8 +289,10 @@ impl Device {
                 if let Some(psk) = &config.preshared_key {
                     peer.preshared_key = psk.clone();
                 }
-                if config.endpoint.is_some() {
-                    peer.endpoint = config.endpoint;
+                // A configured endpoint comes without a local address: the kernel chooses
+                // until the peer's packets teach us one.
+                if let Some(remote) = config.endpoint {
+                    peer.endpoint = Some(Endpoint::from(remote));
                 }
                 id
             }
@@ -341,9 +353,23 @@ impl Device {
         }
     }
 
+    /// Sets a peer's endpoint (config, UAPI, a re-resolved name), with no local address.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: Option<SocketAddr>) {
         if let Some(peer) = self.peers.get_mut(id) {
-            peer.endpoint = endpoint;
+            peer.endpoint = endpoint.map(Endpoint::from);
+        }
+    }
+
+    /// Forgets the local address a peer's packets go out from (the kernel's
+    /// `wg_socket_clear_peer_endpoint_src`): the driver calls it when sending from that
+    /// address failed because it no longer exists on this host; the kernel picks the source
+    /// again until the peer's next packet teaches a new one.
+    pub fn clear_endpoint_src(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(id)
+            && let Some(endpoint) = &mut peer.endpoint
+            && endpoint.local.take().is_some()
+        {
+            tracing::debug!(peer = %peer.public_key, "local address of the endpoint forgotten");
         }
     }
 
@@ -404,7 +430,7 @@ impl Device {
             id,
             public_key: peer.public_key,
             preshared_key: (!peer.preshared_key.is_zero()).then(|| peer.preshared_key.clone()),
-            endpoint: peer.endpoint,
+            endpoint: peer.endpoint.map(|e| e.remote),
             persistent_keepalive: peer.persistent_keepalive,
             allowed_ips: sorted(&peer.allowed_ips),
             stats: peer.stats.clone(),
@@ -684,5 +710,182 @@ mod tests {
                 "step {step}: a prefix with no peer"
             );
         }
+    }
+
+    /// An address of A's host other than the one its routes would pick: the one B dials.
+    const SECONDARY: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20));
+    const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 30));
+
+    /// Feeds everything `from` has to send into `to`, as having arrived on `to`'s `local`;
+    /// the sources `from` named, and what `to` made of each datagram.
+    fn pump_to(
+        from: &mut Device,
+        from_addr: SocketAddr,
+        to: &mut Device,
+        local: Option<IpAddr>,
+        now: Now,
+    ) -> Vec<(Option<IpAddr>, Decapsulated)> {
+        let mut out = vec![0u8; BUF];
+        let mut results = Vec::new();
+        while let Some(t) = from.poll_transmit(&mut out, now) {
+            let d = to.decapsulate(Endpoint::new(from_addr, local), &mut out, t.len, now);
+            results.push((t.local, d));
+        }
+        results
+    }
+
+    fn at(secs: u64) -> Now {
+        Now::new(
+            Duration::from_secs(secs),
+            Duration::from_secs(1_700_000_000 + secs),
+        )
+    }
+
+    /// A packet from A's inner address to B's, framed.
+    fn a_to_b_packet() -> (Vec<u8>, usize) {
+        let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], b"pong");
+        let mut buf = vec![0u8; BUF];
+        buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
+        (buf, packet.len())
+    }
+
+    /// The local address a packet arrives on is remembered with the endpoint (roaming) and
+    /// every reply names it: the response, data, keepalives; it follows the latest
+    /// authenticated packet, and a configured endpoint or `clear_endpoint_src` forgets it.
+    #[test]
+    fn replies_leave_from_the_local_address_the_peer_contacted() {
+        let now = at(1000);
+        let mut a = Device::new(Some(key(1)), [1; 32]);
+        let mut b = Device::new(Some(key(2)), [2; 32]);
+        let id = a
+            .upsert_peer(&peer_config(2, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        b.upsert_peer(&peer_config(1, [10, 0, 0, 1], A_ADDR))
+            .unwrap();
+
+        let (mut buf, len) = b_to_a_packet();
+        assert_eq!(b.encapsulate(&mut buf, len, now), Encapsulated::Queued);
+        // B's initiation reaches A on its secondary address: A's response leaves from there.
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+        let response = pump_to(&mut a, A_ADDR, &mut b, None, now);
+        assert_eq!(response.len(), 1);
+        assert_eq!(response[0].0, Some(SECONDARY), "{response:?}");
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+
+        // Data: the one-shot and the batched halves say the same.
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                endpoint: B_ADDR,
+                local: Some(SECONDARY),
+                ..
+            }
+        ));
+        let (buf, len) = a_to_b_packet();
+        match a.prepare_encapsulate(&buf, len, now) {
+            PreparedSend::Seal {
+                endpoint,
+                local,
+                peer,
+                ..
+            } => assert_eq!((endpoint, local, peer), (B_ADDR, Some(SECONDARY), id)),
+            other => panic!("{other:?}"),
+        }
+        // A keepalive, from poll_transmit, too.
+        a.send_keepalive(id, now);
+        let mut out = vec![0u8; BUF];
+        let t = a.poll_transmit(&mut out, now).expect("keepalive");
+        assert_eq!((t.local, t.peer), (Some(SECONDARY), Some(id)));
+
+        // B's next packet arrives on another address: the replies follow.
+        let (mut buf, len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut buf, len, now) else {
+            panic!("B has a session");
+        };
+        let got = a.decapsulate(Endpoint::new(B_ADDR, Some(OTHER)), &mut buf, n, now);
+        assert!(matches!(got, Decapsulated::Deliver { .. }), "{got:?}");
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                local: Some(OTHER),
+                ..
+            }
+        ));
+        // A forged packet (fails authentication) teaches nothing.
+        let (mut b_buf, b_len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut b_buf, b_len, now) else {
+            panic!("B has a session");
+        };
+        b_buf[n - 1] ^= 1;
+        let got = a.decapsulate(Endpoint::new(B_ADDR, Some(SECONDARY)), &mut b_buf, n, now);
+        assert_eq!(got, Decapsulated::Dropped(DropReason::DecryptFailed));
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                local: Some(OTHER),
+                ..
+            }
+        ));
+
+        // The driver found the address gone: forgotten, the kernel picks.
+        a.clear_endpoint_src(id);
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send {
+                endpoint: B_ADDR,
+                local: None,
+                ..
+            }
+        ));
+        // A configured endpoint has none either.
+        let (mut buf, len) = b_to_a_packet();
+        let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut buf, len, now) else {
+            panic!("B has a session");
+        };
+        a.decapsulate(Endpoint::new(B_ADDR, Some(OTHER)), &mut buf, n, now);
+        a.set_endpoint(id, Some(B_ADDR));
+        let (mut buf, len) = a_to_b_packet();
+        assert!(matches!(
+            a.encapsulate(&mut buf, len, now),
+            Encapsulated::Send { local: None, .. }
+        ));
+    }
+
+    /// A handshake that goes unanswered may be leaving from an address that no longer works:
+    /// its retransmission lets the kernel pick the source (as the kernel module and
+    /// wireguard-go clear theirs in the retransmit timer).
+    #[test]
+    fn handshake_retransmit_forgets_the_local_address() {
+        let now = at(1000);
+        let mut a = Device::new(Some(key(1)), [1; 32]);
+        let mut b = Device::new(Some(key(2)), [2; 32]);
+        a.upsert_peer(&peer_config(2, [10, 0, 0, 2], B_ADDR))
+            .unwrap();
+        b.upsert_peer(&peer_config(1, [10, 0, 0, 1], A_ADDR))
+            .unwrap();
+        let (mut buf, len) = b_to_a_packet();
+        b.encapsulate(&mut buf, len, now);
+        // A answers B's initiation (learning the secondary address), but the response is lost.
+        pump_to(&mut b, B_ADDR, &mut a, Some(SECONDARY), now);
+        let mut out = vec![0u8; BUF];
+        assert_eq!(
+            a.poll_transmit(&mut out, now).map(|t| t.local),
+            Some(Some(SECONDARY))
+        );
+        // A has something to send and no confirmed session: its own initiation goes from
+        // the secondary address first...
+        let (mut buf, len) = a_to_b_packet();
+        assert_eq!(a.encapsulate(&mut buf, len, now), Encapsulated::Queued);
+        let first = a.poll_transmit(&mut out, now).expect("initiation");
+        assert_eq!((out[0], first.local), (1, Some(SECONDARY)));
+        // ...and, unanswered, its retransmission from wherever the routes say.
+        let later = at(1000 + 6);
+        a.update_timers(later);
+        let retry = a.poll_transmit(&mut out, later).expect("retransmission");
+        assert_eq!((out[0], retry.local), (1, None));
     }
 }

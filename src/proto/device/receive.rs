@@ -2,8 +2,7 @@
 //! `handshake.rs`, and take a transport message through the replay check, decryption,
 //! session confirmation, roaming and the cryptokey-routing check on its inner source.
 
-use std::net::SocketAddr;
-
+use crate::proto::endpoint::Endpoint;
 use crate::proto::error::DropReason;
 use crate::proto::ip::{self, Addr};
 use crate::proto::messages::{MessageKind, classify};
@@ -14,14 +13,17 @@ use super::{Decapsulated, Device, Event, HEADROOM, PreparedReceive, ReceiveJob};
 
 impl Device {
     /// Handles the datagram `buf[..len]` from `src`. A transport packet is decrypted in place
-    /// (`buf` needs no extra room); the IP packet is then `buf[range]`.
+    /// (`buf` needs no extra room); the IP packet is then `buf[range]`. `src` is the sender's
+    /// address, and with it, when the driver knows it, the local address the datagram was
+    /// sent to ([`Endpoint`]; a bare `SocketAddr` converts): replies leave from there.
     pub fn decapsulate(
         &mut self,
-        src: SocketAddr,
+        src: impl Into<Endpoint>,
         buf: &mut [u8],
         len: usize,
         now: Now,
     ) -> Decapsulated {
+        let src = src.into();
         let Some(datagram) = buf.get_mut(..len) else {
             return Decapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall));
         };
@@ -54,11 +56,12 @@ impl Device {
     /// may run on another core, followed by [`Device::finish_decapsulate`] in arrival order.
     pub fn prepare_decapsulate(
         &mut self,
-        src: SocketAddr,
+        src: impl Into<Endpoint>,
         buf: &mut [u8],
         len: usize,
         now: Now,
     ) -> PreparedReceive {
+        let src = src.into();
         let Some(datagram) = buf.get(..len) else {
             return PreparedReceive::Dropped(self.drop_reason(DropReason::BufferTooSmall));
         };
@@ -78,7 +81,7 @@ impl Device {
 
     fn prepare_transport(
         &mut self,
-        src: SocketAddr,
+        src: Endpoint,
         receiver: u32,
         counter: u64,
         now: Now,
@@ -134,6 +137,8 @@ impl Device {
         // Authenticated.
         let is_initiator = keypair.i_am_initiator;
         let birth = keypair.birth;
+        // Roaming: the endpoint, with the local address it reached us on, follows the
+        // latest authenticated packet.
         peer.endpoint = Some(src);
         peer.stats.rx_bytes += datagram.len() as u64;
         let ka = peer.persistent_keepalive;
@@ -175,7 +180,7 @@ impl Device {
             self.push_event(Event::HandshakeCompleted {
                 peer: id,
                 public_key: peer_key,
-                endpoint: Some(src),
+                endpoint: Some(src.remote),
             });
             if has_staged {
                 self.schedule_flush(id);
@@ -211,7 +216,7 @@ impl Device {
 
     fn consume_transport(
         &mut self,
-        src: SocketAddr,
+        src: Endpoint,
         datagram: &mut [u8],
         receiver: u32,
         counter: u64,

@@ -2,9 +2,9 @@
 //! seal it under the current session or stage it while a handshake runs, keepalives, and the
 //! queue of datagrams that `poll_transmit` drains.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::proto::endpoint::Endpoint;
 use crate::proto::error::DropReason;
 use crate::proto::ip::{self, Addr};
 use crate::proto::messages::MAX_HANDSHAKE_LEN;
@@ -18,8 +18,17 @@ impl Device {
     /// AllowedIPs hold its destination. `buf` needs `TAILROOM` bytes after the packet.
     pub fn encapsulate(&mut self, buf: &mut [u8], len: usize, now: Now) -> Encapsulated {
         match self.prepare_encapsulate(buf, len, now) {
-            PreparedSend::Seal { endpoint, job } => match job.seal(buf) {
-                Some(len) => Encapsulated::Send { endpoint, len },
+            PreparedSend::Seal {
+                endpoint,
+                local,
+                job,
+                ..
+            } => match job.seal(buf) {
+                Some(len) => Encapsulated::Send {
+                    endpoint,
+                    local,
+                    len,
+                },
                 None => Encapsulated::Dropped(self.drop_reason(DropReason::BufferTooSmall)),
             },
             PreparedSend::Queued => Encapsulated::Queued,
@@ -59,7 +68,12 @@ impl Device {
             };
             let rekey = keypair.wants_rekey_on_send(now.monotonic);
             self.after_data_sent(id, job.message_len(), rekey, now);
-            return PreparedSend::Seal { endpoint, job };
+            return PreparedSend::Seal {
+                endpoint: endpoint.remote,
+                local: endpoint.local,
+                peer: id,
+                job,
+            };
         }
         // No usable session (or packets already waiting: keep their order): stage a copy,
         // dropping the oldest when full as the kernel does, and start a handshake.
@@ -164,7 +178,7 @@ impl Device {
         }
     }
 
-    pub(super) fn push_control(&mut self, to: SocketAddr, peer: Option<PeerId>, msg: &[u8]) {
+    pub(super) fn push_control(&mut self, to: Endpoint, peer: Option<PeerId>, msg: &[u8]) {
         let mut bytes = [0u8; MAX_HANDSHAKE_LEN];
         bytes[..msg.len()].copy_from_slice(msg);
         self.control.push_back(Control {
@@ -182,7 +196,9 @@ impl Device {
         if let Some(c) = self.control.pop_front() {
             out.get_mut(..c.len)?.copy_from_slice(&c.bytes[..c.len]);
             return Some(Transmit {
-                endpoint: c.to,
+                endpoint: c.to.remote,
+                local: c.to.local,
+                peer: c.peer,
                 len: c.len,
             });
         }
@@ -218,7 +234,12 @@ impl Device {
             };
             let rekey = keypair.wants_rekey_on_send(now.monotonic);
             self.after_data_sent(id, n, rekey, now);
-            return Some(Transmit { endpoint, len: n });
+            return Some(Transmit {
+                endpoint: endpoint.remote,
+                local: endpoint.local,
+                peer: Some(id),
+                len: n,
+            });
         }
         None
     }

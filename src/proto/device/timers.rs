@@ -122,6 +122,12 @@ impl Device {
                     }
                 } else {
                     peer.timers.handshake_attempts += 1;
+                    // No answer to the last initiation: the local address it left from may be
+                    // the trouble (gone, or no longer routed back), so the retry lets the
+                    // kernel pick one, as the kernel module and wireguard-go do here.
+                    if let Some(endpoint) = &mut peer.endpoint {
+                        endpoint.local = None;
+                    }
                     self.send_initiation(id, true, now);
                 }
             }
