@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kit::{BIN, Daemon, TempDir, ping_once, unique, wait_until_every};
+use kit::{BIN, Daemon, Detached, TempDir, detached_pid, ping_once, unique, wait_until_every};
 use netns::{ChildGuard, Netns, require_root, veth_pair};
 use tandem::config;
 use tandem::proto::PresharedKey;
@@ -734,49 +734,6 @@ fn socket_and_interface_lifecycle_of_a_bare_daemon() {
     assert!(!status.success());
     assert!(second.log().contains("in use"), "{}", second.log());
     assert!(uapi(&name, "get=1\n\n").ends_with("errno=0\n\n"));
-}
-
-/// The PID of the detached `tandem -f IFNAME` (found by its command line: the name is this
-/// test's own).
-fn detached_pid(ifname: &str) -> Option<u32> {
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .collect();
-        if args.len() == 3
-            && args[0].ends_with(b"tandem")
-            && args[1] == b"-f"
-            && args[2] == ifname.as_bytes()
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// Stops a detached daemon (it was started by this test) when dropped.
-struct Detached(String);
-
-impl Drop for Detached {
-    fn drop(&mut self) {
-        if let Some(pid) = detached_pid(&self.0) {
-            let _ = Command::new("kill")
-                .args(["-s", "KILL", &pid.to_string()])
-                .status();
-        }
-        let _ = std::fs::remove_file(socket(&self.0));
-    }
 }
 
 #[test]
