@@ -12,13 +12,10 @@ use serde_json::Value;
 use tandem::driver::tun::open_tun;
 use tandem::netconf::{self, InterfacePlan, NetConf, NetconfError};
 use tandem::proto::prefix::Prefix;
+use tandem::testkit::pfx;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("test address")
-}
-
-fn pfx(addr: &str, len: u8) -> Prefix {
-    Prefix::new(ip(addr), len).expect("test prefix")
 }
 
 /// `ip -j addr show dev IFNAME`: the (local, prefixlen) pairs on the link.

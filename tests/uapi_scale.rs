@@ -7,8 +7,8 @@ mod common;
 use common::{kit, netns};
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use kit::{Daemon, wait_until};
@@ -31,17 +31,7 @@ fn prefixes(i: u32) -> [String; 2] {
 
 /// One request on a fresh connection; the whole reply.
 fn uapi(socket: &str, request: &str) -> String {
-    let mut stream = UnixStream::connect(socket).expect("connect to the UAPI socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("write");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("read the reply");
-    reply
+    kit::uapi_exchange(Path::new(socket), request, Duration::from_secs(120))
 }
 
 /// `(public key, prefix)` pairs of a `get` reply, and the number of peers.

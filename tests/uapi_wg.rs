@@ -11,7 +11,6 @@
 mod common;
 use common::{kit, netns};
 
-use std::io::{Read, Write};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -156,17 +155,7 @@ fn tandem_show(ns: &Netns, args: &[&str]) -> Output {
 
 /// Sends raw bytes to the socket and reads the reply until the daemon closes.
 fn uapi(ifname: &str, request: &str) -> String {
-    let mut stream = UnixStream::connect(socket(ifname)).expect("connect to the UAPI socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    stream.write_all(request.as_bytes()).expect("write");
-    stream
-        .shutdown(std::net::Shutdown::Write)
-        .expect("shutdown");
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("read the reply");
-    reply
+    kit::uapi_exchange(&socket(ifname), request, Duration::from_secs(10))
 }
 
 /// `wg show IFNAME dump` without the columns that move with traffic (handshake time and

@@ -224,9 +224,7 @@ mod tests {
         s.parse().expect("test address")
     }
 
-    fn pfx(addr: &str, len: u8) -> Prefix {
-        Prefix::new(ip(addr), len).expect("test prefix")
-    }
+    use crate::testkit::pfx;
 
     fn plan() -> InterfacePlan {
         InterfacePlan {

@@ -250,13 +250,7 @@ mod tests {
     use super::*;
     use crate::netconf::Family;
 
-    fn ip(s: &str) -> std::net::IpAddr {
-        s.parse().expect("test address")
-    }
-
-    fn pfx(addr: &str, len: u8) -> Prefix {
-        Prefix::new(ip(addr), len).expect("test prefix")
-    }
+    use crate::testkit::pfx;
 
     fn applied() -> Applied {
         Applied {

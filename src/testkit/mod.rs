@@ -20,6 +20,7 @@ pub mod rng;
 
 use std::time::Duration;
 
+use crate::proto::prefix::Prefix;
 use crate::proto::{Now, PrivateKey};
 
 /// A distinct, valid private key per seed, without an RNG: `[seed; 32]`, stored clamped
@@ -34,4 +35,10 @@ pub fn t0() -> Now {
         Duration::from_secs(1000),
         Duration::from_secs(1_700_000_000),
     )
+}
+
+/// The prefix `addr/len`, for tests that write many (panics on a bad literal).
+pub fn pfx(addr: &str, len: u8) -> Prefix {
+    let addr = addr.parse().expect("test address");
+    Prefix::new(addr, len).expect("test prefix")
 }

@@ -351,3 +351,19 @@ impl Drop for Detached {
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.0));
     }
 }
+
+/// Sends raw bytes to a UAPI socket and reads the reply until the daemon closes the
+/// connection (waiting at most `timeout` for it).
+pub fn uapi_exchange(socket: &Path, request: &str, timeout: Duration) -> String {
+    use std::io::Write as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", socket.display()));
+    stream.set_read_timeout(Some(timeout)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("write");
+    stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read the reply");
+    reply
+}
