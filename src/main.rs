@@ -108,6 +108,15 @@ fn run(command: Command) -> anyhow::Result<()> {
                 loaded.interface.name,
                 loaded.peers.len()
             );
+            // Which peer files `include` matched, so a pattern that matches nothing shows.
+            for file in &loaded.included {
+                let n = loaded
+                    .peers
+                    .iter()
+                    .filter(|p| p.file.as_deref() == Some(file.as_path()))
+                    .count();
+                println!("include: {} ({n} peer(s))", file.display());
+            }
             // What `tandem up` will run and set besides the tunnel, so a typo shows now.
             let i = &loaded.interface;
             if !i.dns.is_empty() || !i.dns_search.is_empty() {

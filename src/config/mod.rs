@@ -27,6 +27,7 @@
 
 mod compile;
 mod error;
+pub(crate) mod include;
 mod net;
 mod to_toml;
 mod toml_format;
@@ -63,6 +64,8 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
     /// The file this came from.
     pub source: PathBuf,
+    /// The peer files its `include` patterns matched, in the order read.
+    pub included: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +90,9 @@ pub struct InterfaceConfig {
     /// Search domains (wg-quick's `DNS` entries that are not addresses).
     pub dns_search: Vec<String>,
     pub hooks: Hooks,
+    /// `include` patterns as written (relative to the config file's directory); their
+    /// peers are in [`Config::peers`], each with its [`PeerConfig::file`].
+    pub include: Vec<String>,
 }
 
 /// Shell commands run around the interface's life, as wg-quick runs them: each with
@@ -140,6 +146,8 @@ pub enum Table {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
+    /// The included file this peer came from; `None`: the configuration file itself.
+    pub file: Option<PathBuf>,
     pub name: Option<String>,
     pub public_key: PublicKey,
     pub preshared_key: Option<PresharedKey>,

@@ -55,6 +55,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         interface: None,
         peers: Vec::new(),
         metrics: None,
+        included: Vec::new(),
     };
     let mut section = Section::None;
 
