@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, Helper};
+use cli::{Cli, Command, Helper, PeerCommand};
 use tandem::config::{self, ConfigErrors};
 use tandem::daemon::{self, EXIT_CONFIG, demo, detach, helper, status};
 use tandem::keygen;
 use tandem::os;
+use tandem::provision;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
@@ -150,6 +151,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+        Command::Export { config } => {
+            let loaded = load(&config)?;
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            let export = config::to_wg_quick(&loaded).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{} cannot be written as a wg-quick file:\n{}",
+                    config.display(),
+                    errors.join("\n")
+                )
+            })?;
+            for w in &export.warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(export.text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Peer(p) => run_peer(p),
         Command::Show { iface, json } => status::show(iface.as_deref(), json),
         Command::Genkey => print_line(&keygen::genkey()?),
         Command::Genpsk => print_line(&keygen::genpsk()?),
@@ -189,6 +211,110 @@ fn run_interface(
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(daemon::bare(ifname, detached, metrics))
+}
+
+fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
+    let socket_dir = Path::new(tandem::control::server::SOCKET_DIR);
+    match command {
+        PeerCommand::Add {
+            config,
+            name,
+            public_key,
+            address,
+            endpoint,
+            split,
+            psk,
+            qr,
+            qr_file,
+        } => {
+            let addresses = if address.trim().eq_ignore_ascii_case("auto") {
+                None
+            } else {
+                let parsed: Result<Vec<std::net::IpAddr>, _> = address
+                    .split(',')
+                    .map(|a| {
+                        a.trim()
+                            .trim_end_matches("/32")
+                            .trim_end_matches("/128")
+                            .parse()
+                    })
+                    .collect();
+                Some(
+                    parsed
+                        .with_context(|| format!("--address {address:?}: not auto or addresses"))?,
+                )
+            };
+            let request = provision::AddRequest {
+                config,
+                name,
+                public_key,
+                addresses,
+                endpoint,
+                split,
+                psk,
+                socket_dir: socket_dir.to_path_buf(),
+            };
+            // A QR file name that cannot work is refused before anything changes.
+            if let Some(path) = &qr_file {
+                provision::qr::check_path(path)?;
+            }
+            let added = provision::add(&request)?;
+            let addrs: Vec<String> = added.addresses.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "added peer {:?} ({}) with {} to {}",
+                request.name,
+                added.public_key.fingerprint(),
+                addrs.join(", "),
+                added.written.display()
+            );
+            match added.reloaded {
+                provision::Reloaded::Applied { pid } => {
+                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is live")
+                }
+                provision::Reloaded::NotRunning => eprintln!(
+                    "no daemon is running for this interface: the peer is used from its next start"
+                ),
+            }
+            if let Some(path) = &qr_file {
+                provision::qr::write_file(path, &added.client_conf)?;
+                eprintln!("QR code written to {}", path.display());
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(added.client_conf.as_bytes())?;
+            if qr {
+                writeln!(out)?;
+                out.write_all(provision::qr::terminal(&added.client_conf)?.as_bytes())?;
+                writeln!(out)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        PeerCommand::Remove { config, peer } => {
+            let removed = provision::remove(&config, &peer, socket_dir)?;
+            if removed.deleted_file {
+                eprintln!(
+                    "removed peer {} and its file {}",
+                    removed.label,
+                    removed.file.display()
+                );
+            } else {
+                eprintln!(
+                    "removed peer {} from {}",
+                    removed.label,
+                    removed.file.display()
+                );
+            }
+            match removed.reloaded {
+                provision::Reloaded::Applied { pid } => {
+                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is gone")
+                }
+                provision::Reloaded::NotRunning => {
+                    eprintln!("no daemon is running for this interface")
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn print_line(s: &str) -> anyhow::Result<()> {
