@@ -227,23 +227,7 @@ fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
             qr,
             qr_file,
         } => {
-            let addresses = if address.trim().eq_ignore_ascii_case("auto") {
-                None
-            } else {
-                let parsed: Result<Vec<std::net::IpAddr>, _> = address
-                    .split(',')
-                    .map(|a| {
-                        a.trim()
-                            .trim_end_matches("/32")
-                            .trim_end_matches("/128")
-                            .parse()
-                    })
-                    .collect();
-                Some(
-                    parsed
-                        .with_context(|| format!("--address {address:?}: not auto or addresses"))?,
-                )
-            };
+            let addresses = provision::parse_addresses(&address)?;
             let request = provision::AddRequest {
                 config,
                 name,

@@ -160,6 +160,22 @@ mod tests {
         );
         assert_eq!(c.interface.include, ["peers.d/*.toml"]);
 
+        // Exported to wg-quick: one file, which the warning says.
+        let export = crate::config::to_wg_quick(&c).unwrap();
+        assert!(
+            export.text.contains("# friendly_name = bee\n"),
+            "{}",
+            export.text
+        );
+        assert!(
+            export
+                .warnings
+                .iter()
+                .any(|w| w.contains("2 included file(s)")),
+            "{:?}",
+            export.warnings
+        );
+
         // Written back: the pattern stays, the included peers stay in their files.
         let text = to_toml(&c);
         assert!(text.contains("include = [\"peers.d/*.toml\"]"), "{text}");

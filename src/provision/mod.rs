@@ -158,6 +158,28 @@ fn choose_addresses(config: &Config, wanted: Option<&[IpAddr]>) -> anyhow::Resul
         .collect()
 }
 
+/// `--address`: `auto` (`None`), or addresses separated by commas, each optionally written
+/// with `/32` or `/128`.
+pub fn parse_addresses(text: &str) -> anyhow::Result<Option<Vec<IpAddr>>> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let bare = match part.split_once('/') {
+            Some((ip, "32")) if !ip.contains(':') => ip,
+            Some((ip, "128")) if ip.contains(':') => ip,
+            Some(_) => bail!("--address {part:?}: give a single address (or auto)"),
+            None => part,
+        };
+        out.push(
+            bare.parse()
+                .with_context(|| format!("--address {part:?}: not an address (or auto)"))?,
+        );
+    }
+    Ok(Some(out))
+}
+
 /// The client's endpoint: `host:port` as given, or `host` with the server's listen port.
 fn client_endpoint(config: &Config, given: Option<&str>) -> anyhow::Result<Option<String>> {
     let Some(given) = given else { return Ok(None) };

@@ -125,6 +125,30 @@ mod tests {
     }
 
     #[test]
+    fn svg_and_png_files_are_private_to_their_owner() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("tandem-qr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["c.svg", "c.PNG"] {
+            let path = dir.join(name);
+            // An existing file (say, world-readable) is replaced, not reused.
+            std::fs::write(&path, "old").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+            write_file(&path, "[Interface]\n").unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            let bytes = std::fs::read(&path).unwrap();
+            if name.ends_with("svg") {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.contains("<svg"), "{text}");
+            } else {
+                assert_eq!(&bytes[1..4], b"PNG");
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn other_extensions_are_refused() {
         let e = write_file(Path::new("/nonexistent/x.jpg"), "a").unwrap_err();
         assert!(e.to_string().contains(".png or .svg"), "{e}");

@@ -222,3 +222,17 @@ fn file_names_for_peers() {
     assert_eq!(file_stem_for("Bob's phone/2"), "Bob-s-phone-2");
     assert_eq!(file_stem_for("..hidden"), "hidden");
 }
+
+#[test]
+fn address_option() {
+    assert_eq!(parse_addresses("auto").unwrap(), None);
+    assert_eq!(parse_addresses(" AUTO ").unwrap(), None);
+    let both = parse_addresses("10.10.0.50, fd10::50/128")
+        .unwrap()
+        .unwrap();
+    let shown: Vec<String> = both.iter().map(ToString::to_string).collect();
+    assert_eq!(shown, ["10.10.0.50", "fd10::50"]);
+    assert!(parse_addresses("10.10.0.0/24").is_err());
+    assert!(parse_addresses("phone").is_err());
+    assert!(parse_addresses("").is_err());
+}
