@@ -251,18 +251,8 @@ fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
                 addrs.join(", "),
                 added.written.display()
             );
-            match added.reloaded {
-                provision::Reloaded::Applied { pid } => {
-                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is live")
-                }
-                provision::Reloaded::NotRunning => eprintln!(
-                    "no daemon is running for this interface: the peer is used from its next start"
-                ),
-            }
-            if let Some(path) = &qr_file {
-                provision::qr::write_file(path, &added.client_conf)?;
-                eprintln!("QR code written to {}", path.display());
-            }
+            // The conf first: it holds the only copy of the client's private key, so it is
+            // printed even when the reload or the QR file fails afterwards.
             let mut out = std::io::stdout().lock();
             out.write_all(added.client_conf.as_bytes())?;
             if qr {
@@ -271,6 +261,18 @@ fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
                 writeln!(out)?;
             }
             out.flush()?;
+            if let Some(path) = &qr_file {
+                provision::qr::write_file(path, &added.client_conf)?;
+                eprintln!("QR code written to {}", path.display());
+            }
+            match added.reloaded? {
+                provision::Reloaded::Applied { pid } => {
+                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is live")
+                }
+                provision::Reloaded::NotRunning => eprintln!(
+                    "no daemon is running for this interface: the peer is used from its next start"
+                ),
+            }
             Ok(())
         }
         PeerCommand::Remove { config, peer } => {

@@ -185,6 +185,32 @@ mod tests {
     }
 
     #[test]
+    fn key_files_in_an_included_file_are_relative_to_it() {
+        let dir = TempDir::new("inc-keyfile");
+        let config = dir.write("srv.toml", &server("\"peers.d/*.toml\""));
+        let psk = crate::proto::keys::PresharedKey::from_bytes([7; 32]);
+        let psk_path = dir.write("peers.d/ay.psk", &psk.to_base64());
+        std::fs::set_permissions(
+            &psk_path,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )
+        .unwrap();
+        dir.write(
+            "peers.d/a.toml",
+            &format!(
+                "{}preshared_key_file = \"ay.psk\"\n",
+                peer("ay", 3, "10.5.0.3/32")
+            ),
+        );
+        let c = load(&config).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.peers[1].preshared_key, Some(psk));
+        assert_eq!(
+            c.peers[1].preshared_key_file.as_deref(),
+            Some(psk_path.as_path())
+        );
+    }
+
+    #[test]
     fn a_glob_may_match_nothing_a_literal_must_exist() {
         let dir = TempDir::new("inc-empty");
         let config = dir.write("srv.toml", &server("\"peers.d/*.toml\""));

@@ -50,7 +50,25 @@ pub struct Added {
     pub written: PathBuf,
     pub addresses: Vec<IpAddr>,
     pub public_key: PublicKey,
-    pub reloaded: Reloaded,
+    /// The running daemon's reload. An error here leaves the peer written (and the client's
+    /// `.conf` above is valid): print the `.conf`, then report it.
+    pub reloaded: anyhow::Result<Reloaded>,
+}
+
+/// Holds an exclusive lock on the config's directory while `peer add/remove` read, check and
+/// write, so two of them at once cannot both take the same address or lose each other's
+/// change. (The file itself is replaced by a rename, so its own lock would not hold.)
+fn lock_config_dir(config: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = config::include::base_dir(config);
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    let file =
+        std::fs::File::open(&dir).with_context(|| format!("cannot open {}", dir.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {}: {e}", dir.display()))
 }
 
 /// Loads a config that `peer add/remove` may edit: tandem TOML, checked.
@@ -206,6 +224,7 @@ fn client_endpoint(config: &Config, given: Option<&str>) -> anyhow::Result<Optio
 /// `tandem peer add`: everything is checked before anything is written; once written, the
 /// running daemon (if any) reloads and this returns when the peer is live.
 pub fn add(req: &AddRequest) -> anyhow::Result<Added> {
+    let lock = lock_config_dir(&req.config)?;
     let (config, text) = load_editable(&req.config)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().any(char::is_control) {
@@ -283,6 +302,7 @@ pub fn add(req: &AddRequest) -> anyhow::Result<Added> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     edit::write_atomically(&path, &new_text, &like)?;
+    drop(lock);
 
     let client_conf = ClientConf {
         server: &config,
@@ -297,7 +317,7 @@ pub fn add(req: &AddRequest) -> anyhow::Result<Added> {
     let reloaded = reload::reload_and_wait(&req.socket_dir, &config.interface.name, |d| {
         d.peers.iter().any(|p| p.public_key.ct_eq(&public_key))
     })
-    .with_context(|| format!("the peer is written to {}", path.display()))?;
+    .with_context(|| format!("the peer is written to {}", path.display()));
     Ok(Added {
         client_conf,
         written: path,
@@ -319,6 +339,7 @@ pub struct Removed {
 
 /// `tandem peer remove CONFIG NAME|KEY`.
 pub fn remove(config_path: &Path, which: &str, socket_dir: &Path) -> anyhow::Result<Removed> {
+    let lock = lock_config_dir(config_path)?;
     let (config, _) = load_editable(config_path)?;
     let by_name: Vec<_> = config
         .peers
@@ -362,9 +383,11 @@ pub fn remove(config_path: &Path, which: &str, socket_dir: &Path) -> anyhow::Res
     } else {
         edit::write_atomically(&file, &new_text, &file)?;
     }
+    drop(lock);
     let reloaded = reload::reload_and_wait(socket_dir, &config.interface.name, |d| {
         !d.peers.iter().any(|p| p.public_key.ct_eq(&key))
-    })?;
+    })
+    .with_context(|| format!("the peer is removed from {}", file.display()))?;
     Ok(Removed {
         label: peer.label(),
         file,

@@ -66,7 +66,7 @@ fn add_into_the_toml_keeps_comments_and_numbers_the_next_address() {
     let original = server("");
     let path = dir.write("prov0.toml", &original);
     let added = add(&request(&path, "phone", &dir)).unwrap();
-    assert_eq!(added.reloaded, Reloaded::NotRunning);
+    assert_eq!(added.reloaded.as_ref().ok(), Some(&Reloaded::NotRunning));
     assert_eq!(added.written, path);
     let ips: Vec<String> = added.addresses.iter().map(ToString::to_string).collect();
     assert_eq!(ips, ["10.10.0.3", "fd10::3"]);
