@@ -369,7 +369,12 @@ pub fn remove(config_path: &Path, which: &str, socket_dir: &Path) -> anyhow::Res
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
     let (new_text, left) = edit::remove_peer(&text, &key)?;
-    let deleted_file = peer.file.is_some() && left == 0;
+    // A peer file left empty is deleted, unless `include` names it literally (then it must
+    // exist, and stays without peers).
+    let named_literally = config.interface.include.iter().any(|p| {
+        !config::include::is_glob(p) && config::include::base_dir(config_path).join(p) == file
+    });
+    let deleted_file = peer.file.is_some() && left == 0 && !named_literally;
     // Taking a peer away cannot break the others; what is checked is that the edited file
     // still reads as the same config without it.
     if peer.file.is_none() {

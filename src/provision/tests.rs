@@ -236,3 +236,21 @@ fn address_option() {
     assert!(parse_addresses("phone").is_err());
     assert!(parse_addresses("").is_err());
 }
+
+#[test]
+fn a_literally_included_file_is_kept_when_its_last_peer_goes() {
+    let dir = Dir::new("literal");
+    let path = dir.write("prov0.toml", &server("include = [\"bob.toml\"]"));
+    let bob = dir.write(
+        "bob.toml",
+        &format!(
+            "# bob\n[[peer]]\nname = \"bob\"\npublic_key = \"{}\"\nallowed_ips = [\"10.10.0.7/32\"]\n",
+            key(7).public_key().to_base64()
+        ),
+    );
+    let removed = remove(&path, "bob", &dir.0.join("sockets")).unwrap();
+    assert!(!removed.deleted_file);
+    assert!(bob.exists());
+    let c = crate::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.peers.len(), 1);
+}
