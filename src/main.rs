@@ -110,14 +110,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                 loaded.peers.len()
             );
             // Which peer files `include` matched, so a pattern that matches nothing shows.
-            for file in &loaded.included {
-                let n = loaded
-                    .peers
-                    .iter()
-                    .filter(|p| p.file.as_deref() == Some(file.as_path()))
-                    .count();
-                println!("include: {} ({n} peer(s))", file.display());
+            // (Possibly thousands of lines: a closed pipe is an error, not a panic.)
+            let mut per_file: std::collections::HashMap<&Path, usize> = Default::default();
+            for p in &loaded.peers {
+                if let Some(f) = &p.file {
+                    *per_file.entry(f.as_path()).or_default() += 1;
+                }
             }
+            let mut out = std::io::stdout().lock();
+            for file in &loaded.included {
+                let n = per_file.get(file.as_path()).copied().unwrap_or(0);
+                writeln!(out, "include: {} ({n} peer(s))", file.display())?;
+            }
+            drop(out);
             // What `tandem up` will run and set besides the tunnel, so a typo shows now.
             let i = &loaded.interface;
             if !i.dns.is_empty() || !i.dns_search.is_empty() {

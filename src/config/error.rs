@@ -2,7 +2,7 @@
 //! the offending value and the key path (`peer[2].allowed_ips`), plus the collector the parsers
 //! push them into so that one pass reports everything it finds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -129,8 +129,9 @@ pub(crate) struct Diagnostics {
     main: PathBuf,
     /// The file diagnostics go to now.
     file: PathBuf,
-    /// Every file seen, in the order reported: the main file, then the included ones.
-    files: Vec<PathBuf>,
+    /// Every file seen, with its rank in the order reported: the main file, then the
+    /// included ones (a map: a fleet may have thousands of peer files).
+    files: HashMap<PathBuf, usize>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigWarning>,
     /// Lines that carry a syntax error: the parser's best-effort value there is a guess, so
@@ -144,7 +145,7 @@ impl Diagnostics {
         Diagnostics {
             main: file.to_path_buf(),
             file: file.to_path_buf(),
-            files: vec![file.to_path_buf()],
+            files: HashMap::from([(file.to_path_buf(), 0)]),
             errors: Vec::new(),
             warnings: Vec::new(),
             syntax_lines: BTreeSet::new(),
@@ -164,8 +165,9 @@ impl Diagnostics {
 
     /// Files further diagnostics under `file` (an included file, or the main one again).
     pub(crate) fn set_file(&mut self, file: &Path) {
-        if !self.files.iter().any(|f| f == file) {
-            self.files.push(file.to_path_buf());
+        if !self.files.contains_key(file) {
+            let rank = self.files.len();
+            self.files.insert(file.to_path_buf(), rank);
         }
         self.file = file.to_path_buf();
     }
@@ -247,7 +249,7 @@ impl Diagnostics {
             files,
             ..
         } = self;
-        let rank = |f: &Path| files.iter().position(|x| x == f).unwrap_or(usize::MAX);
+        let rank = |f: &Path| files.get(f).copied().unwrap_or(usize::MAX);
         if errors.is_empty() {
             warnings.sort_by_key(|w| (rank(&w.file), w.line));
             Ok(warnings)

@@ -4,6 +4,7 @@
 //! exist. Files are read in a fixed order (the patterns' order, each pattern's matches sorted
 //! by name), each once.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::compile::At;
@@ -27,6 +28,7 @@ pub(crate) fn base_dir(config: &Path) -> PathBuf {
 pub(crate) fn expand(diag: &mut Diagnostics, patterns: &[At<String>]) -> Vec<PathBuf> {
     let base = base_dir(diag.main_file());
     let mut files: Vec<PathBuf> = Vec::new();
+    let mut seen: HashSet<PathBuf> = HashSet::new();
     for at in patterns {
         if at.value.trim().is_empty() {
             diag.error(at.line, &at.key, "an empty include pattern");
@@ -36,7 +38,7 @@ pub(crate) fn expand(diag: &mut Diagnostics, patterns: &[At<String>]) -> Vec<Pat
         if !is_glob(&at.value) {
             let path = base.join(written);
             match std::fs::metadata(&path) {
-                Ok(meta) if meta.is_file() => push_new(&mut files, path),
+                Ok(meta) if meta.is_file() => push_new(&mut files, &mut seen, path),
                 Ok(_) => diag.error(
                     at.line,
                     &at.key,
@@ -86,14 +88,14 @@ pub(crate) fn expand(diag: &mut Diagnostics, patterns: &[At<String>]) -> Vec<Pat
         }
         matched.sort();
         for path in matched {
-            push_new(&mut files, path);
+            push_new(&mut files, &mut seen, path);
         }
     }
     files
 }
 
-fn push_new(files: &mut Vec<PathBuf>, path: PathBuf) {
-    if !files.contains(&path) {
+fn push_new(files: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>, path: PathBuf) {
+    if seen.insert(path.clone()) {
         files.push(path);
     }
 }

@@ -1,6 +1,7 @@
 //! The tunnel address a new peer gets: the first free host address in the interface's
 //! on-link subnet, one per address family the interface has.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::config::{InterfaceAddress, Prefix};
@@ -19,8 +20,18 @@ pub fn next_free(
     taken: &[Prefix],
 ) -> Option<IpAddr> {
     let network = subnet.network();
-    let used =
-        |ip: &IpAddr| own.iter().any(|a| a.addr == *ip) || taken.iter().any(|p| p.contains(ip));
+    // Peers' single addresses in a set, wider prefixes (site networks) checked one by one:
+    // a server with thousands of clients stays fast.
+    let mut hosts: HashSet<IpAddr> = own.iter().map(|a| a.addr).collect();
+    let mut wider = Vec::new();
+    for p in taken {
+        if p.len() == crate::proto::prefix::max_len(p.addr()) {
+            hosts.insert(p.addr());
+        } else {
+            wider.push(*p);
+        }
+    }
+    let used = |ip: &IpAddr| hosts.contains(ip) || wider.iter().any(|p| p.contains(ip));
     match network.addr() {
         IpAddr::V4(base) => {
             let host_bits = 32 - u32::from(network.len());
