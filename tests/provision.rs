@@ -387,6 +387,31 @@ fn peer_add_brings_a_wireguard_go_phone_up_and_peer_remove_cuts_it_off() {
     t.phone = Some(phone);
     t.ping_within(&t.b, &t.tunnel_ip(1), Duration::from_secs(10));
 
+    // A config whose interface is served by something else (here the phone's wireguard-go,
+    // which would exit on SIGHUP) is written but its daemon is not signalled.
+    let other = t.dir.file(
+        "other.toml",
+        &format!(
+            "[interface]\nname = \"{}\"\nprivate_key = \"{}\"\naddress = [\"10.99.0.1/24\"]\n",
+            t.ifname("p"),
+            key(60).to_base64()
+        ),
+    );
+    let out = t.tandem(&["peer", "add", &other.to_string_lossy(), "--name", "x"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("which is not `tandem up"), "{err}");
+    assert!(err.contains("not signalled"), "{err}");
+    assert!(
+        text(&out.stdout).contains("PrivateKey = "),
+        "the .conf is still printed"
+    );
+    assert!(
+        ping_once(&t.b, &t.tunnel_ip(1)),
+        "wireguard-go survived: {}",
+        t.logs()
+    );
+
     // Adding it did not disturb alice.
     assert!(ping_once(&t.a, &t.tunnel_ip(1)), "{}", t.logs());
     assert_eq!(t.handshake_of(&ka), alice_handshake);

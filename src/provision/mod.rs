@@ -314,10 +314,11 @@ pub fn add(req: &AddRequest) -> anyhow::Result<Added> {
     }
     .render();
 
-    let reloaded = reload::reload_and_wait(&req.socket_dir, &config.interface.name, |d| {
-        d.peers.iter().any(|p| p.public_key.ct_eq(&public_key))
-    })
-    .with_context(|| format!("the peer is written to {}", path.display()));
+    let reloaded =
+        reload::reload_and_wait(&req.socket_dir, &config.interface.name, &req.config, |d| {
+            d.peers.iter().any(|p| p.public_key.ct_eq(&public_key))
+        })
+        .with_context(|| format!("the peer is written to {}", path.display()));
     Ok(Added {
         client_conf,
         written: path,
@@ -389,7 +390,7 @@ pub fn remove(config_path: &Path, which: &str, socket_dir: &Path) -> anyhow::Res
         edit::write_atomically(&file, &new_text, &file)?;
     }
     drop(lock);
-    let reloaded = reload::reload_and_wait(socket_dir, &config.interface.name, |d| {
+    let reloaded = reload::reload_and_wait(socket_dir, &config.interface.name, config_path, |d| {
         !d.peers.iter().any(|p| p.public_key.ct_eq(&key))
     })
     .with_context(|| format!("the peer is removed from {}", file.display()))?;
