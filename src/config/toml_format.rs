@@ -57,7 +57,7 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .map(|i| i.include.clone())
         .unwrap_or_default();
     for path in super::include::expand(&mut diag, &patterns) {
-        // Problems reading the file belong to the `include` line of the main file.
+        // A file that matched but cannot be read is reported under its own name.
         let read = std::fs::read_to_string(&path);
         diag.set_file(&path);
         match read {
