@@ -40,6 +40,20 @@ struct Star {
     server_key: PrivateKey,
 }
 
+impl Drop for Star {
+    /// Stops the daemons with SIGTERM (they remove their sockets and interfaces), killing
+    /// what does not stop, and removes any socket left behind under this test's names.
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            d.terminate(Duration::from_secs(5));
+        }
+        self.phone = None;
+        for side in ["s", "a", "b", "p"] {
+            let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.ifname(side)));
+        }
+    }
+}
+
 impl Star {
     fn new(tag: &str) -> Star {
         require_root();
