@@ -88,6 +88,13 @@ pub enum Command {
     /// Print CONFIG (e.g. a wg-quick `.conf` file) as tandem TOML; warnings for settings
     /// tandem does not apply (DNS, hooks, SaveConfig) go to stderr.
     Import { config: PathBuf },
+    /// Print CONFIG as a wg-quick `.conf` (the inverse of `import`); what wg-quick cannot
+    /// hold is named on stderr (key files are written inline, peer names as
+    /// `# friendly_name =` comments).
+    Export { config: PathBuf },
+    /// Add or remove a peer of a TOML config and make the running daemon use it at once.
+    #[command(subcommand)]
+    Peer(PeerCommand),
     /// Show interfaces the way `wg show` does, with peer names from tandem's config (all
     /// interfaces with a socket in /var/run/wireguard when IFACE is not given).
     Show {
@@ -113,6 +120,49 @@ pub enum Command {
     /// Helpers the demo and the tests run inside network namespaces.
     #[command(hide = true, subcommand)]
     DemoHelper(Helper),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCommand {
+    /// Add a peer to CONFIG (a new file in the first `include` directory, else a [[peer]]
+    /// block in CONFIG keeping its comments), reload the running daemon and print the
+    /// client's wg-quick `.conf`.
+    Add {
+        config: PathBuf,
+        /// The peer's name (unique).
+        #[arg(long)]
+        name: String,
+        /// The client's public key (base64); default: generate a key pair and put the
+        /// private key in the printed `.conf`.
+        #[arg(long, value_name = "KEY")]
+        public_key: Option<String>,
+        /// `auto` (the next free address in each of the interface's subnets) or addresses,
+        /// comma-separated.
+        #[arg(long, default_value = "auto", value_name = "auto|ADDR[,ADDR]")]
+        address: String,
+        /// HOST:PORT (or HOST, with the server's listen_port) the client connects to.
+        #[arg(long, value_name = "HOST:PORT")]
+        endpoint: Option<String>,
+        /// Route only the server's networks through the tunnel (default: everything).
+        #[arg(long)]
+        split: bool,
+        /// Also generate a preshared key for this peer.
+        #[arg(long)]
+        psk: bool,
+        /// Print the `.conf` as a QR code too (for the WireGuard phone apps).
+        #[arg(long)]
+        qr: bool,
+        /// Write the QR code to this file (.png or .svg).
+        #[arg(long, value_name = "FILE")]
+        qr_file: Option<PathBuf>,
+    },
+    /// Remove the peer named NAME (or with public key KEY) from CONFIG or its peer file, and
+    /// reload the running daemon.
+    Remove {
+        config: PathBuf,
+        #[arg(value_name = "NAME|KEY")]
+        peer: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +256,35 @@ mod tests {
         assert!(matches!(
             Cli::try_parse_from(["tandem", "import", "wg0.conf"]).expect("parse").command,
             Some(Command::Import { config }) if config.ends_with("wg0.conf")
+        ));
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "export", "a.toml"]).expect("parse").command,
+            Some(Command::Export { config }) if config.ends_with("a.toml")
+        ));
+        let cli = Cli::try_parse_from([
+            "tandem",
+            "peer",
+            "add",
+            "srv.toml",
+            "--name",
+            "phone",
+            "--split",
+            "--qr-file",
+            "p.png",
+        ])
+        .expect("peer add");
+        assert!(matches!(
+            cli.command,
+            Some(Command::Peer(PeerCommand::Add { name, address, split: true, qr: false, .. }))
+                if name == "phone" && address == "auto"
+        ));
+        assert!(
+            Cli::try_parse_from(["tandem", "peer", "add", "srv.toml"]).is_err(),
+            "--name"
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "peer", "remove", "srv.toml", "phone"]).expect("parse").command,
+            Some(Command::Peer(PeerCommand::Remove { peer, .. })) if peer == "phone"
         ));
         assert!(
             Cli::try_parse_from(["tandem", "up"]).is_err(),

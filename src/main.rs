@@ -12,11 +12,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, Helper};
+use cli::{Cli, Command, Helper, PeerCommand};
 use tandem::config::{self, ConfigErrors};
 use tandem::daemon::{self, EXIT_CONFIG, demo, detach, helper, status};
 use tandem::keygen;
 use tandem::os;
+use tandem::provision;
 
 fn main() -> ExitCode {
     let cli = Cli::parse_checked();
@@ -108,6 +109,20 @@ fn run(command: Command) -> anyhow::Result<()> {
                 loaded.interface.name,
                 loaded.peers.len()
             );
+            // Which peer files `include` matched, so a pattern that matches nothing shows.
+            // (Possibly thousands of lines: a closed pipe is an error, not a panic.)
+            let mut per_file: std::collections::HashMap<&Path, usize> = Default::default();
+            for p in &loaded.peers {
+                if let Some(f) = &p.file {
+                    *per_file.entry(f.as_path()).or_default() += 1;
+                }
+            }
+            let mut out = std::io::stdout().lock();
+            for file in &loaded.included {
+                let n = per_file.get(file.as_path()).copied().unwrap_or(0);
+                writeln!(out, "include: {} ({n} peer(s))", file.display())?;
+            }
+            drop(out);
             // What `tandem up` will run and set besides the tunnel, so a typo shows now.
             let i = &loaded.interface;
             if !i.dns.is_empty() || !i.dns_search.is_empty() {
@@ -141,6 +156,27 @@ fn run(command: Command) -> anyhow::Result<()> {
             out.flush()?;
             Ok(())
         }
+        Command::Export { config } => {
+            let loaded = load(&config)?;
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            let export = config::to_wg_quick(&loaded).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{} cannot be written as a wg-quick file:\n{}",
+                    config.display(),
+                    errors.join("\n")
+                )
+            })?;
+            for w in &export.warnings {
+                eprintln!("warning: {w}");
+            }
+            let mut out = std::io::stdout().lock();
+            out.write_all(export.text.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
+        Command::Peer(p) => run_peer(p),
         Command::Show { iface, json } => status::show(iface.as_deref(), json),
         Command::Genkey => print_line(&keygen::genkey()?),
         Command::Genpsk => print_line(&keygen::genpsk()?),
@@ -180,6 +216,96 @@ fn run_interface(
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(daemon::bare(ifname, detached, metrics))
+}
+
+fn run_peer(command: PeerCommand) -> anyhow::Result<()> {
+    let socket_dir = Path::new(tandem::control::server::SOCKET_DIR);
+    match command {
+        PeerCommand::Add {
+            config,
+            name,
+            public_key,
+            address,
+            endpoint,
+            split,
+            psk,
+            qr,
+            qr_file,
+        } => {
+            let addresses = provision::parse_addresses(&address)?;
+            let request = provision::AddRequest {
+                config,
+                name,
+                public_key,
+                addresses,
+                endpoint,
+                split,
+                psk,
+                socket_dir: socket_dir.to_path_buf(),
+            };
+            // A QR file name that cannot work is refused before anything changes.
+            if let Some(path) = &qr_file {
+                provision::qr::check_path(path)?;
+            }
+            let added = provision::add(&request)?;
+            let addrs: Vec<String> = added.addresses.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "added peer {:?} ({}) with {} to {}",
+                request.name,
+                added.public_key.fingerprint(),
+                addrs.join(", "),
+                added.written.display()
+            );
+            // The conf first: it holds the only copy of the client's private key, so it is
+            // printed even when the reload or the QR file fails afterwards.
+            let mut out = std::io::stdout().lock();
+            out.write_all(added.client_conf.as_bytes())?;
+            if qr {
+                writeln!(out)?;
+                out.write_all(provision::qr::terminal(&added.client_conf)?.as_bytes())?;
+                writeln!(out)?;
+            }
+            out.flush()?;
+            if let Some(path) = &qr_file {
+                provision::qr::write_file(path, &added.client_conf)?;
+                eprintln!("QR code written to {}", path.display());
+            }
+            match added.reloaded? {
+                provision::Reloaded::Applied { pid } => {
+                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is live")
+                }
+                provision::Reloaded::NotRunning => eprintln!(
+                    "no daemon is running for this interface: the peer is used from its next start"
+                ),
+            }
+            Ok(())
+        }
+        PeerCommand::Remove { config, peer } => {
+            let removed = provision::remove(&config, &peer, socket_dir)?;
+            if removed.deleted_file {
+                eprintln!(
+                    "removed peer {} and its file {}",
+                    removed.label,
+                    removed.file.display()
+                );
+            } else {
+                eprintln!(
+                    "removed peer {} from {}",
+                    removed.label,
+                    removed.file.display()
+                );
+            }
+            match removed.reloaded {
+                provision::Reloaded::Applied { pid } => {
+                    eprintln!("the running daemon (pid {pid}) reloaded: the peer is gone")
+                }
+                provision::Reloaded::NotRunning => {
+                    eprintln!("no daemon is running for this interface")
+                }
+            }
+            Ok(())
+        }
+    }
 }
 
 fn print_line(s: &str) -> anyhow::Result<()> {

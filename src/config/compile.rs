@@ -93,13 +93,17 @@ pub(crate) struct InterfaceDraft {
     pub post_up: Vec<At<String>>,
     pub pre_down: Vec<At<String>>,
     pub post_down: Vec<At<String>>,
+    /// `include` patterns (TOML only); expanded by the front end, kept for writing back.
+    pub include: Vec<At<String>>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct PeerDraft {
+    /// The included file this peer is written in; `None`: the configuration file itself.
+    pub file: Option<PathBuf>,
     /// Line of the section header.
     pub line: Option<usize>,
-    /// 1-based position among the peers of the file.
+    /// 1-based position among the peers of its file (`peer[N]` in messages).
     pub index: usize,
     pub name: Option<At<String>>,
     pub public_key: Option<At<String>>,
@@ -118,6 +122,8 @@ pub(crate) struct Draft {
     pub peers: Vec<PeerDraft>,
     /// `[metrics]` (TOML only).
     pub metrics: Option<MetricsDraft>,
+    /// The peer files read for `include`, in order.
+    pub included: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -171,19 +177,27 @@ fn key_message(e: &KeyError) -> String {
     }
 }
 
-/// How a peer is named in messages about another peer: `peer[1] "site-b" (line 12)`.
-fn describe_peer(
-    dialect: Dialect,
+/// Where a peer (or one of its values) was first seen, for messages about a later one.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Position among all peers, included files too: tells "the same peer" apart.
+    ordinal: usize,
+    /// `peer[N]` within its file.
     index: usize,
-    name: Option<&str>,
+    name: Option<String>,
+    file: PathBuf,
     line: Option<usize>,
-) -> String {
-    let mut s = dialect.peer_section(index);
-    if let Some(name) = name {
+}
+
+/// How a peer is named in messages about another peer: `peer[1] "site-b" (line 12)`, or
+/// `peer[1] "site-b" (peers.d/b.toml:3)` when it is in another file than the message.
+fn describe_peer(diag: &Diagnostics, dialect: Dialect, seen: &Seen, with_name: bool) -> String {
+    let mut s = dialect.peer_section(seen.index);
+    if let (true, Some(name)) = (with_name, &seen.name) {
         s.push_str(&format!(" \"{name}\""));
     }
-    if let Some(line) = line {
-        s.push_str(&format!(" (line {line})"));
+    if let Some(place) = diag.place(&seen.file, seen.line) {
+        s.push_str(&format!(" ({place})"));
     }
     s
 }
@@ -342,7 +356,8 @@ pub(crate) fn parse_table(text: &str) -> Result<Table, String> {
 /// Turns a draft into a checked [`Config`], or every error found.
 pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, ConfigErrors> {
     let dialect = draft.dialect;
-    let source = diag.file().to_path_buf();
+    let source = diag.main_file().to_path_buf();
+    diag.set_file(&source);
 
     let interface = match &draft.interface {
         Some(iface) => compile_interface(&mut diag, dialect, iface),
@@ -360,25 +375,21 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
         .and_then(|i| i.private_key.as_ref().map(PrivateKey::public_key));
 
     let mut peers = Vec::with_capacity(draft.peers.len());
-    // Public key -> (index, name, line) of the peer that first used it.
-    let mut seen_keys: HashMap<PublicKey, (usize, Option<String>, Option<usize>)> = HashMap::new();
-    // Prefix -> (index, name, line of that value) of the peer that routes it.
-    let mut seen_prefixes: BTreeMap<Prefix, (usize, Option<String>, Option<usize>)> =
-        BTreeMap::new();
-    let mut seen_names: HashMap<String, (usize, Option<usize>)> = HashMap::new();
-
-    for p in &draft.peers {
+    let mut seen = SeenPeers::default();
+    for (ordinal, p) in draft.peers.iter().enumerate() {
+        // Messages about a peer go to the file it is written in.
+        diag.set_file(p.file.as_deref().unwrap_or(&source));
         let peer = compile_peer(
             &mut diag,
             dialect,
             p,
+            ordinal,
             own_public.as_ref(),
-            &mut seen_keys,
-            &mut seen_prefixes,
-            &mut seen_names,
+            &mut seen,
         );
         peers.push(peer);
     }
+    diag.set_file(&source);
 
     let metrics = draft
         .metrics
@@ -406,6 +417,7 @@ pub(crate) fn compile(draft: Draft, mut diag: Diagnostics) -> Result<Config, Con
         metrics: metrics.flatten(),
         warnings,
         source,
+        included: draft.included,
     })
 }
 
@@ -423,6 +435,7 @@ struct PartialInterface {
     dns: Option<Vec<std::net::IpAddr>>,
     dns_search: Option<Vec<String>>,
     hooks: Option<super::Hooks>,
+    include: Vec<String>,
 }
 
 impl PartialInterface {
@@ -440,6 +453,7 @@ impl PartialInterface {
             dns: self.dns?,
             dns_search: self.dns_search?,
             hooks: self.hooks?,
+            include: self.include,
         })
     }
 }
@@ -589,6 +603,7 @@ fn compile_interface(
         dns,
         dns_search,
         hooks,
+        include: d.include.iter().map(|at| at.value.clone()).collect(),
     })
 }
 
@@ -659,17 +674,32 @@ fn compile_hooks(diag: &mut Diagnostics, d: &InterfaceDraft) -> Option<super::Ho
     ok.then_some(hooks)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the peers compiled so far claimed: public keys, allowed IPs and names.
+#[derive(Default)]
+struct SeenPeers {
+    keys: HashMap<PublicKey, Seen>,
+    /// Each prefix with the line of that value (not of the peer's header).
+    prefixes: BTreeMap<Prefix, Seen>,
+    names: HashMap<String, Seen>,
+}
+
 fn compile_peer(
     diag: &mut Diagnostics,
     dialect: Dialect,
     d: &PeerDraft,
+    ordinal: usize,
     own_public: Option<&PublicKey>,
-    seen_keys: &mut HashMap<PublicKey, (usize, Option<String>, Option<usize>)>,
-    seen_prefixes: &mut BTreeMap<Prefix, (usize, Option<String>, Option<usize>)>,
-    seen_names: &mut HashMap<String, (usize, Option<usize>)>,
+    seen: &mut SeenPeers,
 ) -> Option<PeerConfig> {
     let mut ok = true;
+    let file = diag.file().to_path_buf();
+    let here = |name: Option<String>, line: Option<usize>| Seen {
+        ordinal,
+        index: d.index,
+        name,
+        file: file.clone(),
+        line,
+    };
 
     let name = match &d.name {
         Some(at) if at.value.is_empty() || at.value.chars().any(char::is_control) => {
@@ -682,24 +712,38 @@ fn compile_peer(
             None
         }
         Some(at) => {
-            if let Some((index, line)) = seen_names.get(&at.value) {
-                diag.warn(
-                    at.line,
-                    &at.key,
-                    format!(
-                        "\"{}\" is also the name of {}",
-                        at.value,
-                        describe_peer(dialect, *index, None, *line)
-                    ),
-                );
-            } else {
-                seen_names.insert(at.value.clone(), (d.index, at.line));
+            match seen.names.get(&at.value) {
+                // Within one file a repeated name is only a label used twice; across peer
+                // files it is an error, since `tandem peer remove NAME` must find one file.
+                Some(first) if first.file != file => {
+                    let other = describe_peer(diag, dialect, first, false);
+                    diag.error(
+                        at.line,
+                        &at.key,
+                        format!(
+                            "\"{}\" is also the name of {other}; names must be unique \
+                             across included files",
+                            at.value
+                        ),
+                    );
+                    ok = false;
+                }
+                Some(first) => {
+                    let other = describe_peer(diag, dialect, first, false);
+                    diag.warn(
+                        at.line,
+                        &at.key,
+                        format!("\"{}\" is also the name of {other}", at.value),
+                    );
+                }
+                None => {
+                    seen.names.insert(at.value.clone(), here(None, at.line));
+                }
             }
             Some(at.value.clone())
         }
         None => None,
     };
-    let label = name.as_deref();
 
     let public_key = match &d.public_key {
         Some(at) => match decode_inline_key(diag, at, PublicKey::from_base64) {
@@ -712,18 +756,16 @@ fn compile_peer(
                     );
                     ok = false;
                 }
-                if let Some((index, first_name, line)) = seen_keys.get(&pk) {
+                if let Some(first) = seen.keys.get(&pk) {
+                    let other = describe_peer(diag, dialect, first, true);
                     diag.error(
                         at.line,
                         &at.key,
-                        format!(
-                            "duplicate peer: {} has the same public key",
-                            describe_peer(dialect, *index, first_name.as_deref(), *line)
-                        ),
+                        format!("duplicate peer: {other} has the same public key"),
                     );
                     ok = false;
                 } else {
-                    seen_keys.insert(pk, (d.index, name.clone(), at.line));
+                    seen.keys.insert(pk, here(name.clone(), at.line));
                 }
                 Some(pk)
             }
@@ -793,26 +835,29 @@ fn compile_peer(
             ok = false;
             continue;
         }
-        match seen_prefixes.get(&cidr) {
-            Some((index, _, line)) if *index == d.index => {
-                let first = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        match seen.prefixes.get(&cidr) {
+            Some(first) if first.ordinal == ordinal => {
+                let first = first
+                    .line
+                    .map(|l| format!(" (line {l})"))
+                    .unwrap_or_default();
                 diag.warn(at.line, &at.key, format!("{cidr} is listed twice{first}"));
             }
-            Some((index, first_name, line)) => {
+            Some(first) => {
+                let other = describe_peer(diag, dialect, first, true);
+                let this = describe_peer(diag, dialect, &here(name.clone(), None), true);
                 diag.error(
                     at.line,
                     &at.key,
                     format!(
-                        "{cidr} is also in the allowed IPs of {}; a prefix can route to one \
-                         peer only, {} here",
-                        describe_peer(dialect, *index, first_name.as_deref(), *line),
-                        describe_peer(dialect, d.index, label, None)
+                        "{cidr} is also in the allowed IPs of {other}; a prefix can route to \
+                         one peer only, {this} here"
                     ),
                 );
                 ok = false;
             }
             None => {
-                seen_prefixes.insert(cidr, (d.index, name.clone(), at.line));
+                seen.prefixes.insert(cidr, here(name.clone(), at.line));
                 allowed_ips.push(cidr);
             }
         }
@@ -839,6 +884,7 @@ fn compile_peer(
 
     let public_key = public_key?;
     ok.then_some(PeerConfig {
+        file: d.file.clone(),
         name,
         public_key,
         preshared_key,

@@ -2,7 +2,7 @@
 //! the offending value and the key path (`peer[2].allowed_ips`), plus the collector the parsers
 //! push them into so that one pass reports everything it finds.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -122,21 +122,30 @@ impl LineIndex {
     }
 }
 
-/// Collects diagnostics for one file.
+/// Collects diagnostics for a configuration: its file and the peer files it includes. Each
+/// diagnostic is filed under the *current* file ([`Diagnostics::set_file`]).
 pub(crate) struct Diagnostics {
+    /// The configuration file itself (first in `files`).
+    main: PathBuf,
+    /// The file diagnostics go to now.
     file: PathBuf,
+    /// Every file seen, with its rank in the order reported: the main file, then the
+    /// included ones (a map: a fleet may have thousands of peer files).
+    files: HashMap<PathBuf, usize>,
     errors: Vec<ConfigError>,
     warnings: Vec<ConfigWarning>,
     /// Lines that carry a syntax error: the parser's best-effort value there is a guess, so
     /// further complaints about it would only repeat the syntax error in other words.
-    syntax_lines: BTreeSet<usize>,
+    syntax_lines: BTreeSet<(PathBuf, usize)>,
     had_syntax_error: bool,
 }
 
 impl Diagnostics {
     pub(crate) fn new(file: &Path) -> Self {
         Diagnostics {
+            main: file.to_path_buf(),
             file: file.to_path_buf(),
+            files: HashMap::from([(file.to_path_buf(), 0)]),
             errors: Vec::new(),
             warnings: Vec::new(),
             syntax_lines: BTreeSet::new(),
@@ -144,14 +153,40 @@ impl Diagnostics {
         }
     }
 
+    /// The file diagnostics are filed under now.
     pub(crate) fn file(&self) -> &Path {
         &self.file
+    }
+
+    /// The configuration file itself (not an included one).
+    pub(crate) fn main_file(&self) -> &Path {
+        &self.main
+    }
+
+    /// Files further diagnostics under `file` (an included file, or the main one again).
+    pub(crate) fn set_file(&mut self, file: &Path) {
+        if !self.files.contains_key(file) {
+            let rank = self.files.len();
+            self.files.insert(file.to_path_buf(), rank);
+        }
+        self.file = file.to_path_buf();
+    }
+
+    /// How a place in another file is named from the current one: `line 5` in the same
+    /// file, `FILE:5` in another.
+    pub(crate) fn place(&self, file: &Path, line: Option<usize>) -> Option<String> {
+        match line {
+            Some(l) if file == self.file => Some(format!("line {l}")),
+            Some(l) => Some(format!("{}:{l}", file.display())),
+            None if file != self.file => Some(file.display().to_string()),
+            None => None,
+        }
     }
 
     pub(crate) fn syntax(&mut self, line: Option<usize>, message: impl Into<String>) {
         self.had_syntax_error = true;
         if let Some(line) = line {
-            self.syntax_lines.insert(line);
+            self.syntax_lines.insert((self.file.clone(), line));
         }
         self.errors.push(ConfigError {
             file: self.file.clone(),
@@ -167,7 +202,7 @@ impl Diagnostics {
         key: impl Into<String>,
         message: impl Into<String>,
     ) {
-        if line.is_some_and(|l| self.syntax_lines.contains(&l)) {
+        if line.is_some_and(|l| self.syntax_lines.contains(&(self.file.clone(), l))) {
             return;
         }
         self.errors.push(ConfigError {
@@ -205,18 +240,21 @@ impl Diagnostics {
         });
     }
 
-    /// Errors (if any) or warnings, each sorted by line; file-wide ones first.
+    /// Errors (if any) or warnings, each sorted by file (the main one first, then the
+    /// included ones in the order read) and line; file-wide ones first.
     pub(crate) fn finish(self) -> Result<Vec<ConfigWarning>, ConfigErrors> {
         let Diagnostics {
             mut errors,
             mut warnings,
+            files,
             ..
         } = self;
+        let rank = |f: &Path| files.get(f).copied().unwrap_or(usize::MAX);
         if errors.is_empty() {
-            warnings.sort_by_key(|w| w.line);
+            warnings.sort_by_key(|w| (rank(&w.file), w.line));
             Ok(warnings)
         } else {
-            errors.sort_by_key(|e| e.line);
+            errors.sort_by_key(|e| (rank(&e.file), e.line));
             Err(ConfigErrors(errors))
         }
     }

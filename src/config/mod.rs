@@ -21,14 +21,18 @@
 //!
 //! A file whose name ends in `.conf` is read as a wg-quick config (see [`parse_wg_quick`]):
 //! `[Interface]` PrivateKey, Address, ListenPort, MTU, Table, FwMark and `[Peer]` PublicKey,
-//! PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive. DNS, PreUp, PostUp, PreDown,
-//! PostDown and SaveConfig are accepted with a warning and ignored. Key paths in its messages
-//! use its spelling: `Peer[2].AllowedIPs`. `tandem import` turns it into TOML with [`to_toml`].
+//! PresharedKey, AllowedIPs, Endpoint, PersistentKeepalive, and a `# friendly_name = NAME`
+//! comment as the peer's name; DNS and the hooks as wg-quick applies them; SaveConfig is
+//! accepted with a warning and ignored. Key paths in its messages use its spelling:
+//! `Peer[2].AllowedIPs`. `tandem import` turns it into TOML with [`to_toml`], `tandem export`
+//! writes any config back out with [`to_wg_quick`].
 
 mod compile;
 mod error;
+pub(crate) mod include;
 mod net;
 mod to_toml;
+mod to_wg_quick;
 mod toml_format;
 mod wg_quick;
 
@@ -42,6 +46,7 @@ pub use net::{
     AddrError, EndpointSpec, InterfaceAddress, Prefix, check_interface_name, is_dns_name,
 };
 pub use to_toml::to_toml;
+pub use to_wg_quick::{WgQuickExport, to_wg_quick};
 
 use crate::proto::keys::{PresharedKey, PrivateKey, PublicKey};
 
@@ -63,6 +68,8 @@ pub struct Config {
     pub warnings: Vec<ConfigWarning>,
     /// The file this came from.
     pub source: PathBuf,
+    /// The peer files its `include` patterns matched, in the order read.
+    pub included: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +94,9 @@ pub struct InterfaceConfig {
     /// Search domains (wg-quick's `DNS` entries that are not addresses).
     pub dns_search: Vec<String>,
     pub hooks: Hooks,
+    /// `include` patterns as written (relative to the config file's directory); their
+    /// peers are in [`Config::peers`], each with its [`PeerConfig::file`].
+    pub include: Vec<String>,
 }
 
 /// Shell commands run around the interface's life, as wg-quick runs them: each with
@@ -140,6 +150,8 @@ pub enum Table {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
+    /// The included file this peer came from; `None`: the configuration file itself.
+    pub file: Option<PathBuf>,
     pub name: Option<String>,
     pub public_key: PublicKey,
     pub preshared_key: Option<PresharedKey>,

@@ -72,3 +72,37 @@ pub(crate) fn assert_error(errors: &ConfigErrors, key: &str, line: usize, needle
 pub(crate) fn file(name: &str) -> &Path {
     Path::new(name)
 }
+
+/// A directory under the system temp dir, removed with its contents when dropped.
+pub(crate) struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub(crate) fn new(tag: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "tandem-config-dir-{}-{n}-{tag}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    /// Writes `contents` to `rel` below the directory (creating parent directories).
+    pub(crate) fn write(&self, rel: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("create parent");
+        }
+        std::fs::write(&path, contents).expect("write file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -38,7 +38,9 @@ fn list<T: ToString>(items: &[T]) -> String {
 
 /// The configuration as tandem TOML. Secrets are written as they were held: an inline key
 /// stays inline (so protect the output like the input), a key read from a file stays a
-/// `*_file` reference. Warnings are not carried over.
+/// `*_file` reference. Warnings are not carried over. `include` patterns are written as they
+/// were (still relative to the directory the output is read from) and the peers of included
+/// files are left to those files.
 pub fn to_toml(config: &Config) -> String {
     let mut out = String::new();
     let i = &config.interface;
@@ -91,7 +93,11 @@ pub fn to_toml(config: &Config) -> String {
         }
     }
 
-    for p in &config.peers {
+    if !i.include.is_empty() {
+        let _ = writeln!(out, "include = {}", list(&i.include));
+    }
+
+    for p in config.peers.iter().filter(|p| p.file.is_none()) {
         out.push_str("\n[[peer]]\n");
         if let Some(name) = &p.name {
             let _ = writeln!(out, "name = {}", quote(name));

@@ -29,6 +29,7 @@ const INTERFACE_KEYS: &[&str] = &[
     "post_up",
     "pre_down",
     "post_down",
+    "include",
 ];
 const PEER_KEYS: &[&str] = &[
     "name",
@@ -42,24 +43,58 @@ const PEER_KEYS: &[&str] = &[
 
 pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let mut diag = Diagnostics::new(file);
+    let mut draft = Draft {
+        dialect: Dialect::Toml,
+        interface: None,
+        peers: Vec::new(),
+        metrics: None,
+        included: Vec::new(),
+    };
+    walk_file(&mut diag, &mut draft, text, None);
+    let patterns = draft
+        .interface
+        .as_ref()
+        .map(|i| i.include.clone())
+        .unwrap_or_default();
+    for path in super::include::expand(&mut diag, &patterns) {
+        // A file that matched but cannot be read is reported under its own name.
+        let read = std::fs::read_to_string(&path);
+        diag.set_file(&path);
+        match read {
+            Ok(text) => walk_file(&mut diag, &mut draft, &text, Some(&path)),
+            Err(e) => diag.error(None, "", format!("cannot read this included file: {e}")),
+        }
+        draft.included.push(path);
+    }
+    compile(draft, diag)
+}
+
+/// Walks one file's TOML into `draft`. `included`: the path of an included peer file, which
+/// may hold `[[peer]]` blocks only.
+fn walk_file(diag: &mut Diagnostics, draft: &mut Draft, text: &str, included: Option<&Path>) {
     let lines = LineIndex::new(text);
     let (doc, syntax_errors) = DeTable::parse_recoverable(text);
     for e in &syntax_errors {
         let line = e.span().map(|s| lines.line_of(s.start));
         diag.syntax(line, e.message().trim_end());
     }
-
     let mut w = Walker {
         diag,
         lines: &lines,
-    };
-    let mut draft = Draft {
-        dialect: Dialect::Toml,
-        interface: None,
-        peers: Vec::new(),
-        metrics: None,
+        file: included.map(Path::to_path_buf),
+        peers_in_file: 0,
     };
     for (key, value) in doc.get_ref().iter() {
+        if included.is_some() && key.get_ref().as_ref() != "peer" {
+            let line = w.line(key);
+            w.diag.error(
+                line,
+                key.get_ref().as_ref(),
+                "an included file holds [[peer]] blocks only; this belongs in the main \
+                 configuration file",
+            );
+            continue;
+        }
         match key.get_ref().as_ref() {
             "interface" => match value.get_ref() {
                 DeValue::Table(table) => {
@@ -69,8 +104,9 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             },
             "peer" => match value.get_ref() {
                 DeValue::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let index = i + 1;
+                    for item in items.iter() {
+                        w.peers_in_file += 1;
+                        let index = w.peers_in_file;
                         match item.get_ref() {
                             DeValue::Table(table) => {
                                 draft.peers.push(w.peer(table, index, w.line(item)));
@@ -101,12 +137,15 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
             _ => w.unknown_key("", key, ROOT_KEYS),
         }
     }
-    compile(draft, w.diag)
 }
 
 struct Walker<'a> {
-    diag: Diagnostics,
+    diag: &'a mut Diagnostics,
     lines: &'a LineIndex,
+    /// The included file being walked (`None`: the main file).
+    file: Option<std::path::PathBuf>,
+    /// `[[peer]]` blocks seen in this file so far.
+    peers_in_file: usize,
 }
 
 impl Walker<'_> {
@@ -263,6 +302,7 @@ impl Walker<'_> {
                 "post_up" => d.post_up = self.string_list(path, v),
                 "pre_down" => d.pre_down = self.string_list(path, v),
                 "post_down" => d.post_down = self.string_list(path, v),
+                "include" => d.include = self.string_list(path, v),
                 _ => self.unknown_key("interface", key, INTERFACE_KEYS),
             }
         }
@@ -286,6 +326,7 @@ impl Walker<'_> {
 
     fn peer(&mut self, table: &DeTable<'_>, index: usize, line: Option<usize>) -> PeerDraft {
         let mut d = PeerDraft {
+            file: self.file.clone(),
             line,
             index,
             ..PeerDraft::default()

@@ -55,11 +55,21 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         interface: None,
         peers: Vec::new(),
         metrics: None,
+        included: Vec::new(),
     };
     let mut section = Section::None;
 
     for (i, raw) in text.lines().enumerate() {
         let line = Some(i + 1);
+        // `# friendly_name = NAME` in a [Peer] section names the peer (the convention of
+        // prometheus_wireguard_exporter; `tandem export` writes it). To wg-quick a comment.
+        if let (Section::Peer(i), Some(name)) = (&section, friendly_name(raw))
+            && let Some(peer) = draft.peers.get_mut(*i)
+        {
+            let key = format!("Peer[{}].friendly_name", peer.index);
+            set_once(&mut diag, &mut peer.name, at(name.to_owned(), line, key));
+            continue;
+        }
         let content = raw.split('#').next().unwrap_or_default().trim();
         if content.is_empty() {
             continue;
@@ -132,6 +142,14 @@ pub(crate) fn parse(file: &Path, text: &str) -> Result<Config, ConfigErrors> {
         }
     }
     compile(draft, diag)
+}
+
+/// The NAME of a `# friendly_name = NAME` comment line.
+fn friendly_name(raw: &str) -> Option<&str> {
+    let comment = raw.trim().strip_prefix('#')?;
+    let (key, value) = comment.split_once('=')?;
+    let value = value.trim();
+    (key.trim().eq_ignore_ascii_case("friendly_name") && !value.is_empty()).then_some(value)
 }
 
 /// Canonical spelling of `key` among `known`, compared case-insensitively.
