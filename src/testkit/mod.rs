@@ -1,7 +1,8 @@
 //! The test kit of the pure core, shared by unit tests, integration tests, benches and the
 //! fuzz crate: two `Device`s wired back to back in virtual time ([`pair`]), small IPv4/IPv6
-//! packet builders ([`packet`]), a seeded generator ([`rng`]), fixed keys and clocks, and the
-//! fuzz target bodies ([`fuzz`]).
+//! packet builders ([`packet`]), a seeded generator ([`rng`]), fixed keys and clocks, the
+//! fuzz target bodies ([`fuzz`]), and for the fault tests and bench an impaired UDP link
+//! ([`impair`]) and sequence-numbered traffic ([`seqflow`]).
 //!
 //! Why it lives in the library, behind the `testkit` feature, and not in `tests/common`: a
 //! file under `tests/` can only reach the benches and the fuzz crate by `#[path]` includes,
@@ -14,9 +15,11 @@
 //! What needs processes, namespaces or the `tandem` binary (tests/common) stays in `tests/`.
 
 pub mod fuzz;
+pub mod impair;
 pub mod packet;
 pub mod pair;
 pub mod rng;
+pub mod seqflow;
 
 use std::time::Duration;
 
