@@ -48,7 +48,12 @@ impl Link {
         require_root();
         let a = Netns::new(&format!("tnd-flt-{tag}-a"));
         let b = Netns::new(&format!("tnd-flt-{tag}-b"));
-        veth_pair(&a, &b, &[&format!("{OUTER_A}/24")], &[&format!("{OUTER_B}/24")]);
+        veth_pair(
+            &a,
+            &b,
+            &[&format!("{OUTER_A}/24")],
+            &[&format!("{OUTER_B}/24")],
+        );
         let dir = TempDir::new(&format!("faults-{tag}"));
         let (ka, kb) = (key(61), key(62));
         let ifa = ifname(&format!("{tag}a"));

@@ -103,7 +103,10 @@ fn relay(args: &[String]) -> Result<(), String> {
 
 fn print_stats(relay: &Relay) {
     let s = relay.stats();
-    for (name, dir) in [("to_back", Direction::ToBack), ("to_front", Direction::ToFront)] {
+    for (name, dir) in [
+        ("to_back", Direction::ToBack),
+        ("to_front", Direction::ToFront),
+    ] {
         println!(
             "{name} received={} sent={} dropped={} duplicated={} delayed={}",
             s.get(&s.received, dir),
@@ -127,8 +130,7 @@ fn send(args: &[String]) -> Result<(), String> {
     };
     let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let sock = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
-    let sent =
-        send_sequence(&sock, to, tag, count, rate, len).map_err(|e| format!("send: {e}"))?;
+    let sent = send_sequence(&sock, to, tag, count, rate, len).map_err(|e| format!("send: {e}"))?;
     println!("{sent}");
     Ok(())
 }

@@ -58,7 +58,9 @@ fn usage() -> String {
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T, String> {
-    let s = args.get(i).ok_or_else(|| format!("missing {what}\n{}", usage()))?;
+    let s = args
+        .get(i)
+        .ok_or_else(|| format!("missing {what}\n{}", usage()))?;
     s.parse().map_err(|_| format!("bad {what}: {s:?}"))
 }
 
@@ -255,8 +257,13 @@ fn load(args: &[String]) -> Result<(), String> {
             let sent_at = Instant::now();
             for (k, p) in peers.iter_mut().take(active).enumerate() {
                 let now = clock.now();
-                let len =
-                    echo_request(&mut buf[HEADROOM..], p.inner, server_inner, round as u16, k as u16);
+                let len = echo_request(
+                    &mut buf[HEADROOM..],
+                    p.inner,
+                    server_inner,
+                    round as u16,
+                    k as u16,
+                );
                 if let Encapsulated::Send { endpoint, len, .. } =
                     p.dev.encapsulate(&mut buf, len, now)
                 {
@@ -320,11 +327,7 @@ fn receive(
     mut deliver: impl FnMut(&[u8], Now),
 ) -> u32 {
     let mut newly = 0;
-    loop {
-        let (len, src) = match p.sock.recv_from(buf) {
-            Ok(r) => r,
-            Err(_) => break,
-        };
+    while let Ok((len, src)) = p.sock.recv_from(buf) {
         if let Decapsulated::Deliver { range, .. } = p.dev.decapsulate(src, buf, len, now) {
             deliver(&buf[range], now);
         }

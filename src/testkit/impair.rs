@@ -321,8 +321,15 @@ mod tests {
         }
         let s = relay.stats();
         let dropped = s.get(&s.dropped, Direction::ToBack);
-        assert_eq!(got + dropped, 400, "every datagram delivered or counted as dropped");
-        assert!((100..300).contains(&dropped), "about half dropped: {dropped}");
+        assert_eq!(
+            got + dropped,
+            400,
+            "every datagram delivered or counted as dropped"
+        );
+        assert!(
+            (100..300).contains(&dropped),
+            "about half dropped: {dropped}"
+        );
     }
 
     /// Duplication sends copies; reordering makes later datagrams overtake held ones.
