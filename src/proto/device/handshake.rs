@@ -16,7 +16,7 @@ use crate::proto::time::Now;
 use crate::proto::timers::{INITIATION_MIN_INTERVAL, REKEY_TIMEOUT};
 use crate::proto::transport::Keypair;
 
-use super::{Device, Event};
+use super::{Device, Event, events};
 
 impl Device {
     /// Sends an initiation to `id` unless one went out less than REKEY_TIMEOUT ago.
@@ -157,7 +157,7 @@ impl Device {
         };
         peer.latest_timestamp = timestamp;
         peer.last_initiation_consumed = Some(now.monotonic);
-        peer.endpoint = Some(src);
+        let roamed = events::learn_endpoint(peer, id, src);
         peer.stats.rx_bytes += INITIATION_LEN as u64;
         peer.stats.tx_bytes += RESPONSE_LEN as u64;
         // Our own initiation in flight, if any, is superseded.
@@ -183,6 +183,9 @@ impl Device {
         tracing::debug!(peer = %key, "handshake initiation consumed, response sent");
         for k in [old_next, old_previous].into_iter().flatten() {
             self.index.remove(k.local_index);
+        }
+        if let Some(event) = roamed {
+            self.push_event(event);
         }
         self.push_control(src, Some(id), &out);
         Ok(())
@@ -220,9 +223,9 @@ impl Device {
         } else {
             [std::mem::replace(&mut peer.previous, old_current), None]
         };
-        peer.endpoint = Some(src);
+        let roamed = events::learn_endpoint(peer, id, src);
         peer.stats.rx_bytes += RESPONSE_LEN as u64;
-        peer.stats.last_handshake = Some(now.unix);
+        let reconnected = events::handshake_completed(peer, id, now);
         let ka = peer.persistent_keepalive;
         peer.timers.on_handshake_complete();
         peer.timers.on_session_derived(now.monotonic);
@@ -237,6 +240,9 @@ impl Device {
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {
             self.index.remove(k.local_index);
+        }
+        for event in [roamed, reconnected].into_iter().flatten() {
+            self.push_event(event);
         }
         self.push_event(completed);
         // Confirm the session at once: send what waited, or else a keepalive.
