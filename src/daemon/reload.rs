@@ -138,7 +138,11 @@ pub(crate) fn log_names(config: &Config) -> PeerNames {
     config
         .peers
         .iter()
-        .filter_map(|p| p.name.as_deref().map(|name| (p.public_key, Arc::from(name))))
+        .filter_map(|p| {
+            p.name
+                .as_deref()
+                .map(|name| (p.public_key, Arc::from(name)))
+        })
         .collect()
 }
 

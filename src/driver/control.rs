@@ -66,7 +66,6 @@ impl std::fmt::Debug for ControlRequest {
     }
 }
 
-
 /// The sending end of the event loop's control channel: a bounded queue, and the waker that
 /// interrupts the loop's `epoll_wait` so that it looks at the queue.
 #[derive(Debug, Clone)]

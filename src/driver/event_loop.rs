@@ -47,9 +47,9 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 use super::batch::{self, Sealed};
 use super::clock::Clock;
 use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender};
-use super::oplog::{self, PeerNames, Summaries};
 use super::crypto_pool::{CryptoPool, Item, Job};
 use super::mmsg::{self, RecvMeta};
+use super::oplog::{self, PeerNames, Summaries};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
 use crate::proto::{

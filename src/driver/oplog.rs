@@ -471,7 +471,10 @@ mod tests {
             s.dropped(DropReason::InvalidMac1, source, Duration::ZERO);
         }
         let line = s.close(Category::BadHandshake);
-        assert!(line.contains("100000 in the last minute from more than"), "{line}");
+        assert!(
+            line.contains("100000 in the last minute from more than"),
+            "{line}"
+        );
     }
 
     #[test]
