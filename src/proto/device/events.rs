@@ -2,7 +2,7 @@
 //! reconnections. Each function updates the peer's state and says which event, if any, the
 //! caller pushes once its borrow of the peer ends.
 //!
-//! An outage starts when the retransmission timer finds an initiation unanswered, and ends
+//! An outage starts when an initiation is replaced by another before any response, and ends
 //! when a handshake completes; the peer's [`Outage`] remembers what was reported in between,
 //! so that "not answered" and "gave up" come once per outage, however many retry series
 //! (new traffic starts a new one, as in the kernel) it takes.
@@ -54,8 +54,10 @@ pub(super) fn handshake_completed(peer: &mut Peer, id: PeerId, now: Now) -> Opti
     })
 }
 
-/// The retransmission timer fired: the initiation sent at `sent` got no response. The
-/// event the first time in an outage.
+/// A new initiation replaces one sent at `sent` (at least REKEY_TIMEOUT ago) that got no
+/// response: the event the first time in an outage. Detected there rather than in the
+/// retransmission timer because a persistent keepalive or traffic may send the next
+/// initiation first (re-arming that timer), as in the kernel.
 pub(super) fn initiation_unanswered(
     peer: &mut Peer,
     id: PeerId,
@@ -246,6 +248,24 @@ mod tests {
         );
         // The outage is over: a later unanswered initiation is reported again.
         assert_eq!(a.peers.get(id).map(|p| p.outage), Some(Outage::None));
+    }
+
+    /// A persistent keepalive of 5 s sends the next initiation before the retransmission
+    /// timer would (and re-arms it): the unanswered one is still reported, once.
+    #[test]
+    fn unanswered_is_seen_when_a_keepalive_sends_the_next_initiation() {
+        let mut a = device(1, 2, Some(B_ADDR), 1);
+        let id = a.peer_id(&key(2).public_key()).expect("peer");
+        a.set_persistent_keepalive(id, 5, at_ms(1_000_000));
+        discard(&mut a, at_ms(1_000_000));
+        let seen = run_unanswered(&mut a, 1_000_000, 1_060_000);
+        assert!(
+            matches!(
+                seen.as_slice(),
+                [(t, Event::HandshakeUnanswered { .. })] if (1_005_000..=1_005_400).contains(t)
+            ),
+            "{seen:?}"
+        );
     }
 
     /// Nothing a stranger sends makes an event: garbage, initiations from a key we do not

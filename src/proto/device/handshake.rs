@@ -62,8 +62,13 @@ impl Device {
                 return;
             }
         };
+        // An initiation still in flight (sent at least REKEY_TIMEOUT ago, see above) got no
+        // response, whatever sends this one: a retry, traffic or a keepalive.
+        let mut unanswered = None;
         if let Some(old) = peer.handshake.replace(Handshake { local_index, state }) {
             self.index.remove(old.local_index);
+            let sent = peer.timers.last_sent_handshake;
+            unanswered = events::initiation_unanswered(peer, id, sent, now);
         }
         peer.timers.last_sent_handshake = Some(now.monotonic);
         peer.stats.tx_bytes += INITIATION_LEN as u64;
@@ -72,6 +77,9 @@ impl Device {
         peer.timers.on_authenticated_sent();
         peer.timers.on_handshake_initiated(now.monotonic, jitter);
         tracing::debug!(peer = %peer.public_key, attempt = peer.timers.handshake_attempts, "handshake initiation sent");
+        if let Some(event) = unanswered {
+            self.push_event(event);
+        }
         self.push_control(endpoint, Some(id), &out);
     }
 

@@ -139,8 +139,9 @@ pub enum Event {
         public_key: PublicKey,
         endpoint: Option<SocketAddr>,
     },
-    /// Our initiation to `endpoint` got no response within REKEY_TIMEOUT (at its first
-    /// retransmission). Once per outage: not again until a handshake completes.
+    /// Our initiation to `endpoint` got no response within REKEY_TIMEOUT (seen when the next
+    /// one goes: a retransmission, a keepalive or traffic). Once per outage: not again until
+    /// a handshake completes.
     HandshakeUnanswered {
         peer: PeerId,
         public_key: PublicKey,

@@ -128,13 +128,6 @@ impl Device {
                         self.push_event(event);
                     }
                 } else {
-                    let sent = peer.timers.last_sent_handshake;
-                    if let Some(event) = events::initiation_unanswered(peer, id, sent, now) {
-                        self.push_event(event);
-                    }
-                    let Some(peer) = self.peers.get_mut(id) else {
-                        return;
-                    };
                     peer.timers.handshake_attempts += 1;
                     // No answer to the last initiation: the local address it left from may be
                     // the trouble (gone, or no longer routed back), so the retry lets the
