@@ -108,6 +108,13 @@ fn wrong_key_peer_is_named_in_handshake_not_answered() {
     let mut da = Daemon::up(&a, &conf_a);
     da.wait_log("handshake not answered", Duration::from_secs(20));
     let waited = started.elapsed();
+    // The start's summary names the peer too.
+    assert!(
+        da.log()
+            .contains("configuration applied: added office; private key changed"),
+        "{}",
+        da.log()
+    );
     let lines = lines_with(&da.log(), "handshake not answered");
     assert_eq!(lines.len(), 1, "{}", da.log());
     assert!(lines[0].contains("peer=office"), "{}", lines[0]);
@@ -294,5 +301,19 @@ fn garbage_flood_gives_one_summary_line() {
         reply.contains("tandem_drop_unknown_type=10000\n"),
         "{reply}"
     );
+
+    // A peer added over UAPI has no name: the summary shows its short fingerprint only.
+    let added = key(238).public_key();
+    let set = format!(
+        "set=1\npublic_key={}\nallowed_ip=10.79.3.9/32\n\n",
+        added.to_hex()
+    );
+    assert_eq!(
+        uapi_exchange(&socket, &set, Duration::from_secs(5)),
+        "errno=0\n\n"
+    );
+    let want = format!("configuration changed over UAPI: added {added}; 1 peer(s) unchanged");
+    da.wait_log(&want, Duration::from_secs(5));
+    assert!(!da.log().contains(&added.to_base64()), "{}", da.log());
     da.stop(Duration::from_secs(10));
 }

@@ -405,6 +405,121 @@ mod tests {
         PrivateKey::from_bytes([i; 32]).public_key()
     }
 
+    /// A writer for a test subscriber: everything logged, in one buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `f` logs at info level, formatted as the daemon's plain (journal) output.
+    fn logged(f: impl FnOnce()) -> String {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8(bytes).expect("utf-8")
+    }
+
+    /// The lines the README's "Logs" table shows, as the daemon writes them.
+    #[test]
+    fn event_lines_name_the_peer() {
+        let mut names = PeerNames::new();
+        names.insert(key(1), Arc::from("phone"));
+        let id = {
+            let mut d = crate::proto::Device::new(None, [0; 32]);
+            d.upsert_peer(&crate::proto::PeerConfig::new(key(1)))
+                .expect("peer")
+        };
+        let at: std::net::SocketAddr = "192.0.2.7:51820".parse().expect("addr");
+        let to: std::net::SocketAddr = "198.51.100.8:4500".parse().expect("addr");
+        let text = logged(|| {
+            for event in [
+                Event::HandshakeCompleted {
+                    peer: id,
+                    public_key: key(1),
+                    endpoint: Some(at),
+                },
+                Event::HandshakeUnanswered {
+                    peer: id,
+                    public_key: key(1),
+                    endpoint: Some(at),
+                },
+                Event::HandshakeGaveUp {
+                    peer: id,
+                    public_key: key(1),
+                    attempts: 20,
+                    waited: Duration::from_millis(95_400),
+                },
+                Event::PeerReconnected {
+                    peer: id,
+                    public_key: key(1),
+                    endpoint: Some(at),
+                    unanswered_for: Some(Duration::from_secs(42)),
+                    since_last_handshake: Some(Duration::from_secs(300)),
+                },
+                Event::PeerReconnected {
+                    peer: id,
+                    public_key: key(2),
+                    endpoint: Some(to),
+                    unanswered_for: None,
+                    since_last_handshake: Some(Duration::from_secs(300)),
+                },
+                Event::EndpointChanged {
+                    peer: id,
+                    public_key: key(1),
+                    from: at,
+                    to,
+                },
+            ] {
+                log_event(&names, &event);
+            }
+        });
+        let fp = key(2).to_string();
+        let want = [
+            "handshake completed peer=phone endpoint=192.0.2.7:51820".to_owned(),
+            "handshake not answered: retrying (is the peer up, and are both public keys \
+             right?) peer=phone endpoint=192.0.2.7:51820"
+                .to_owned(),
+            "handshake gave up after 95 s: no response; trying again when there is traffic \
+             peer=phone attempts=20"
+                .to_owned(),
+            "peer reconnected after 42 s without an answer peer=phone endpoint=192.0.2.7:51820"
+                .to_owned(),
+            format!(
+                "peer reconnected: previous handshake 300 s ago peer={fp} \
+                 endpoint=198.51.100.8:4500"
+            ),
+            "endpoint changed peer=phone from=192.0.2.7:51820 to=198.51.100.8:4500".to_owned(),
+        ];
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), want.len(), "{text}");
+        for (line, want) in lines.iter().zip(&want) {
+            assert!(
+                line.starts_with(" INFO ") && line.ends_with(want.as_str()),
+                "{line:?} does not end with {want:?}"
+            );
+        }
+        assert!(!text.contains(&key(1).to_base64()));
+        assert!(!text.contains(&key(2).to_base64()));
+    }
+
     #[test]
     fn every_inbound_reason_has_a_category() {
         let outbound = [
