@@ -166,3 +166,46 @@ fn interface_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    fn config(tail: &str) -> Config {
+        let text = format!(
+            "[interface]\nname = \"tnd0\"\nprivate_key = \"{}\"\n{tail}\n\n\
+             [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.2/32\"]\n\n\
+             [[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.3/32\"]\n",
+            crate::testkit::key(1).to_base64(),
+            crate::testkit::key(2).public_key().to_base64(),
+            crate::testkit::key(3).public_key().to_base64(),
+        );
+        parse_toml(Path::new("test.toml"), &text).expect("config")
+    }
+
+    /// The reload summary's interface part says what changed beyond the device.
+    #[test]
+    fn interface_changes_are_summarised() {
+        let old = config("address = [\"10.0.0.1/24\"]");
+        assert_eq!(interface_changes(&old, &old), Vec::<String>::new());
+        let new = config("address = [\"10.0.1.1/24\"]\nmtu = 1400\ndns = [\"10.0.0.53\"]");
+        assert_eq!(
+            interface_changes(&old, &new),
+            ["addresses changed", "MTU 1400", "DNS changed"]
+        );
+    }
+
+    /// Only named peers are in the map; the others are logged by fingerprint.
+    #[test]
+    fn log_names_are_the_config_names() {
+        let names = log_names(&config(""));
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            names
+                .get(&crate::testkit::key(2).public_key())
+                .map(|n| &**n),
+            Some("phone")
+        );
+    }
+}
