@@ -273,13 +273,9 @@ fn ping_both_ways_over_ipv4_outer() {
     let mut t = Tunnel::new("v4", Opts::default());
     t.start();
     t.ping_all_ways();
-    // Each side logged the handshake with the other's fingerprint.
-    let fp_b = t.key_b.public_key().fingerprint();
+    // Each side logged the handshake with the other's config name.
     let log_a = t.daemon_a().log();
-    assert!(
-        log_a.contains("handshake completed") && log_a.contains(&fp_b),
-        "{log_a}"
-    );
+    assert!(log_a.contains("handshake completed peer=b "), "{log_a}");
     // No secret in the logs.
     assert!(!log_a.contains(&t.key_a.to_base64()));
     assert!(!log_a.contains(&t.key_b.public_key().to_base64()));
@@ -460,8 +456,9 @@ fn sighup_adding_a_peer_keeps_the_existing_session() {
     t.daemon_a()
         .wait_log("configuration reloaded", Duration::from_secs(10));
     let log = t.daemon_a().log();
+    // The summary names the new peer.
     assert!(
-        log.contains("added=1") && log.contains("removed=0"),
+        log.contains("configuration reloaded: added c; 1 peer(s) unchanged"),
         "{log}"
     );
     // The old session carries traffic at once, with no new handshake on either side.

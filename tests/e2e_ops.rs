@@ -202,6 +202,10 @@ fn show_json_matches_wg_show_dump_field_by_field() {
         );
     }
     assert!(iface["handshakes_completed"].as_u64().expect("count") >= 1);
+    // Nothing gave up: the failed counters are there, at 0 (their counting is checked in
+    // virtual time in proto::device::events).
+    assert_eq!(iface["handshakes_failed"], 0, "{iface:#}");
+    assert_eq!(peer["handshakes_failed"], 0, "{peer:#}");
     assert_eq!(iface["under_load"], false);
 
     // All interfaces: the same document shape, ours among them.
@@ -289,6 +293,16 @@ fn metrics_count_bytes_by_name_and_drops_exactly() {
     assert_eq!(sample(&text, "tandem_peers", &[]), Some(1), "{text}");
     assert_eq!(sample(&text, "tandem_under_load", &[]), Some(0), "{text}");
     assert!(sample(&text, "tandem_handshakes_completed_total", &[]).expect("count") >= 1);
+    assert_eq!(
+        sample(&text, "tandem_handshakes_failed_total", &[]),
+        Some(0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tandem_peer_handshakes_failed_total", &peer),
+        Some(0),
+        "{text}"
+    );
     assert!(!text.contains(&t.key_a.to_base64()), "no private key");
 
     // 5 datagrams of an unknown message type, from b's side of the veth to a's port.

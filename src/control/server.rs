@@ -12,7 +12,9 @@
 //! sends): the `get=1` reply with a `name=` line after each `public_key=` line of a peer the
 //! config names, and device-level lines of tandem's own before the first peer
 //! (`tandem_drop_<reason>=N` for every drop reason, `tandem_handshakes_completed=N`,
-//! `tandem_under_load=0|1`), for `tandem show` and `tandem show --json`. The `get=1` reply
+//! `tandem_handshakes_failed=N`, `tandem_under_load=0|1`), and after each peer's
+//! `public_key=` line its `tandem_handshakes_failed=N`, for `tandem show` and
+//! `tandem show --json`. The `get=1` reply
 //! stays byte for byte wireguard-go's.
 //!
 //! The socket is created under umask 077 (only root may connect), in a directory created
@@ -346,9 +348,32 @@ async fn tandem_get(
     let reply = format_get(&snapshot);
     let names = Arc::clone(&names.borrow());
     Some(add_device_lines(
-        &add_names(&reply, &names),
+        &add_names(&add_peer_lines(&reply, &snapshot), &names),
         &tandem_device_lines(&snapshot),
     ))
+}
+
+/// A `get=1` reply with tandem's own per-peer lines after each `public_key=` line
+/// (`tandem_handshakes_failed=N`), from `snapshot` (which the reply was formatted from).
+pub fn add_peer_lines(get_reply: &str, snapshot: &Snapshot) -> String {
+    let failed: HashMap<PublicKey, u64> = snapshot
+        .peers
+        .iter()
+        .map(|p| (p.public_key, p.stats.handshakes_failed))
+        .collect();
+    let mut out = String::with_capacity(get_reply.len() + failed.len() * 28);
+    for line in get_reply.split_inclusive('\n') {
+        out.push_str(line);
+        let n = line
+            .strip_prefix("public_key=")
+            .map(|hex| hex.trim_end_matches('\n'))
+            .and_then(|hex| PublicKey::from_hex(hex).ok())
+            .and_then(|key| failed.get(&key));
+        if let Some(n) = n {
+            let _ = writeln!(out, "tandem_handshakes_failed={n}");
+        }
+    }
+    out
 }
 
 /// tandem's own device-level lines of a `get=tandem` reply (see the module notes).
@@ -367,6 +392,11 @@ pub fn tandem_device_lines(snapshot: &Snapshot) -> String {
         out,
         "tandem_handshakes_completed={}",
         snapshot.handshakes_completed
+    );
+    let _ = writeln!(
+        out,
+        "tandem_handshakes_failed={}",
+        snapshot.handshakes_failed
     );
     let _ = writeln!(out, "tandem_under_load={}", u8::from(snapshot.under_load));
     out
@@ -493,6 +523,7 @@ mod tests {
                     ControlRequest::Apply { .. }
                     | ControlRequest::Endpoint { .. }
                     | ControlRequest::SyncMtu
+                    | ControlRequest::Names(_)
                     | ControlRequest::Stop => {}
                 }
             }
@@ -568,16 +599,30 @@ mod tests {
 
             let named = exchange(&path, b"get=tandem\n\n").await;
             // The device's own lines come before the first peer: every drop reason, the
-            // handshake count and the load state.
+            // handshake counts and the load state.
             let device_lines = tandem_device_lines(&Snapshot::default());
             assert_eq!(
                 device_lines.lines().count(),
-                DropReason::COUNT + 2,
+                DropReason::COUNT + 3,
                 "{device_lines}"
             );
             assert!(device_lines.contains("tandem_drop_truncated=0\n"));
-            assert!(device_lines.ends_with("tandem_handshakes_completed=0\ntandem_under_load=0\n"));
-            let with_device = get.replacen("public_key=", &format!("{device_lines}public_key="), 1);
+            assert!(device_lines.ends_with(
+                "tandem_handshakes_completed=0\ntandem_handshakes_failed=0\ntandem_under_load=0\n"
+            ));
+            // Each peer's failed handshakes right after its key.
+            let with_peers: String = get
+                .split_inclusive('\n')
+                .map(|line| {
+                    if line.starts_with("public_key=") {
+                        format!("{line}tandem_handshakes_failed=0\n")
+                    } else {
+                        line.to_owned()
+                    }
+                })
+                .collect();
+            let with_device =
+                with_peers.replacen("public_key=", &format!("{device_lines}public_key="), 1);
             let expected = with_device.replace(
                 &format!("public_key={}\n", peer_hex(2)),
                 &format!("public_key={}\nname=site-b\n", peer_hex(2)),

@@ -27,6 +27,8 @@ pub struct DeviceStatus {
     pub drops: BTreeMap<String, u64>,
     /// tandem's `tandem_handshakes_completed` (None from other daemons).
     pub handshakes_completed: Option<u64>,
+    /// tandem's `tandem_handshakes_failed` (None from other daemons).
+    pub handshakes_failed: Option<u64>,
     /// tandem's `tandem_under_load` (None from other daemons).
     pub under_load: Option<bool>,
 }
@@ -47,6 +49,8 @@ pub struct PeerStatus {
     pub rx_bytes: u64,
     pub tx_bytes: u64,
     pub persistent_keepalive: u16,
+    /// tandem's per-peer `tandem_handshakes_failed` (None from other daemons).
+    pub handshakes_failed: Option<u64>,
 }
 
 impl PeerStatus {
@@ -61,6 +65,7 @@ impl PeerStatus {
             rx_bytes: 0,
             tx_bytes: 0,
             persistent_keepalive: 0,
+            handshakes_failed: None,
         }
     }
 }
@@ -122,6 +127,9 @@ pub fn parse_get_reply(text: &str) -> Result<DeviceStatus, ShowError> {
                         device.handshakes_completed =
                             Some(number_of("bad tandem_handshakes_completed")?);
                     }
+                    "tandem_handshakes_failed" => {
+                        device.handshakes_failed = Some(number_of("bad tandem_handshakes_failed")?);
+                    }
                     "tandem_under_load" => {
                         device.under_load = Some(number_of("bad tandem_under_load")? != 0);
                     }
@@ -150,6 +158,9 @@ pub fn parse_get_reply(text: &str) -> Result<DeviceStatus, ShowError> {
                     }
                     "rx_bytes" => peer.rx_bytes = number_of("bad rx_bytes")?,
                     "tx_bytes" => peer.tx_bytes = number_of("bad tx_bytes")?,
+                    "tandem_handshakes_failed" => {
+                        peer.handshakes_failed = Some(number_of("bad tandem_handshakes_failed")?);
+                    }
                     "persistent_keepalive_interval" => {
                         peer.persistent_keepalive = u16::try_from(number_of("bad keepalive")?)
                             .map_err(|_| bad("bad persistent_keepalive_interval"))?;
@@ -286,6 +297,9 @@ pub struct JsonInterface<'a> {
     pub fwmark: u32,
     /// Handshakes completed since the interface started (null: not a tandem daemon).
     pub handshakes_completed: Option<u64>,
+    /// Handshake attempts that gave up (no response for 90 s) since the interface started
+    /// (null: not a tandem daemon).
+    pub handshakes_failed: Option<u64>,
     /// Whether handshakes need a cookie right now (null: not a tandem daemon).
     pub under_load: Option<bool>,
     /// Every drop reason with its count since start (empty: not a tandem daemon).
@@ -315,6 +329,9 @@ pub struct JsonPeer<'a> {
     pub persistent_keepalive: u16,
     /// Latest handshake younger than [`CONNECTED_WITHIN_SECS`].
     pub connected: bool,
+    /// Handshake attempts with this peer that gave up (no response for 90 s); null: not a
+    /// tandem daemon.
+    pub handshakes_failed: Option<u64>,
 }
 
 /// The JSON view of one interface at wall-clock second `now_unix`.
@@ -332,6 +349,7 @@ pub fn json_interface<'a>(
         listen_port: device.listen_port,
         fwmark: device.fwmark,
         handshakes_completed: device.handshakes_completed,
+        handshakes_failed: device.handshakes_failed,
         under_load: device.under_load,
         drops: &device.drops,
         peers: device
@@ -348,6 +366,7 @@ pub fn json_interface<'a>(
                 transfer_tx: p.tx_bytes,
                 persistent_keepalive: p.persistent_keepalive,
                 connected: connected(p.last_handshake.0, now_unix),
+                handshakes_failed: p.handshakes_failed,
             })
             .collect(),
     }

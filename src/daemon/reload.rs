@@ -4,6 +4,7 @@
 //! nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
@@ -11,7 +12,7 @@ use super::settings::{self, Resolved};
 use crate::config;
 use crate::config::Config;
 use crate::driver::DataPlane;
-use crate::driver::control::log_changes;
+use crate::driver::oplog::{PeerNames, log_changes};
 use crate::netconf::{self, Applied, NetConf};
 
 /// What a config file manages besides the data plane.
@@ -118,7 +119,93 @@ pub(crate) async fn apply(
         tracing::warn!("a change of `offload` takes effect when the daemon restarts");
     }
     managed.applied = synced.applied;
-    log_changes("configuration reloaded", &changes);
+    // The data plane names peers by the new config from now on; the summary names removed
+    // peers by the old one.
+    let names = log_names(&resolved.config);
+    let mut both = log_names(&managed.config);
+    both.extend(names.iter().map(|(k, v)| (*k, Arc::clone(v))));
+    if plane.control().set_names(names).await.is_err() {
+        tracing::debug!("the data plane stopped before it got the new peer names");
+    }
+    let extra = interface_changes(&managed.config, &resolved.config);
+    log_changes("configuration reloaded", &changes, &both, &extra);
     managed.config = resolved.config;
     Ok(())
+}
+
+/// The config's peer names, for the data plane's log lines.
+pub(crate) fn log_names(config: &Config) -> PeerNames {
+    config
+        .peers
+        .iter()
+        .filter_map(|p| {
+            p.name
+                .as_deref()
+                .map(|name| (p.public_key, Arc::from(name)))
+        })
+        .collect()
+}
+
+/// What a reload changed of the interface beyond the device (which `Changes` covers), for the
+/// reload's summary line.
+fn interface_changes(old: &Config, new: &Config) -> Vec<String> {
+    let (old, new) = (&old.interface, &new.interface);
+    let mut out = Vec::new();
+    if old.addresses != new.addresses {
+        out.push("addresses changed".to_owned());
+    }
+    if old.mtu != new.mtu {
+        let mtu = new.mtu.map_or_else(|| "auto".to_owned(), |m| m.to_string());
+        out.push(format!("MTU {mtu}"));
+    }
+    if old.table != new.table {
+        out.push("routing table changed".to_owned());
+    }
+    if old.dns != new.dns || old.dns_search != new.dns_search {
+        out.push("DNS changed".to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    fn config(tail: &str) -> Config {
+        let text = format!(
+            "[interface]\nname = \"tnd0\"\nprivate_key = \"{}\"\n{tail}\n\n\
+             [[peer]]\nname = \"phone\"\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.2/32\"]\n\n\
+             [[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"10.0.0.3/32\"]\n",
+            crate::testkit::key(1).to_base64(),
+            crate::testkit::key(2).public_key().to_base64(),
+            crate::testkit::key(3).public_key().to_base64(),
+        );
+        parse_toml(Path::new("test.toml"), &text).expect("config")
+    }
+
+    /// The reload summary's interface part says what changed beyond the device.
+    #[test]
+    fn interface_changes_are_summarised() {
+        let old = config("address = [\"10.0.0.1/24\"]");
+        assert_eq!(interface_changes(&old, &old), Vec::<String>::new());
+        let new = config("address = [\"10.0.1.1/24\"]\nmtu = 1400\ndns = [\"10.0.0.53\"]");
+        assert_eq!(
+            interface_changes(&old, &new),
+            ["addresses changed", "MTU 1400", "DNS changed"]
+        );
+    }
+
+    /// Only named peers are in the map; the others are logged by fingerprint.
+    #[test]
+    fn log_names_are_the_config_names() {
+        let names = log_names(&config(""));
+        assert_eq!(names.len(), 1);
+        assert_eq!(
+            names
+                .get(&crate::testkit::key(2).public_key())
+                .map(|n| &**n),
+            Some("phone")
+        );
+    }
 }

@@ -30,7 +30,7 @@ use super::reload::{self, Managed, Prepared};
 use super::settings::{self, Resolved};
 use crate::config::{Config, DEFAULT_MTU, Hooks};
 use crate::control::server::{PeerNames, SOCKET_DIR, ServerError, SocketFile, UapiServer};
-use crate::driver::control::log_changes;
+use crate::driver::oplog::log_changes;
 use crate::driver::tun::{Tun, TunError, open_tun};
 use crate::driver::{
     Clock, ControlRequest, ControlSender, DataPlane, Driver, DriverError, UdpSockets,
@@ -301,11 +301,12 @@ async fn set_up(path: &Path, mut resolved: Resolved) -> anyhow::Result<(Running,
         .context("cannot open the UDP sockets")?;
     let seed = os_random::<32>().context("cannot seed the protocol's random number generator")?;
     let mut driver = Driver::new(Device::new(None, seed), tun, udp, Clock::new())?;
+    driver.set_names(reload::log_names(&resolved.config));
     // The same path as every later change: from an empty device to the config's.
     let changes = driver
         .reconcile(&settings::desired(&resolved, fwmark))
         .context("cannot configure the device")?;
-    log_changes("configuration applied", &changes);
+    log_changes("configuration applied", &changes, driver.names(), &[]);
 
     // After the device: the sockets carry the mark before a full tunnel's rules would send
     // their packets into the tunnel.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::oplog::PeerNames;
 use super::reconcile::{ApplyError, SetError};
 use crate::proto::PublicKey;
 use crate::reconcile::{Changes, DesiredDevice, SetRequest, Snapshot};
@@ -40,6 +41,9 @@ pub enum ControlRequest {
     /// Housekeeping (once a second): follow the TUN device's MTU, which `ip link set mtu`
     /// (as wg-quick runs it) changes behind the daemon's back; it bounds the padding.
     SyncMtu,
+    /// The config's peer names, for the loop's log lines (see `driver::oplog`): at start
+    /// and after each reload.
+    Names(PeerNames),
     /// Stop the event loop (the daemon is shutting down); `Driver::run` returns.
     Stop,
 }
@@ -56,23 +60,10 @@ impl std::fmt::Debug for ControlRequest {
             }
             ControlRequest::Endpoint { endpoint, .. } => write!(f, "Endpoint({endpoint})"),
             ControlRequest::SyncMtu => f.write_str("SyncMtu"),
+            ControlRequest::Names(names) => write!(f, "Names({})", names.len()),
             ControlRequest::Stop => f.write_str("Stop"),
         }
     }
-}
-
-/// One line for a configuration change, `message` with the counts (never a key).
-pub fn log_changes(message: &str, changes: &Changes) {
-    tracing::info!(
-        added = changes.added.len(),
-        removed = changes.removed.len(),
-        changed = changes.changed.len(),
-        unchanged = changes.unchanged,
-        listen_port = changes.listen_port,
-        fwmark = changes.fwmark,
-        private_key_changed = changes.private_key_changed,
-        "{message}"
-    );
 }
 
 /// The sending end of the event loop's control channel: a bounded queue, and the waker that
@@ -151,6 +142,11 @@ impl ControlSender {
             reply,
         })
         .await
+    }
+
+    /// The peer names the loop's log lines use from now on.
+    pub async fn set_names(&self, names: PeerNames) -> Result<(), LoopGone> {
+        self.send(ControlRequest::Names(names)).await
     }
 
     /// A whole desired device through the one reconciler.

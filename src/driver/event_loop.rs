@@ -46,9 +46,10 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{self, Sealed};
 use super::clock::Clock;
-use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender, log_changes};
+use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender};
 use super::crypto_pool::{CryptoPool, Item, Job};
 use super::mmsg::{self, RecvMeta};
+use super::oplog::{self, PeerNames, Summaries};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
 use crate::proto::{
@@ -283,6 +284,10 @@ pub struct Driver {
     /// The epoll instance the loop waits on, and the waker of the control channel.
     poll: Poll,
     waker: Option<Arc<Waker>>,
+    /// The config's peer names, for log lines (see `oplog`).
+    names: PeerNames,
+    /// Summaries of hostile drops (see `oplog`).
+    summaries: Summaries,
 }
 
 impl std::fmt::Debug for Driver {
@@ -383,6 +388,8 @@ impl Driver {
             control: None,
             poll,
             waker: None,
+            names: PeerNames::new(),
+            summaries: Summaries::from_env(),
         })
     }
 
@@ -468,10 +475,15 @@ impl Driver {
                 // The last poll's events are handled already.
                 events.clear();
             } else {
+                // The core's timers, or the end of a hostile-drop summary window.
+                let wake = match (deadline, self.summaries.deadline()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 let timeout = if busy {
                     Some(Duration::ZERO)
                 } else {
-                    deadline.map(|d| {
+                    wake.map(|d| {
                         // A deadline still due after `update_timers` would make this loop
                         // spin; the core should never leave one, but the loop must not burn
                         // a core.
@@ -524,6 +536,7 @@ impl Driver {
             }
             self.drain_transmit(now);
             self.log_events();
+            self.summaries.flush_due(now.monotonic);
         }
     }
 
@@ -804,15 +817,18 @@ impl Driver {
                     continue;
                 };
                 let len = datagram.len();
-                if let PreparedReceive::Open(job) =
-                    self.device.prepare_decapsulate(src, datagram, len, now)
-                {
-                    items.push(Item {
+                match self.device.prepare_decapsulate(src, datagram, len, now) {
+                    PreparedReceive::Open(job) => items.push(Item {
                         buf: i,
                         range: seg,
                         job: Job::Open(job),
                         result: None,
-                    });
+                    }),
+                    PreparedReceive::Dropped(reason) => {
+                        self.summaries
+                            .dropped(reason, src.remote.ip(), now.monotonic)
+                    }
+                    PreparedReceive::Done => {}
                 }
             }
         }
@@ -832,11 +848,19 @@ impl Driver {
             else {
                 continue;
             };
-            let Decapsulated::Deliver { range, .. } =
-                self.device
-                    .finish_decapsulate(job, item.result, datagram, now)
-            else {
-                continue;
+            let range = match self
+                .device
+                .finish_decapsulate(job, item.result, datagram, now)
+            {
+                Decapsulated::Deliver { range, .. } => range,
+                Decapsulated::Dropped(reason) => {
+                    if let Some(src) = self.pool.udp_meta.get(item.buf).and_then(|m| m.src) {
+                        let ip = normalize(src).ip();
+                        self.summaries.dropped(reason, ip, now.monotonic);
+                    }
+                    continue;
+                }
+                Decapsulated::Done => continue,
             };
             let Some(packet) = datagram.get(range) else {
                 continue;
@@ -910,24 +934,14 @@ impl Driver {
         }
     }
 
-    /// Logs the handshakes the core completed since the last turn (no scan of the peers).
+    /// Logs what the core reported since the last turn, naming the peers (no scan of the
+    /// peers).
     fn log_events(&mut self) {
         while let Some(event) = self.device.poll_event() {
-            match event {
-                Event::HandshakeCompleted {
-                    public_key,
-                    endpoint,
-                    ..
-                } => {
-                    self.stats.handshakes += 1;
-                    match endpoint {
-                        Some(endpoint) => {
-                            tracing::info!(peer = %public_key, %endpoint, "handshake completed")
-                        }
-                        None => tracing::info!(peer = %public_key, "handshake completed"),
-                    }
-                }
+            if matches!(event, Event::HandshakeCompleted { .. }) {
+                self.stats.handshakes += 1;
             }
+            oplog::log_event(&self.names, &event);
         }
     }
 
@@ -973,7 +987,12 @@ impl Driver {
             ControlRequest::Set { request, reply } => {
                 let result = self.set(&request);
                 match &result {
-                    Ok(changes) => log_changes("configuration changed over UAPI", changes),
+                    Ok(changes) => oplog::log_changes(
+                        "configuration changed over UAPI",
+                        changes,
+                        &self.names,
+                        &[],
+                    ),
                     Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
                 }
                 let _ = reply.send(result);
@@ -992,7 +1011,17 @@ impl Driver {
             // The event loop stops before it gets here.
             ControlRequest::Stop => {}
             ControlRequest::SyncMtu => self.sync_mtu(),
+            ControlRequest::Names(names) => self.names = names,
         }
+    }
+
+    /// The peer names log lines use from now on (see `oplog`).
+    pub fn set_names(&mut self, names: PeerNames) {
+        self.names = names;
+    }
+
+    pub fn names(&self) -> &PeerNames {
+        &self.names
     }
 
     /// The id of a peer, for callers that only know its key.

@@ -7,6 +7,7 @@ pub mod event_loop;
 // per-packet sendmmsg/recvmmsg path, which no crate batches the way the data plane needs.
 #[allow(unsafe_code)]
 pub mod mmsg;
+pub mod oplog;
 pub mod plane;
 pub mod reconcile;
 pub mod tun;

@@ -5,10 +5,11 @@
 //! none) and `allowed_ips` (comma-separated), the names prometheus_wireguard_exporter uses, so
 //! existing dashboards work: `wireguard_sent_bytes_total`, `wireguard_received_bytes_total`,
 //! `wireguard_latest_handshake_seconds` (unix seconds, 0 = never); and tandem's
-//! `tandem_peer_connected` (latest handshake younger than 180 s). Per interface:
-//! `tandem_drops_total{reason}` for every drop reason (also those still at 0, so a rate can be
-//! taken from the first scrape on), `tandem_handshakes_completed_total`, `tandem_peers` and
-//! `tandem_under_load`.
+//! `tandem_peer_connected` (latest handshake younger than 180 s) and
+//! `tandem_peer_handshakes_failed_total` (retry series that gave up after 90 s). Per
+//! interface: `tandem_drops_total{reason}` for every drop reason (also those still at 0, so a
+//! rate can be taken from the first scrape on), `tandem_handshakes_completed_total`,
+//! `tandem_handshakes_failed_total`, `tandem_peers` and `tandem_under_load`.
 
 use std::collections::HashMap;
 
@@ -37,6 +38,8 @@ pub fn render(ifname: &str, snapshot: &Snapshot, names: &PeerNames, now_unix: u6
     let connected = Family::<Labels, Gauge>::default();
     let drops = Family::<Labels, Counter>::default();
     let handshakes = Family::<Labels, Counter>::default();
+    let failed = Family::<Labels, Counter>::default();
+    let peer_failed = Family::<Labels, Counter>::default();
     let peers = Family::<Labels, Gauge>::default();
     let under_load = Family::<Labels, Gauge>::default();
     registry.register(
@@ -69,6 +72,16 @@ pub fn render(ifname: &str, snapshot: &Snapshot, names: &PeerNames, now_unix: u6
         "Handshakes completed since the interface started",
         handshakes.clone(),
     );
+    registry.register(
+        "tandem_handshakes_failed",
+        "Handshake attempts that gave up (no response for 90 s) since the interface started",
+        failed.clone(),
+    );
+    registry.register(
+        "tandem_peer_handshakes_failed",
+        "Handshake attempts with the peer that gave up (no response for 90 s)",
+        peer_failed.clone(),
+    );
     registry.register("tandem_peers", "Peers configured", peers.clone());
     registry.register(
         "tandem_under_load",
@@ -95,6 +108,9 @@ pub fn render(ifname: &str, snapshot: &Snapshot, names: &PeerNames, now_unix: u6
         connected
             .get_or_create(&labels)
             .set(i64::from(is_connected(latest, now_unix)));
+        peer_failed
+            .get_or_create(&labels)
+            .inc_by(peer.stats.handshakes_failed);
     }
     for reason in DropReason::ALL {
         let mut labels = iface();
@@ -106,6 +122,9 @@ pub fn render(ifname: &str, snapshot: &Snapshot, names: &PeerNames, now_unix: u6
     handshakes
         .get_or_create(&iface())
         .inc_by(snapshot.handshakes_completed);
+    failed
+        .get_or_create(&iface())
+        .inc_by(snapshot.handshakes_failed);
     peers
         .get_or_create(&iface())
         .set(gauge_value(snapshot.peers.len() as u64));
@@ -151,6 +170,8 @@ mod tests {
         snapshot.drops.count(DropReason::InvalidMac1);
         snapshot.drops.count(DropReason::InvalidMac1);
         snapshot.handshakes_completed = 3;
+        snapshot.peers[0].stats.handshakes_failed = 2;
+        snapshot.handshakes_failed = 5;
         snapshot
     }
 
@@ -172,6 +193,8 @@ mod tests {
             "tandem_drops_total{interface=\"tnd0\",reason=\"invalid_mac1\"} 2".to_owned(),
             "tandem_drops_total{interface=\"tnd0\",reason=\"truncated\"} 0".to_owned(),
             "tandem_handshakes_completed_total{interface=\"tnd0\"} 3".to_owned(),
+            "tandem_handshakes_failed_total{interface=\"tnd0\"} 5".to_owned(),
+            format!("tandem_peer_handshakes_failed_total{labels2} 2"),
             "tandem_peers{interface=\"tnd0\"} 2".to_owned(),
             "tandem_under_load{interface=\"tnd0\"} 0".to_owned(),
             "# TYPE wireguard_sent_bytes counter".to_owned(),
@@ -192,6 +215,7 @@ mod tests {
         );
         assert!(text.contains(&format!("wireguard_latest_handshake_seconds{labels3} 0")));
         assert!(text.contains(&format!("tandem_peer_connected{labels3} 0")));
+        assert!(text.contains(&format!("tandem_peer_handshakes_failed_total{labels3} 0")));
         // Never a private key.
         assert!(!text.contains(&key(1).to_base64()));
     }

@@ -59,6 +59,23 @@ pub struct PeerStats {
     pub tx_bytes: u64,
     /// Wall-clock time of the latest completed handshake.
     pub last_handshake: Option<Duration>,
+    /// Handshake attempts that gave up: initiations retried for REKEY_ATTEMPT_TIME with no
+    /// response (each series that gives up counts once).
+    pub handshakes_failed: u64,
+}
+
+/// What the device has told the operator about a peer's unanswered handshakes since its
+/// last completed one, so that each line comes once per outage (see `Event`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Outage {
+    /// Nothing reported: the last handshake completed, or none was tried.
+    #[default]
+    None,
+    /// "handshake not answered" was reported; `since` is when the first unanswered
+    /// initiation went out (monotonic).
+    Unanswered { since: Duration },
+    /// "gave up" was reported too.
+    GaveUp { since: Duration },
 }
 
 pub(crate) struct Peer {
@@ -89,6 +106,8 @@ pub(crate) struct Peer {
     pub allowed_ips: Vec<Prefix>,
     pub staged: VecDeque<Vec<u8>>,
     pub stats: PeerStats,
+    /// Unanswered handshakes reported since the last completed one.
+    pub outage: Outage,
 }
 
 impl Peer {
@@ -115,7 +134,9 @@ impl Peer {
                 rx_bytes: 0,
                 tx_bytes: 0,
                 last_handshake: None,
+                handshakes_failed: 0,
             },
+            outage: Outage::None,
         };
         peer.set_own_private_key(own_private);
         peer

@@ -63,6 +63,9 @@ pub struct Snapshot {
     pub drops: DropCounters,
     /// Handshakes completed since the device was made.
     pub handshakes_completed: u64,
+    /// Handshake retry series that gave up since the device was made (each peer's own count
+    /// is in its stats).
+    pub handshakes_failed: u64,
     /// Whether handshakes currently need a cookie (mac2): the core answers this only for a
     /// given `now`, so the driver fills it in; `of` leaves it false.
     pub under_load: bool,
@@ -79,6 +82,7 @@ impl Snapshot {
             peers: device.peers(),
             drops: device.drops().clone(),
             handshakes_completed: device.handshakes_completed(),
+            handshakes_failed: device.handshakes_failed(),
             under_load: false,
         }
     }

@@ -16,7 +16,7 @@ use crate::proto::time::Now;
 use crate::proto::timers::{INITIATION_MIN_INTERVAL, REKEY_TIMEOUT};
 use crate::proto::transport::Keypair;
 
-use super::{Device, Event};
+use super::{Device, Event, events};
 
 impl Device {
     /// Sends an initiation to `id` unless one went out less than REKEY_TIMEOUT ago.
@@ -62,8 +62,13 @@ impl Device {
                 return;
             }
         };
+        // An initiation still in flight (sent at least REKEY_TIMEOUT ago, see above) got no
+        // response, whatever sends this one: a retry, traffic or a keepalive.
+        let mut unanswered = None;
         if let Some(old) = peer.handshake.replace(Handshake { local_index, state }) {
             self.index.remove(old.local_index);
+            let sent = peer.timers.last_sent_handshake;
+            unanswered = events::initiation_unanswered(peer, id, sent, now);
         }
         peer.timers.last_sent_handshake = Some(now.monotonic);
         peer.stats.tx_bytes += INITIATION_LEN as u64;
@@ -72,6 +77,9 @@ impl Device {
         peer.timers.on_authenticated_sent();
         peer.timers.on_handshake_initiated(now.monotonic, jitter);
         tracing::debug!(peer = %peer.public_key, attempt = peer.timers.handshake_attempts, "handshake initiation sent");
+        if let Some(event) = unanswered {
+            self.push_event(event);
+        }
         self.push_control(endpoint, Some(id), &out);
     }
 
@@ -157,7 +165,7 @@ impl Device {
         };
         peer.latest_timestamp = timestamp;
         peer.last_initiation_consumed = Some(now.monotonic);
-        peer.endpoint = Some(src);
+        let roamed = events::learn_endpoint(peer, id, src);
         peer.stats.rx_bytes += INITIATION_LEN as u64;
         peer.stats.tx_bytes += RESPONSE_LEN as u64;
         // Our own initiation in flight, if any, is superseded.
@@ -183,6 +191,9 @@ impl Device {
         tracing::debug!(peer = %key, "handshake initiation consumed, response sent");
         for k in [old_next, old_previous].into_iter().flatten() {
             self.index.remove(k.local_index);
+        }
+        if let Some(event) = roamed {
+            self.push_event(event);
         }
         self.push_control(src, Some(id), &out);
         Ok(())
@@ -220,9 +231,9 @@ impl Device {
         } else {
             [std::mem::replace(&mut peer.previous, old_current), None]
         };
-        peer.endpoint = Some(src);
+        let roamed = events::learn_endpoint(peer, id, src);
         peer.stats.rx_bytes += RESPONSE_LEN as u64;
-        peer.stats.last_handshake = Some(now.unix);
+        let reconnected = events::handshake_completed(peer, id, now);
         let ka = peer.persistent_keepalive;
         peer.timers.on_handshake_complete();
         peer.timers.on_session_derived(now.monotonic);
@@ -237,6 +248,9 @@ impl Device {
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {
             self.index.remove(k.local_index);
+        }
+        for event in [roamed, reconnected].into_iter().flatten() {
+            self.push_event(event);
         }
         self.push_event(completed);
         // Confirm the session at once: send what waited, or else a keepalive.

@@ -41,6 +41,7 @@ use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
 use super::transport::{OpenJob, SealJob};
 
+mod events;
 mod handshake;
 mod receive;
 mod send;
@@ -125,6 +126,10 @@ impl ReceiveJob {
 }
 
 /// Something the driver may want to know (and log), drained with [`Device::poll_event`].
+///
+/// None of them can be caused by a packet that did not authenticate: the outage events come
+/// from our own timers, the others from authenticated handshakes and transport packets. Each
+/// outage event comes once per outage (see `events.rs`), not once per retry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A handshake completed: as initiator when the response arrived, as responder when the
@@ -133,6 +138,42 @@ pub enum Event {
         peer: PeerId,
         public_key: PublicKey,
         endpoint: Option<SocketAddr>,
+    },
+    /// Our initiation to `endpoint` got no response within REKEY_TIMEOUT (seen when the next
+    /// one goes: a retransmission, a keepalive or traffic). Once per outage: not again until
+    /// a handshake completes.
+    HandshakeUnanswered {
+        peer: PeerId,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+    },
+    /// The retries gave up after REKEY_ATTEMPT_TIME with no response; `waited` is the time
+    /// since the first unanswered initiation of the outage. Once per outage (the peer's
+    /// `handshakes_failed` counts every series that gives up).
+    HandshakeGaveUp {
+        peer: PeerId,
+        public_key: PublicKey,
+        attempts: u32,
+        waited: Duration,
+    },
+    /// An authenticated packet came from another address (or port) than the endpoint the
+    /// peer had: the endpoint follows it (roaming). Not for a peer that had no endpoint.
+    EndpointChanged {
+        peer: PeerId,
+        public_key: PublicKey,
+        from: SocketAddr,
+        to: SocketAddr,
+    },
+    /// A handshake completed after an outage: after "handshake not answered" was reported
+    /// (`unanswered_for`: since the first unanswered initiation), or when the previous
+    /// handshake was older than REJECT_AFTER_TIME, so no session was left
+    /// (`since_last_handshake`). Comes before its `HandshakeCompleted`.
+    PeerReconnected {
+        peer: PeerId,
+        public_key: PublicKey,
+        endpoint: Option<SocketAddr>,
+        unanswered_for: Option<Duration>,
+        since_last_handshake: Option<Duration>,
     },
 }
 
@@ -189,6 +230,9 @@ pub struct Device {
     /// Handshakes completed since the device was made, for metrics (events may be dropped
     /// when nobody drains them; this count is not).
     handshakes_completed: u64,
+    /// Handshake retry series that gave up (every peer's `handshakes_failed`, removed peers
+    /// included).
+    handshakes_failed: u64,
     /// ChaCha20 keyed by the caller's seed: its output is fixed by the algorithm, not by a
     /// crate version (rand's `StdRng` may change between versions), so a seed replays the
     /// same ephemeral keys, indices, cookie secrets and jitter everywhere.
@@ -229,6 +273,7 @@ impl Device {
             events: VecDeque::new(),
             drops: DropCounters::default(),
             handshakes_completed: 0,
+            handshakes_failed: 0,
             rng,
         }
     }
@@ -475,6 +520,12 @@ impl Device {
         self.handshakes_completed
     }
 
+    /// Handshake retry series that gave up since the device was made (see
+    /// `PeerStats::handshakes_failed`).
+    pub fn handshakes_failed(&self) -> u64 {
+        self.handshakes_failed
+    }
+
     pub(super) fn push_event(&mut self, event: Event) {
         if matches!(event, Event::HandshakeCompleted { .. }) {
             self.handshakes_completed += 1;
@@ -485,7 +536,7 @@ impl Device {
         self.events.push_back(event);
     }
 
-    /// The next event (handshakes completed), oldest first.
+    /// The next event, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -9,7 +9,7 @@ use crate::proto::messages::{MessageKind, classify};
 use crate::proto::time::Now;
 use crate::proto::timers::REKEY_ON_RECEIVE_AGE;
 
-use super::{Decapsulated, Device, Event, HEADROOM, PreparedReceive, ReceiveJob};
+use super::{Decapsulated, Device, Event, HEADROOM, PreparedReceive, ReceiveJob, events};
 
 impl Device {
     /// Handles the datagram `buf[..len]` from `src`. A transport packet is decrypted in place
@@ -139,13 +139,14 @@ impl Device {
         let birth = keypair.birth;
         // Roaming: the endpoint, with the local address it reached us on, follows the
         // latest authenticated packet.
-        peer.endpoint = Some(src);
+        let roamed = events::learn_endpoint(peer, id, src);
         peer.stats.rx_bytes += datagram.len() as u64;
         let ka = peer.persistent_keepalive;
         peer.timers.on_authenticated_received();
         peer.timers.on_authenticated_traversal(now.monotonic, ka);
         // The first packet under `next` confirms it: it becomes current.
         let mut confirmed = false;
+        let mut reconnected = None;
         let mut dropped = None;
         if peer
             .next
@@ -156,7 +157,7 @@ impl Device {
             let old_current = std::mem::replace(&mut peer.current, next);
             dropped = std::mem::replace(&mut peer.previous, old_current);
             peer.timers.on_handshake_complete();
-            peer.stats.last_handshake = Some(now.unix);
+            reconnected = events::handshake_completed(peer, id, now);
             confirmed = true;
             tracing::debug!(peer = %peer.public_key, "handshake complete (responder)");
         }
@@ -175,6 +176,9 @@ impl Device {
         let peer_key = peer.public_key;
         if let Some(k) = dropped {
             self.index.remove(k.local_index);
+        }
+        for event in [roamed, reconnected].into_iter().flatten() {
+            self.push_event(event);
         }
         if confirmed {
             self.push_event(Event::HandshakeCompleted {

@@ -24,7 +24,7 @@ use crate::proto::timers::{
     KEEPALIVE_TIMEOUT, MAX_TIMER_HANDSHAKES, REKEY_TIMEOUT_JITTER_MAX, TimerEvent,
 };
 
-use super::Device;
+use super::{Device, events};
 
 impl Device {
     /// Fires every timer that is due at `now`.
@@ -117,8 +117,15 @@ impl Device {
                     if peer.timers.zero_key_material.is_none() {
                         peer.timers.on_session_derived(now.monotonic);
                     }
+                    // Every initiation of the series: the first and its retries.
+                    let sent = peer.timers.handshake_attempts + 1;
+                    let event = events::handshake_gave_up(peer, id, sent, now);
+                    self.handshakes_failed += 1;
                     for _ in 0..dropped {
                         self.drops.count(DropReason::HandshakeTimeout);
+                    }
+                    if let Some(event) = event {
+                        self.push_event(event);
                     }
                 } else {
                     peer.timers.handshake_attempts += 1;
