@@ -24,6 +24,8 @@ use nix::sys::socket::{
 use nix::sys::stat::Mode;
 use nix::unistd::{self, Pid};
 
+pub mod privilege;
+
 // ------------------------------------------------------------------ process
 
 /// Moves the calling thread into the network namespace at `path` (for example

@@ -797,6 +797,13 @@ fn systemd_unit_is_valid_and_locked_down() {
         ("DevicePolicy", "closed"),
         ("RuntimeDirectory", "wireguard"),
         ("RestartPreventExitStatus", "78"),
+        // Least privilege: a user of its own from the start (systemd/tandem.sysusers).
+        ("User", "tandem"),
+        ("Group", "tandem"),
+        // A tunnel whose network is not up at boot is retried for as long as it takes.
+        ("Restart", "on-failure"),
+        ("RestartSec", "5"),
+        ("StartLimitIntervalSec", "0"),
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
@@ -830,6 +837,43 @@ fn systemd_unit_is_valid_and_locked_down() {
         out.status.success() && complaints.is_empty(),
         "systemd-analyze verify: {}\n{stderr}",
         out.status
+    );
+
+    // The user the unit runs as: systemd-sysusers creates it from systemd/tandem.sysusers
+    // (here in a scratch root, not on this machine), a system user with a group of its own
+    // and no login shell.
+    let sysusers = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/tandem.sysusers");
+    let root = TempDir::new("sysusers");
+    std::fs::create_dir_all(root.path("etc")).expect("etc");
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.root().display()))
+        .arg(&sysusers)
+        .output()
+        .expect("run systemd-sysusers (systemd)");
+    assert!(
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path("etc/passwd")).expect("passwd");
+    let entry: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("tandem:"))
+        .unwrap_or_else(|| panic!("no tandem user in {passwd}"))
+        .split(':')
+        .collect();
+    let (uid, gid): (u32, u32) = (
+        entry[2].parse().expect("uid"),
+        entry[3].parse().expect("gid"),
+    );
+    assert!(uid > 0 && uid < 1000, "a system user: {entry:?}");
+    assert_eq!(entry[6], "/usr/sbin/nologin");
+    let group = std::fs::read_to_string(root.path("etc/group")).expect("group");
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with(&format!("tandem:x:{gid}:"))),
+        "{group}"
     );
 }
 
