@@ -215,12 +215,51 @@ fn open_dir(dir: &TempDir, name: &str) -> std::path::PathBuf {
     path
 }
 
-/// The post_down hook that records what its process holds.
-fn recording_hook(out: &Path) -> String {
-    format!(
-        "post_down = [\"grep -E 'Cap(Eff|Amb)|NoNewPrivs' /proc/self/status > {o}; id -u >> {o}\"]\n",
-        o = out.display()
-    )
+/// Hooks that record what their process holds, each in `dir/STAGE`.
+fn recording_hooks(dir: &Path) -> String {
+    // PreDown changes the link first: a hook can still configure the network.
+    let record = |stage: &str| {
+        let first = if stage == "pre_down" {
+            "ip link set dev %i mtu 1380 && "
+        } else {
+            ""
+        };
+        format!(
+            "{stage} = [\"{first}grep -E 'Cap(Eff|Bnd|Amb)|NoNewPrivs' /proc/self/status > {o}; \
+             id -u >> {o}\"]\n",
+            o = dir.join(stage).display()
+        )
+    };
+    ["post_up", "pre_down", "post_down"].map(record).concat()
+}
+
+/// What a recording hook of `stage` wrote.
+fn recorded(dir: &Path, stage: &str) -> String {
+    std::fs::read_to_string(dir.join(stage)).unwrap_or_else(|e| panic!("{stage} ran: {e}"))
+}
+
+/// Asserts that the down hooks ran with CAP_NET_ADMIN (ambient) only, as `uid`.
+fn assert_down_hooks_reduced(dir: &Path, uid: u32) {
+    for stage in ["pre_down", "post_down"] {
+        let hook = recorded(dir, stage);
+        assert!(
+            hook.contains("CapEff:\t0000000000001000"),
+            "{stage}: {hook}"
+        );
+        assert!(
+            hook.contains("CapBnd:\t0000000000001000"),
+            "{stage}: {hook}"
+        );
+        assert!(
+            hook.contains("CapAmb:\t0000000000001000"),
+            "{stage}: {hook}"
+        );
+        assert!(hook.contains("NoNewPrivs:\t1"), "{stage}: {hook}");
+        assert!(
+            hook.ends_with(&format!("\n{uid}\n")),
+            "{stage} as {uid}: {hook}"
+        );
+    }
 }
 
 #[test]
@@ -228,10 +267,9 @@ fn up_keeps_cap_net_admin_only_in_every_thread() {
     let p = Pair::new("root");
     let mut db = p.start_b();
     let hooks = open_dir(&p.dir, "hooks");
-    let recorded = hooks.join("post_down");
     let config = p.write(
         "a.toml",
-        &p.config_a(&format!("\"{A4}/24\""), &recording_hook(&recorded)),
+        &p.config_a(&format!("\"{A4}/24\""), &recording_hooks(&hooks)),
         0o600,
     );
     let mut da = Daemon::start(
@@ -258,6 +296,15 @@ fn up_keeps_cap_net_admin_only_in_every_thread() {
         "a blocking-pool thread in {names:?}"
     );
     p.ping_b(&da);
+    // PostUp ran before the drop, with the privileges tandem was started with (root's).
+    let post_up = recorded(&hooks, "post_up");
+    let ours = std::fs::read_to_string("/proc/self/status").expect("status");
+    let our_eff = ours
+        .lines()
+        .find(|l| l.starts_with("CapEff:"))
+        .expect("CapEff");
+    assert!(post_up.contains(our_eff), "{post_up} vs {our_eff}");
+    assert!(!post_up.contains("CapEff:\t0000000000001000"), "{post_up}");
 
     // After the drop: `wg set fwmark` (SO_MARK on the data plane thread) ...
     let set = p.a.exec("wg", &["set", &p.ifname, "fwmark", "0x1234"]);
@@ -275,7 +322,7 @@ fn up_keeps_cap_net_admin_only_in_every_thread() {
         "a.toml",
         &p.config_a(
             &format!("\"{A4}/24\", \"10.80.0.1/24\""),
-            &recording_hook(&recorded),
+            &recording_hooks(&hooks),
         ),
         0o600,
     );
@@ -290,12 +337,8 @@ fn up_keeps_cap_net_admin_only_in_every_thread() {
     assert_dropped(pid, CAP_NET_ADMIN, 0, 0, false, &da.log());
 
     da.stop(Duration::from_secs(10));
-    // PostDown ran after the drop: CAP_NET_ADMIN (ambient) and nothing else.
-    let hook = std::fs::read_to_string(&recorded).expect("post_down ran");
-    assert!(hook.contains("CapEff:\t0000000000001000"), "{hook}");
-    assert!(hook.contains("CapAmb:\t0000000000001000"), "{hook}");
-    assert!(hook.contains("NoNewPrivs:\t1"), "{hook}");
-    assert!(hook.ends_with("0\n"), "uid 0: {hook}");
+    // PreDown and PostDown ran after the drop: CAP_NET_ADMIN (ambient) and nothing else.
+    assert_down_hooks_reduced(&hooks, 0);
     db.terminate(Duration::from_secs(5));
 }
 
@@ -306,8 +349,7 @@ fn user_flag_switches_every_thread_and_keeps_reloads_fwmark_and_the_socket_worki
     let _restore = SocketDirState::save();
     let mut db = p.start_b();
     let hooks = open_dir(&p.dir, "hooks");
-    let recorded = hooks.join("post_down");
-    let text = p.config_a(&format!("\"{A4}/24\""), &recording_hook(&recorded));
+    let text = p.config_a(&format!("\"{A4}/24\""), &recording_hooks(&hooks));
     let socket = format!("/var/run/wireguard/{}.sock", p.ifname);
 
     // A config the user cannot read: the start works (root reads it), the log warns that
@@ -350,6 +392,14 @@ fn user_flag_switches_every_thread_and_keeps_reloads_fwmark_and_the_socket_worki
     // The socket is the user's, in a directory the user may remove it from.
     let meta = std::fs::metadata(&socket).expect("socket exists");
     assert_eq!(meta.uid(), NOBODY);
+    let dir = std::fs::metadata("/var/run/wireguard").expect("socket dir");
+    assert_eq!(dir.gid(), NOBODY, "the directory gets the user's group");
+    assert_eq!(
+        dir.mode() & 0o1070,
+        0o1070,
+        "group rwx, sticky: {:o}",
+        dir.mode()
+    );
     p.ping_b(&da);
 
     // `wg` as root through the socket, and SO_MARK with CAP_NET_ADMIN as nobody.
@@ -369,7 +419,7 @@ fn user_flag_switches_every_thread_and_keeps_reloads_fwmark_and_the_socket_worki
         "a.toml",
         &p.config_a(
             &format!("\"{A4}/24\", \"10.80.0.1/24\""),
-            &recording_hook(&recorded),
+            &recording_hooks(&hooks),
         ),
         0o644,
     );
@@ -383,16 +433,23 @@ fn user_flag_switches_every_thread_and_keeps_reloads_fwmark_and_the_socket_worki
         da.log()
     );
     assert_dropped(pid, CAP_NET_ADMIN, NOBODY, NOBODY, true, &da.log());
+    // A reload that adds DNS: refused as the user, with an error (the rest applies).
+    let with_dns = p
+        .config_a(
+            &format!("\"{A4}/24\", \"10.80.0.1/24\""),
+            &recording_hooks(&hooks),
+        )
+        .replacen("[[peer]]", "dns = [\"10.79.0.53\"]\n\n[[peer]]", 1);
+    p.write("a.toml", &with_dns, 0o644);
+    da.signal("HUP");
+    da.wait_log("DNS cannot be changed as user nobody", UP);
 
     let log = stop(da);
     assert!(
         !Path::new(&socket).exists(),
         "socket removed by the user daemon:\n{log}"
     );
-    let hook = std::fs::read_to_string(&recorded).expect("post_down ran");
-    assert!(hook.contains("CapEff:\t0000000000001000"), "{hook}");
-    assert!(hook.contains("NoNewPrivs:\t1"), "{hook}");
-    assert!(hook.ends_with("65534\n"), "uid nobody: {hook}");
+    assert_down_hooks_reduced(&hooks, NOBODY);
     db.terminate(Duration::from_secs(5));
 }
 
