@@ -87,6 +87,10 @@ pub enum Command {
         /// UAPI socket keep working. Without it the daemon stays root, with CAP_NET_ADMIN only.
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
+        /// Enter the network namespace at PATH first (`tandem demo` starts its daemons so,
+        /// without `ip netns exec`).
+        #[arg(long, value_name = "PATH", hide = true)]
+        netns: Option<PathBuf>,
     },
     /// Check CONFIG and print every problem (exit status 78 when it is invalid).
     Check { config: PathBuf },
@@ -175,7 +179,7 @@ mod tests {
         .expect("parse");
         assert_eq!(cli.log_level.as_deref(), Some("debug"));
         assert!(
-            matches!(cli.command, Some(Command::Up { config, no_offload: false, user: None }) if config.ends_with("wg0.toml"))
+            matches!(cli.command, Some(Command::Up { config, no_offload: false, user: None, netns: None }) if config.ends_with("wg0.toml"))
         );
         assert!(matches!(
             Cli::try_parse_from(["tandem", "up", "--user", "tandem", "wg0.toml"])

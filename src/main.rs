@@ -90,7 +90,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             config,
             no_offload,
             user,
+            netns,
         } => {
+            // First, while this is the only thread: every thread started later is born in
+            // the namespace (setns acts per thread).
+            if let Some(path) = &netns {
+                os::enter_netns(path)
+                    .with_context(|| format!("cannot enter the namespace {}", path.display()))?;
+            }
             let mut loaded = load(&config)?;
             if no_offload {
                 loaded.interface.offload = false;

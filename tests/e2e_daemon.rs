@@ -881,15 +881,10 @@ fn systemd_unit_is_valid_and_locked_down() {
 #[test]
 fn demo_runs_and_cleans_up() {
     require_root();
-    // Nothing but `ip` on the PATH (no ping, no wg): the demo needs nothing else, so the
-    // README's first command works on a bare machine.
+    // An empty PATH (no `ip`, no `ping`, no `wg`): the demo needs nothing but tandem itself,
+    // so the README's first command works on a bare machine.
     let bare = TempDir::new("demo-path");
-    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("this test needs iproute2's `ip`");
-    std::os::unix::fs::symlink(ip, bare.path("ip")).expect("symlink ip");
-    let out = ChildGuard::new(
+    let demo = ChildGuard::new(
         Command::new(BIN)
             .args(["demo", "--mib", "4"])
             .env("PATH", bare.root())
@@ -898,8 +893,9 @@ fn demo_runs_and_cleans_up() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run tandem demo"),
-    )
-    .output_timeout(Duration::from_secs(120));
+    );
+    let demo_pid = demo.id();
+    let out = demo.output_timeout(Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -916,23 +912,32 @@ fn demo_runs_and_cleans_up() {
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
     }
-    // Its namespaces are named after its process id; none may remain.
-    let left = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let left = String::from_utf8_lossy(&left.stdout);
-    let pid_names: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("tnd-demo-a-")))
+    // Its namespaces are anonymous (nothing in /run/netns, ever), reached by its daemons
+    // through /proc/PID/fd/N: once no process names them and the demo is gone, they are too.
+    let names = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&demo_pid.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        names.is_empty(),
+        "the demo's namespaces in /run/netns: {names:?}"
+    );
+    let marker = format!("/proc/{demo_pid}/fd/");
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
         .collect();
-    assert!(!pid_names.is_empty(), "{stdout}");
-    for name in pid_names {
-        assert!(
-            !left.contains(name),
-            "namespace {name} left behind:\n{left}"
-        );
-    }
+    assert!(
+        holders.is_empty(),
+        "demo daemons still running: {holders:?}"
+    );
 }
 
 /// Without privileges, `demo` and `up` say what they need instead of failing obscurely.
