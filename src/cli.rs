@@ -82,6 +82,15 @@ pub enum Command {
         /// Turn every offload off (TUN GSO/GRO and UDP GSO/GRO), whatever the config says.
         #[arg(long)]
         no_offload: bool,
+        /// Once the interface is up (and PostUp has run), switch to this user and its group
+        /// (no supplementary groups), keeping CAP_NET_ADMIN only; reloads, `wg set` and the
+        /// UAPI socket keep working. Without it the daemon stays root, with CAP_NET_ADMIN only.
+        #[arg(long, value_name = "NAME")]
+        user: Option<String>,
+        /// Enter the network namespace at PATH first (`tandem demo` starts its daemons so,
+        /// without `ip netns exec`).
+        #[arg(long, value_name = "PATH", hide = true)]
+        netns: Option<PathBuf>,
     },
     /// Check CONFIG and print every problem (exit status 78 when it is invalid).
     Check { config: PathBuf },
@@ -220,8 +229,14 @@ mod tests {
         .expect("parse");
         assert_eq!(cli.log_level.as_deref(), Some("debug"));
         assert!(
-            matches!(cli.command, Some(Command::Up { config, no_offload: false }) if config.ends_with("wg0.toml"))
+            matches!(cli.command, Some(Command::Up { config, no_offload: false, user: None, netns: None }) if config.ends_with("wg0.toml"))
         );
+        assert!(matches!(
+            Cli::try_parse_from(["tandem", "up", "--user", "tandem", "wg0.toml"])
+                .expect("parse")
+                .command,
+            Some(Command::Up { user: Some(u), .. }) if u == "tandem"
+        ));
         let cli = Cli::try_parse_from(["tandem", "check", "x.conf", "--log-level", "warn"])
             .expect("global flag after the subcommand");
         assert_eq!(cli.log_level.as_deref(), Some("warn"));

@@ -87,16 +87,23 @@ fn load(path: &Path) -> anyhow::Result<config::Config> {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up { config, no_offload } => {
+        Command::Up {
+            config,
+            no_offload,
+            user,
+            netns,
+        } => {
+            // First, while this is the only thread: every thread started later is born in
+            // the namespace (setns acts per thread).
+            if let Some(path) = &netns {
+                os::enter_netns(path)
+                    .with_context(|| format!("cannot enter the namespace {}", path.display()))?;
+            }
             let mut loaded = load(&config)?;
             if no_offload {
                 loaded.interface.offload = false;
             }
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            rt.block_on(daemon::up(&config, loaded, no_offload))
+            daemon_runtime()?.block_on(daemon::up(&config, loaded, no_offload, user.as_deref()))
         }
         Command::Check { config } => {
             let loaded = load(&config)?;
@@ -211,11 +218,18 @@ fn run_interface(
     if detached && let Err(e) = os::new_session() {
         tracing::warn!(error = %e, "cannot start a new session");
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
+    daemon_runtime()?.block_on(daemon::bare(ifname, detached, metrics))
+}
+
+/// The daemon's tokio runtime: one thread for the main loop, plus the blocking pool (name
+/// lookups, config reads), whose threads each drop to the daemon's privileges as they start,
+/// before their first task (see `tandem::os::privilege`).
+fn daemon_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(os::privilege::on_thread_start)
         .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(daemon::bare(ifname, detached, metrics))
+        .context("cannot start the async runtime")
 }
 
 fn run_peer(command: PeerCommand) -> anyhow::Result<()> {

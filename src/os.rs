@@ -24,6 +24,8 @@ use nix::sys::socket::{
 use nix::sys::stat::Mode;
 use nix::unistd::{self, Pid};
 
+pub mod privilege;
+
 // ------------------------------------------------------------------ process
 
 /// Moves the calling thread into the network namespace at `path` (for example
@@ -38,6 +40,20 @@ pub fn enter_netns(path: &Path) -> io::Result<()> {
     let file = File::open(path)?;
     nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)?;
     Ok(())
+}
+
+/// Creates a new, anonymous network namespace and returns it as an open file: what `ip netns
+/// add` does without the name in /run/netns. A short-lived thread unshares its network
+/// namespace (`unshare(2)` with `CLONE_NEWNET` acts on the calling thread only) and opens
+/// its `/proc/thread-self/ns/net`; the namespace lives as long as the file is open or
+/// something (a process, a socket) is inside it. Needs `CAP_SYS_ADMIN`.
+pub fn new_netns() -> io::Result<File> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
+        File::open("/proc/thread-self/ns/net")
+    })
+    .join()
+    .map_err(|_| io::Error::other("the namespace thread panicked"))?
 }
 
 /// The effective user id of this process, so callers can explain a missing privilege

@@ -794,6 +794,13 @@ fn systemd_unit_is_valid_and_locked_down() {
         ("DevicePolicy", "closed"),
         ("RuntimeDirectory", "wireguard"),
         ("RestartPreventExitStatus", "78"),
+        // Least privilege: a user of its own from the start (systemd/tandem.sysusers).
+        ("User", "tandem"),
+        ("Group", "tandem"),
+        // A tunnel whose network is not up at boot is retried for as long as it takes.
+        ("Restart", "on-failure"),
+        ("RestartSec", "5"),
+        ("StartLimitIntervalSec", "0"),
     ] {
         assert_eq!(get(k), vec![v], "{k}");
     }
@@ -828,21 +835,53 @@ fn systemd_unit_is_valid_and_locked_down() {
         "systemd-analyze verify: {}\n{stderr}",
         out.status
     );
+
+    // The user the unit runs as: systemd-sysusers creates it from systemd/tandem.sysusers
+    // (here in a scratch root, not on this machine), a system user with a group of its own
+    // and no login shell.
+    let sysusers = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/tandem.sysusers");
+    let root = TempDir::new("sysusers");
+    std::fs::create_dir_all(root.path("etc")).expect("etc");
+    let out = Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.root().display()))
+        .arg(&sysusers)
+        .output()
+        .expect("run systemd-sysusers (systemd)");
+    assert!(
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(root.path("etc/passwd")).expect("passwd");
+    let entry: Vec<&str> = passwd
+        .lines()
+        .find(|l| l.starts_with("tandem:"))
+        .unwrap_or_else(|| panic!("no tandem user in {passwd}"))
+        .split(':')
+        .collect();
+    let (uid, gid): (u32, u32) = (
+        entry[2].parse().expect("uid"),
+        entry[3].parse().expect("gid"),
+    );
+    assert!(uid > 0 && uid < 1000, "a system user: {entry:?}");
+    assert_eq!(entry[6], "/usr/sbin/nologin");
+    let group = std::fs::read_to_string(root.path("etc/group")).expect("group");
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with(&format!("tandem:x:{gid}:"))),
+        "{group}"
+    );
 }
 
 /// The README's main command, end to end (small transfer), and nothing left behind.
 #[test]
 fn demo_runs_and_cleans_up() {
     require_root();
-    // Nothing but `ip` on the PATH (no ping, no wg): the demo needs nothing else, so the
-    // README's first command works on a bare machine.
+    // An empty PATH (no `ip`, no `ping`, no `wg`): the demo needs nothing but tandem itself,
+    // so the README's first command works on a bare machine.
     let bare = TempDir::new("demo-path");
-    let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).is_file())
-        .expect("this test needs iproute2's `ip`");
-    std::os::unix::fs::symlink(ip, bare.path("ip")).expect("symlink ip");
-    let out = ChildGuard::new(
+    let demo = ChildGuard::new(
         Command::new(BIN)
             .args(["demo", "--mib", "4"])
             .env("PATH", bare.root())
@@ -851,8 +890,9 @@ fn demo_runs_and_cleans_up() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("run tandem demo"),
-    )
-    .output_timeout(Duration::from_secs(120));
+    );
+    let demo_pid = demo.id();
+    let out = demo.output_timeout(Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -869,23 +909,32 @@ fn demo_runs_and_cleans_up() {
     ] {
         assert!(stdout.contains(want), "no {want:?} in:\n{stdout}");
     }
-    // Its namespaces are named after its process id; none may remain.
-    let left = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .expect("ip netns list");
-    let left = String::from_utf8_lossy(&left.stdout);
-    let pid_names: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("tnd-demo-a-")))
+    // Its namespaces are anonymous (nothing in /run/netns, ever), reached by its daemons
+    // through /proc/PID/fd/N: once no process names them and the demo is gone, they are too.
+    let names = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&demo_pid.to_string()))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        names.is_empty(),
+        "the demo's namespaces in /run/netns: {names:?}"
+    );
+    let marker = format!("/proc/{demo_pid}/fd/");
+    let holders: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&marker))
         .collect();
-    assert!(!pid_names.is_empty(), "{stdout}");
-    for name in pid_names {
-        assert!(
-            !left.contains(name),
-            "namespace {name} left behind:\n{left}"
-        );
-    }
+    assert!(
+        holders.is_empty(),
+        "demo daemons still running: {holders:?}"
+    );
 }
 
 /// Without privileges, `demo` and `up` say what they need instead of failing obscurely.

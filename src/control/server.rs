@@ -155,6 +155,33 @@ impl UapiServer {
         self.file.clone()
     }
 
+    /// Makes the socket removable by user `uid` (the daemon after `--user`): the file becomes
+    /// theirs, and the directory, unless theirs already, gets group `gid` with group write
+    /// and the sticky bit, so that members of the group may remove their own files and no
+    /// one else's. A directory that already belongs to another non-root group is left alone
+    /// (an error). Needs CAP_CHOWN and CAP_FOWNER, i.e. root, before the drop.
+    pub fn hand_over(&self, uid: u32, gid: u32) -> io::Result<()> {
+        let path = &self.file.path;
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+        let Some(dir) = path.parent() else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(dir)?;
+        if meta.uid() == uid {
+            return Ok(());
+        }
+        if meta.gid() != 0 && meta.gid() != gid {
+            return Err(io::Error::other(format!(
+                "{} belongs to group {} already",
+                dir.display(),
+                meta.gid()
+            )));
+        }
+        std::os::unix::fs::chown(dir, None, Some(gid))?;
+        let mode = meta.permissions().mode() & 0o7777;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o1070))
+    }
+
     /// Replaces the peer names `get=tandem` reports (after a reload).
     pub fn set_names(&self, names: PeerNames) {
         self.names.send_replace(Arc::new(names));

@@ -1,13 +1,17 @@
 //! `tandem demo`: two tandem daemons in two fresh network namespaces joined by a veth pair,
 //! a handshake, UDP echo round trips through the tunnel (IPv4 and IPv6 inside), a timed TCP
-//! transfer, and everything removed again, also on Ctrl-C or failure. Needs root and
-//! iproute2's `ip` (for the namespaces and the veth pair), nothing else: the round trips are
-//! tandem's own UDP echo (threads that entered the namespaces), not `ping`, so the first
-//! command of the README works on a bare machine. Traffic never leaves the two namespaces it
-//! creates.
+//! transfer, and everything removed again, also on Ctrl-C or failure. Needs root and nothing
+//! else, so that the first command of the README works on a bare machine: no `ip`, no
+//! `ping`. The namespaces are anonymous (`os::new_netns`, held open by this process and
+//! reached by its children as `/proc/PID/fd/N`, so nothing is left in /run/netns should the
+//! demo be killed); the veth pair and its addresses are set over netlink (`netconf`) by
+//! threads that entered the namespaces; the daemons enter theirs themselves (`tandem up
+//! --netns`); the round trips are tandem's own UDP echo and the transfer runs on threads in
+//! the namespaces. Traffic never leaves the two namespaces it creates.
 
-use std::fs;
+use std::fs::{self, File};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use super::helper::{self, Sink, Source};
 use crate::keygen;
+use crate::netconf::NetConf;
 use crate::os;
 
 /// Tunnel (inner) and veth (outer) addressing inside the demo's namespaces.
@@ -43,7 +49,8 @@ pub struct DemoOptions {
 #[derive(Debug, Default)]
 struct Cleanup {
     children: Vec<(String, Child)>,
-    namespaces: Vec<String>,
+    /// The namespaces, held open: each goes once its file is closed and its daemon is gone.
+    namespaces: Vec<File>,
     dir: Option<PathBuf>,
 }
 
@@ -66,12 +73,7 @@ impl Cleanup {
             let _ = child.wait();
         }
         self.children.clear();
-        for ns in self.namespaces.drain(..).rev() {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        self.namespaces.clear();
         if let Some(dir) = self.dir.take() {
             let _ = fs::remove_dir_all(dir);
         }
@@ -124,41 +126,6 @@ fn install_signal_handler(shared: Shared) -> anyhow::Result<()> {
         lock(&shared).run();
         std::process::exit(130);
     });
-    Ok(())
-}
-
-fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !out.status.success() {
-        bail!(
-            "{shown} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<String> {
-    run_ok(Command::new("ip").args(args))
-}
-
-fn in_ns(ns: &str, cmd: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, cmd]).args(args);
-    c
-}
-
-fn need_tool(name: &str, package: &str) -> anyhow::Result<()> {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()));
-    if !found {
-        bail!("`tandem demo` needs `{name}`: install it with `apt-get install {package}`");
-    }
     Ok(())
 }
 
@@ -218,19 +185,55 @@ const ECHO_PORT: u16 = 7;
 /// an earlier probe is never taken for the current one.
 const PROBE_LEN: usize = 64;
 
-/// Runs `work` on a thread of its own that first entered namespace `ns` (`setns(2)` acts per
-/// thread, so the rest of the demo stays where it is), and returns what `work` returned.
+/// Runs `work` on a thread of its own that first entered the namespace at path `ns`
+/// (`setns(2)` acts per thread, so the rest of the demo stays where it is), and returns what
+/// `work` returned.
 fn in_netns<T: Send + 'static>(
     ns: &str,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let path = Path::new("/run/netns").join(ns);
+    spawn_in_netns(ns, work)
+        .join()
+        .map_err(|_| anyhow::anyhow!("a demo thread panicked"))?
+}
+
+/// [`in_netns`] without waiting: the thread's handle.
+fn spawn_in_netns<T: Send + 'static>(
+    ns: &str,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> std::thread::JoinHandle<anyhow::Result<T>> {
+    let path = PathBuf::from(ns);
     std::thread::spawn(move || {
         os::enter_netns(&path).with_context(|| format!("cannot enter {}", path.display()))?;
         work()
     })
-    .join()
-    .map_err(|_| anyhow::anyhow!("a probe thread panicked"))?
+}
+
+/// Runs the netlink steps `work` on a small runtime of the calling thread (which has
+/// entered a namespace: the netlink socket belongs to the thread's namespace).
+fn netlink<F: std::future::Future<Output = anyhow::Result<()>>>(
+    work: impl FnOnce(NetConf) -> F,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime for netlink")?;
+    rt.block_on(async {
+        let nc = NetConf::new()
+            .await
+            .context("cannot open a netlink socket")?;
+        work(nc).await
+    })
+}
+
+/// Brings `ifname` up with `addr` (if any) on it.
+async fn link_up(nc: &NetConf, ifname: &str, addr: Option<(IpAddr, u8)>) -> anyhow::Result<()> {
+    let index = nc.link_index(ifname).await?;
+    if let Some((addr, len)) = addr {
+        nc.add_address(index, addr, len).await?;
+    }
+    nc.set_up(index).await?;
+    Ok(())
 }
 
 /// An echo responder: a thread in namespace `ns` that sends every datagram on UDP port
@@ -240,7 +243,7 @@ fn spawn_echo_responder(
     ns: &str,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let path = Path::new("/run/netns").join(ns);
+    let path = PathBuf::from(ns);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
         let bound = os::enter_netns(&path)
@@ -402,7 +405,6 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
              devices (run it with sudo)"
         );
     }
-    need_tool("ip", "iproute2")?;
     let exe = std::env::current_exe().context("cannot find the tandem binary itself")?;
     let exe = exe.to_string_lossy().into_owned();
 
@@ -411,28 +413,44 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
     install_signal_handler(Arc::clone(&shared))?;
 
     let pid = std::process::id();
-    let ns_a = format!("tnd-demo-a-{pid}");
-    let ns_b = format!("tnd-demo-b-{pid}");
     let dir = std::env::temp_dir().join(format!("tandem-demo-{pid}"));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     lock(&shared).dir = Some(dir.clone());
 
     println!("== 1. two network namespaces joined by a veth pair");
-    for ns in [&ns_a, &ns_b] {
-        ip(&["netns", "add", ns])?;
-        lock(&shared).namespaces.push(ns.clone());
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    // Anonymous namespaces, reached by path through this process's descriptors.
+    let mut paths = Vec::new();
+    for _ in 0..2 {
+        let file = os::new_netns().context("cannot create a network namespace")?;
+        paths.push(format!("/proc/{pid}/fd/{}", file.as_raw_fd()));
+        lock(&shared).namespaces.push(file);
     }
+    let (ns_a, ns_b) = (paths[0].clone(), paths[1].clone());
     let (veth_a, veth_b) = (format!("tdva{pid}"), format!("tdvb{pid}"));
-    ip(&[
-        "-n", &ns_a, "link", "add", &veth_a, "type", "veth", "peer", "name", &veth_b, "netns",
-        &ns_b,
-    ])?;
-    for (ns, dev, addr) in [(&ns_a, &veth_a, OUTER_A4), (&ns_b, &veth_b, OUTER_B4)] {
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
+    let b_file = File::open(&ns_b).context("cannot open namespace b")?;
+    {
+        let (veth_a, veth_b) = (veth_a.clone(), veth_b.clone());
+        in_netns(&ns_a, move || {
+            netlink(|nc| async move {
+                link_up(&nc, "lo", None).await?;
+                // Both ends here, then b's end moves into b.
+                nc.add_veth(&veth_a, &veth_b).await?;
+                let index = nc.link_index(&veth_b).await?;
+                nc.move_to_netns(index, &b_file).await?;
+                link_up(&nc, &veth_a, Some((OUTER_A4.parse()?, 24))).await
+            })
+        })?;
     }
-    println!("   {ns_a} ({OUTER_A4}) <-> {ns_b} ({OUTER_B4})");
+    {
+        let veth_b = veth_b.clone();
+        in_netns(&ns_b, move || {
+            netlink(|nc| async move {
+                link_up(&nc, "lo", None).await?;
+                link_up(&nc, &veth_b, Some((OUTER_B4.parse()?, 24))).await
+            })
+        })?;
+    }
+    println!("   a: {veth_a} {OUTER_A4}/24 <-> b: {veth_b} {OUTER_B4}/24");
 
     println!("== 2. fresh keys and configs");
     let a = Side {
@@ -471,7 +489,8 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
         let log_path = dir.join(format!("{name}.log"));
         let log = fs::File::create(&log_path)?;
         let conf = conf.to_string_lossy().into_owned();
-        let child = in_ns(ns, &exe, &["--log-level", "info", "up", &conf])
+        let child = Command::new(&exe)
+            .args(["--log-level", "info", "up", "--netns", ns, &conf])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -532,11 +551,11 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
     );
 
     println!("== 5. UDP echo through the tunnel");
-    for (from, to) in [
-        (&ns_a, INNER_B4),
-        (&ns_b, INNER_A4),
-        (&ns_a, INNER_B6),
-        (&ns_b, INNER_A6),
+    for (label, from, to) in [
+        ("a", &ns_a, INNER_B4),
+        ("b", &ns_b, INNER_A4),
+        ("a", &ns_a, INNER_B6),
+        ("b", &ns_b, INNER_A6),
     ] {
         let rtt = probe(
             from,
@@ -546,91 +565,36 @@ fn steps(options: &DemoOptions) -> anyhow::Result<()> {
             Duration::from_millis(100),
         )?;
         if rtt.samples.is_empty() {
-            bail!("{from} -> {to}: {rtt}");
+            bail!("{label} -> {to}: {rtt}");
         }
-        println!("   {from} -> {to}: {rtt}");
+        println!("   {label} -> {to}: {rtt}");
     }
 
     println!("== 6. {} MiB over TCP through the tunnel", options.mib);
     let bytes = options.mib * 1024 * 1024;
-    let bytes_s = bytes.to_string();
-    let seed_s = PATTERN_SEED.to_string();
-    let listen = format!("{INNER_B4}:{TCP_PORT}");
-    let receiver = in_ns(
-        &ns_b,
-        &exe,
-        &[
-            "demo-helper",
-            "recv",
-            "--listen",
-            &listen,
-            "--pattern-seed",
-            &seed_s,
-            "--bytes",
-            &bytes_s,
-            "--timeout",
-            "60",
-        ],
-    )
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .context("cannot start the receiver")?;
-    let receiver_pid = receiver.id();
-    lock(&shared).children.push(("receiver".into(), receiver));
-    let sent = run_ok(&mut in_ns(
-        &ns_a,
-        &exe,
-        &[
-            "demo-helper",
-            "send",
-            "--connect",
-            &listen,
-            "--pattern-seed",
-            &seed_s,
-            "--bytes",
-            &bytes_s,
-            "--timeout",
-            "60",
-        ],
-    ))?;
-    // The receiver's verdict.
-    let mut receiver = {
-        let mut c = lock(&shared);
-        let pos = c
-            .children
-            .iter()
-            .position(|(_, ch)| ch.id() == receiver_pid)
-            .context("receiver lost")?;
-        c.children.remove(pos).1
+    let listen: SocketAddr = format!("{INNER_B4}:{TCP_PORT}").parse()?;
+    let timeout = Duration::from_secs(60);
+    let sink = Sink::Pattern {
+        seed: PATTERN_SEED,
+        bytes,
     };
-    let done = wait_for(Duration::from_secs(60), Duration::from_millis(50), || {
-        matches!(receiver.try_wait(), Ok(Some(_)))
-    });
-    if !done {
-        let _ = receiver.kill();
-        let _ = receiver.wait();
-        bail!("the receiver did not finish within 60 s");
-    }
-    let out = receiver.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "the receiver failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let verdict = String::from_utf8_lossy(&out.stdout);
-    let received = verdict
-        .lines()
-        .find(|l| l.starts_with("received"))
-        .unwrap_or("(no report)");
-    println!("   sender:   {}", sent.trim());
-    println!("   receiver: {received} (every byte checked)");
+    let receiver = spawn_in_netns(&ns_b, move || helper::receive(listen, sink, timeout));
+    let source = Source::Pattern {
+        seed: PATTERN_SEED,
+        bytes,
+    };
+    let sent = in_netns(&ns_a, move || helper::send(listen, source, timeout))?;
+    // The receiver's verdict (it gives up by itself after its timeout).
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the receiver thread panicked"))?
+        .context("the receiver failed")?;
+    println!("   sender:   sent {sent}");
+    println!("   receiver: received {received} (every byte checked)");
 
     println!("== 7. cleaning up");
     drop(_echo);
     drop(_guard);
-    println!("   daemons stopped, namespaces {ns_a} and {ns_b} removed");
+    println!("   daemons stopped, namespaces and veth pair removed");
     Ok(())
 }

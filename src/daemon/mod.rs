@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod helper;
 pub mod hooks;
 pub mod notify;
+pub mod privileges;
 pub mod reload;
 pub mod run;
 pub mod settings;

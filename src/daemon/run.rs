@@ -26,6 +26,7 @@ use super::dns::{self, DnsSettings};
 use super::endpoints::{self, Resolver, Timing};
 use super::hooks::{self, Stage};
 use super::notify;
+use super::privileges;
 use super::reload::{self, Managed, Prepared};
 use super::settings::{self, Resolved};
 use crate::config::{Config, DEFAULT_MTU, Hooks};
@@ -88,7 +89,17 @@ impl Signals {
 
 /// Runs the interface described by the (already checked) `config` read from `path`, until it
 /// is told to stop. Everything set up is taken down on the way out, also after an error.
-pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result<()> {
+///
+/// Privileges: before anything else, the plan (CAP_NET_ADMIN only, perhaps as `user`) is
+/// published, so every thread the daemon starts drops as it starts; the main thread drops
+/// once the interface is up and PostUp has run (see `privileges` and `os::privilege`).
+pub async fn up(
+    path: &Path,
+    config: Config,
+    no_offload: bool,
+    user: Option<&str>,
+) -> anyhow::Result<()> {
+    privileges::publish(privileges::plan_for(&config, user)?)?;
     let signals = Signals::new()?;
     // Before anything is set up, so a taken address changes nothing.
     let metrics = bind_metrics(config.metrics.map(|m| m.listen))?;
@@ -118,6 +129,13 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
         tear_down(running, false).await;
         return Err(e);
     }
+    // Setup is done: the main thread gives up what it no longer needs, before systemd hears
+    // that the interface is ready.
+    privileges::hand_over_socket(running.uapi.as_ref());
+    if let Err(e) = privileges::finish(Some(path)) {
+        tear_down(running, false).await;
+        return Err(e);
+    }
     tracing::info!(interface = %running.ifname, "interface up");
     notify::ready(&status);
     running.resolver = Some(Resolver::start(
@@ -136,7 +154,10 @@ pub async fn up(path: &Path, config: Config, no_offload: bool) -> anyhow::Result
 /// UAPI socket, and serves them until told to stop; `wg` configures keys and peers,
 /// `ip`/`wg-quick` addresses, MTU and routes. `detached`: started by `detach::spawn_detached`,
 /// whose parent reads our stderr until the socket is up; then stdio goes to /dev/null.
+/// Privileges as in [`up`], CAP_NET_ADMIN only; the main thread drops once the socket and
+/// the data plane are up.
 pub async fn bare(ifname: &str, detached: bool, metrics: Option<SocketAddr>) -> anyhow::Result<()> {
+    privileges::publish(privileges::bare_plan())?;
     let signals = Signals::new()?;
     let metrics = bind_metrics(metrics)?;
     let tun = open_interface(ifname, true)?;
@@ -165,13 +186,6 @@ pub async fn bare(ifname: &str, detached: bool, metrics: Option<SocketAddr>) -> 
         socket = %uapi.path().display(),
         "interface created; configure it with wg (e.g. wg setconf) and ip"
     );
-    notify::ready(&format!(
-        "{} created, waiting for configuration over UAPI",
-        driver.tun.name
-    ));
-    if detached && let Err(e) = os::detach_stdio() {
-        tracing::warn!(error = %e, "cannot point stdio at /dev/null");
-    }
     let (ifname, ifindex) = (driver.tun.name.clone(), driver.tun.index);
     let mut running = Running {
         plane: start_data_plane(driver, control)?,
@@ -184,7 +198,22 @@ pub async fn bare(ifname: &str, detached: bool, metrics: Option<SocketAddr>) -> 
         metrics: None,
     };
     // No names without a config: `wg` knows none.
-    running.metrics = serve_metrics(metrics, &running, PeerNames::new())?;
+    let served = serve_metrics(metrics, &running, PeerNames::new())
+        .and_then(|m| privileges::finish(None).map(|()| m));
+    match served {
+        Ok(server) => running.metrics = server,
+        Err(e) => {
+            tear_down(running, false).await;
+            return Err(e);
+        }
+    }
+    notify::ready(&format!(
+        "{} created, waiting for configuration over UAPI",
+        running.ifname
+    ));
+    if detached && let Err(e) = os::detach_stdio() {
+        tracing::warn!(error = %e, "cannot point stdio at /dev/null");
+    }
     run(running, signals).await
 }
 
@@ -209,6 +238,14 @@ async fn follow_dns(ifname: &str, managed: &mut Managed) {
         .map(|d| d.settings.clone())
         .unwrap_or_default();
     if wanted == current {
+        return;
+    }
+    // resolvconf's files are root's: as another user the change would half apply.
+    if let Some(user) = privileges::switched_user() {
+        tracing::error!(
+            "the new DNS settings are not applied: DNS cannot be changed as user {user} \
+             (--user); restart the daemon without --user"
+        );
         return;
     }
     if let Some(old) = managed.dns.take() {

@@ -21,6 +21,7 @@ use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::os::privilege;
 use crate::proto::{PeerId, ReceiveJob, SealJob};
 
 /// Batches whose crypto work is smaller than this stay on the loop's thread.
@@ -142,6 +143,13 @@ impl Drop for AliveGuard<'_> {
 
 fn worker(shared: Arc<Shared>) {
     let _alive = AliveGuard(&shared);
+    // Before touching any work: drop to the daemon's privilege plan, if one is in force. A
+    // worker that cannot ends here (the pool goes on with fewer threads) rather than run on
+    // with privileges the daemon gave up.
+    if let Err(e) = privilege::enter_thread() {
+        tracing::error!("a crypto thread cannot drop its privileges and stops: {e}");
+        return;
+    }
     loop {
         let mut chunk = {
             let mut st = shared.lock();

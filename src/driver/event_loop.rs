@@ -143,6 +143,8 @@ pub enum DriverError {
     TunRead(#[source] io::Error),
     #[error("waiting for the TUN device and the UDP sockets failed")]
     Poll(#[source] io::Error),
+    #[error("the data plane thread cannot drop its privileges")]
+    Privileges(#[source] crate::os::privilege::PrivilegeError),
 }
 
 /// TUN-side buffers with offload: room for a batch plus one whole GSO packet's segments.

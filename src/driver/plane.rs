@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::control::{ControlRequest, ControlSender};
 use super::event_loop::{Driver, DriverError};
+use crate::os::privilege;
 
 /// A running data plane: its control channel, and the thread that hands the driver back
 /// when the loop ends.
@@ -28,7 +29,12 @@ impl DataPlane {
         let thread = std::thread::Builder::new()
             .name("tandem-data".to_owned())
             .spawn(move || {
-                let result = driver.run();
+                // First thing, before any packet or request: this thread drops to the
+                // daemon's privilege plan, if one is in force (see os::privilege).
+                let result = match privilege::enter_thread() {
+                    Ok(()) => driver.run(),
+                    Err(e) => Err(DriverError::Privileges(e)),
+                };
                 // Requests that can no longer be answered fail at once (their senders see
                 // the channel closed) instead of waiting forever.
                 driver.close_control();

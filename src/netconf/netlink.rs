@@ -244,6 +244,37 @@ impl NetConf {
             .map_err(|e| NetconfError::netlink(format!("set link #{index} up"), e))
     }
 
+    /// Creates a veth pair `name` <-> `peer` (both ends here, down), as `ip link add NAME type
+    /// veth peer name PEER` does.
+    pub async fn add_veth(&self, name: &str, peer: &str) -> Result<(), NetconfError> {
+        check_ifname(name)?;
+        check_ifname(peer)?;
+        self.handle
+            .link()
+            .add(rtnetlink::LinkVeth::new(name, peer).build())
+            .execute()
+            .await
+            .map_err(|e| NetconfError::netlink(format!("add veth pair {name} <-> {peer}"), e))
+    }
+
+    /// Moves link #index into the network namespace that `netns` (an open namespace file,
+    /// e.g. `/proc/PID/ns/net`) refers to, as `ip link set DEV netns NS` does.
+    pub async fn move_to_netns<F: std::os::fd::AsRawFd>(
+        &self,
+        index: u32,
+        netns: &F,
+    ) -> Result<(), NetconfError> {
+        let message = rtnetlink::LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(|e| NetconfError::netlink(format!("move link #{index} to a namespace"), e))
+    }
+
     /// Adds `addr/prefix_len` to link #index. An address that is already there is an error
     /// (EEXIST, see [`NetconfError::is_exists`]).
     pub async fn add_address(
