@@ -13,6 +13,7 @@
 //!   rate the kernel allows traffic itself to trigger;
 //! - nothing is sent while the peer has a session we can still receive on (so stale packets
 //!   of an old session, or forged ones, do nothing to a working tunnel).
+//!
 //! So a forger can make us send at most one 148-byte initiation per configured peer per 5 s,
 //! to that peer's own endpoint: one X25519 of our own per initiation (the ephemeral and the
 //! two DHs: three DHs), no amplification (the reply is the same size as the trigger or
