@@ -15,12 +15,21 @@ use crate::proto::time::Now;
 use crate::proto::timers::REJECT_AFTER_TIME;
 
 use super::Event;
+use super::revive::EndpointOwners;
 
 /// Roaming: the endpoint follows an authenticated packet from `src`; an event when the
 /// remote address or port changed (not when the peer had none, nor for the local address).
-pub(super) fn learn_endpoint(peer: &mut Peer, id: PeerId, src: Endpoint) -> Option<Event> {
+pub(super) fn learn_endpoint(
+    peer: &mut Peer,
+    id: PeerId,
+    src: Endpoint,
+    owners: &mut EndpointOwners,
+) -> Option<Event> {
     let from = peer.endpoint.map(|e| e.remote);
     peer.endpoint = Some(src);
+    if from != Some(src.remote) {
+        owners.moved(id, from, Some(src.remote));
+    }
     match from {
         Some(from) if from != src.remote => Some(Event::EndpointChanged {
             peer: id,

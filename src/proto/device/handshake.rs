@@ -165,7 +165,7 @@ impl Device {
         };
         peer.latest_timestamp = timestamp;
         peer.last_initiation_consumed = Some(now.monotonic);
-        let roamed = events::learn_endpoint(peer, id, src);
+        let roamed = events::learn_endpoint(peer, id, src, &mut self.endpoint_owners);
         peer.stats.rx_bytes += INITIATION_LEN as u64;
         peer.stats.tx_bytes += RESPONSE_LEN as u64;
         // Our own initiation in flight, if any, is superseded.
@@ -231,7 +231,7 @@ impl Device {
         } else {
             [std::mem::replace(&mut peer.previous, old_current), None]
         };
-        let roamed = events::learn_endpoint(peer, id, src);
+        let roamed = events::learn_endpoint(peer, id, src, &mut self.endpoint_owners);
         peer.stats.rx_bytes += RESPONSE_LEN as u64;
         let reconnected = events::handshake_completed(peer, id, now);
         let ka = peer.persistent_keepalive;

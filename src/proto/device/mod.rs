@@ -44,6 +44,7 @@ use super::transport::{OpenJob, SealJob};
 mod events;
 mod handshake;
 mod receive;
+mod revive;
 mod send;
 mod timers;
 
@@ -215,6 +216,8 @@ pub struct Device {
     identity: Option<Identity>,
     peers: PeerTable<Peer>,
     by_key: HashMap<PublicKey, PeerId>,
+    /// Which peer each endpoint belongs to (see `revive.rs`).
+    endpoint_owners: revive::EndpointOwners,
     index: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
     rate_limiter: RateLimiter,
@@ -259,6 +262,7 @@ impl Device {
             protocol,
             peers: PeerTable::default(),
             by_key: HashMap::new(),
+            endpoint_owners: revive::EndpointOwners::default(),
             index: IndexTable::default(),
             allowed_ips: AllowedIps::new(),
             rate_limiter: RateLimiter::new(limiter_seed),
@@ -337,7 +341,11 @@ impl Device {
                 // A configured endpoint comes without a local address: the kernel chooses
                 // until the peer's packets teach us one.
                 if let Some(remote) = config.endpoint {
-                    peer.endpoint = Some(Endpoint::from(remote));
+                    let from = peer
+                        .endpoint
+                        .replace(Endpoint::from(remote))
+                        .map(|e| e.remote);
+                    self.endpoint_owners.moved(id, from, Some(remote));
                 }
                 id
             }
@@ -345,6 +353,7 @@ impl Device {
                 let peer = Peer::new(config, self.private_key(), &self.protocol);
                 let id = self.peers.insert(peer);
                 self.by_key.insert(config.public_key, id);
+                self.endpoint_owners.moved(id, None, config.endpoint);
                 id
             }
         };
@@ -401,7 +410,9 @@ impl Device {
     /// Sets a peer's endpoint (config, UAPI, a re-resolved name), with no local address.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: Option<SocketAddr>) {
         if let Some(peer) = self.peers.get_mut(id) {
-            peer.endpoint = endpoint.map(Endpoint::from);
+            let from = std::mem::replace(&mut peer.endpoint, endpoint.map(Endpoint::from));
+            self.endpoint_owners
+                .moved(id, from.map(|e| e.remote), endpoint);
         }
     }
 
@@ -459,7 +470,10 @@ impl Device {
         };
         self.clear_sessions(id);
         self.unroute_all(id);
-        self.peers.remove(id);
+        if let Some(peer) = self.peers.remove(id) {
+            self.endpoint_owners
+                .moved(id, peer.endpoint.map(|e| e.remote), None);
+        }
         self.control.retain(|c| c.peer != Some(id));
         self.flush.retain(|&p| p != id);
         true

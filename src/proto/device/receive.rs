@@ -86,10 +86,10 @@ impl Device {
         counter: u64,
         now: Now,
     ) -> Result<ReceiveJob, DropReason> {
-        let id = self
-            .index
-            .get(receiver)
-            .ok_or(DropReason::UnknownReceiverIndex)?;
+        let Some(id) = self.index.get(receiver) else {
+            self.revive_from(src, now);
+            return Err(DropReason::UnknownReceiverIndex);
+        };
         let keypair = self
             .peers
             .get_mut(id)
@@ -139,7 +139,7 @@ impl Device {
         let birth = keypair.birth;
         // Roaming: the endpoint, with the local address it reached us on, follows the
         // latest authenticated packet.
-        let roamed = events::learn_endpoint(peer, id, src);
+        let roamed = events::learn_endpoint(peer, id, src, &mut self.endpoint_owners);
         peer.stats.rx_bytes += datagram.len() as u64;
         let ka = peer.persistent_keepalive;
         peer.timers.on_authenticated_received();
