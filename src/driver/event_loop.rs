@@ -46,8 +46,9 @@ use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::batch::{self, Sealed};
 use super::clock::Clock;
-use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender, log_changes};
+use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender};
 use super::crypto_pool::{CryptoPool, Item, Job};
+use super::job::{self, Change, Progress, Reply};
 use super::mmsg::{self, RecvMeta};
 use super::tun::Tun;
 use super::udp::{UdpError, UdpOffloads, UdpSockets};
@@ -282,7 +283,10 @@ pub struct Driver {
     control: Option<mpsc::Receiver<ControlRequest>>,
     /// The epoll instance the loop waits on, and the waker of the control channel.
     poll: Poll,
-    waker: Option<Arc<Waker>>,
+    pub(super) waker: Option<Arc<Waker>>,
+    /// The control request in progress, served in slices between batches (see `job.rs`);
+    /// the next waits in the mailbox until it is answered.
+    pub(super) job: Option<job::Job>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -383,6 +387,7 @@ impl Driver {
             control: None,
             poll,
             waker: None,
+            job: None,
         })
     }
 
@@ -527,9 +532,17 @@ impl Driver {
         }
     }
 
-    /// Answers up to [`CONTROL_PER_TURN`] waiting control requests.
+    /// Answers up to [`CONTROL_PER_TURN`] waiting control requests, one at a time, spending
+    /// at most [`job::SLICE`] units of per-peer work on them this turn (see `job.rs`).
     fn control_requests(&mut self) -> Control {
+        let mut budget = job::SLICE;
         for _ in 0..CONTROL_PER_TURN {
+            match self.step_job(&mut budget) {
+                Progress::Done => {}
+                Progress::Working => return Control::More,
+                // The planning thread wakes the loop (the control token) when it is done.
+                Progress::Waiting => return Control::Idle,
+            }
             let Some(rx) = self.control.as_mut() else {
                 return Control::Idle;
             };
@@ -965,21 +978,13 @@ impl Driver {
     /// Answers one control request, on the loop's thread: the one dispatch.
     pub fn answer(&mut self, request: ControlRequest) {
         match request {
-            ControlRequest::Get { reply } => {
-                let mut snapshot = self.snapshot();
-                snapshot.under_load = self.device.is_under_load(self.now());
-                let _ = reply.send(snapshot);
-            }
+            // Those that visit every peer start a job, served in slices (see `job.rs`).
+            ControlRequest::Get { reply } => self.start_get(reply),
             ControlRequest::Set { request, reply } => {
-                let result = self.set(&request);
-                match &result {
-                    Ok(changes) => log_changes("configuration changed over UAPI", changes),
-                    Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
-                }
-                let _ = reply.send(result);
+                self.start_change(Change::Set(request), Reply::Uapi(reply));
             }
             ControlRequest::Apply { desired, reply } => {
-                let _ = reply.send(self.reconcile(&desired));
+                self.start_change(Change::Apply(desired), Reply::Apply(reply));
             }
             // Logged by the daemon's resolver, which knows the name.
             ControlRequest::Endpoint {
@@ -987,7 +992,8 @@ impl Driver {
                 endpoint,
                 reply,
             } => {
-                let _ = reply.send(self.set(&SetRequest::update_endpoint(public_key, endpoint)));
+                let request = SetRequest::update_endpoint(public_key, endpoint);
+                self.start_change(Change::Set(request), Reply::Endpoint(reply));
             }
             // The event loop stops before it gets here.
             ControlRequest::Stop => {}

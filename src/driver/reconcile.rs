@@ -60,6 +60,18 @@ impl Driver {
 
     /// Applies `plan`, all of it or (on error) none of it.
     pub fn apply_plan(&mut self, plan: &DevicePlan) -> Result<Changes, ApplyError> {
+        self.begin_plan(plan)?;
+        let now = self.now();
+        apply_to_device(&mut self.device, plan, now);
+        // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
+        self.flush();
+        Ok(plan.changes())
+    }
+
+    /// The driver's part of `plan`: what can fail (a new port, the fwmark), undone on
+    /// failure, then the new sockets installed. The core's part follows, which cannot fail
+    /// (`apply_to_device`, or `PlanApplier` in slices).
+    pub(super) fn begin_plan(&mut self, plan: &DevicePlan) -> Result<(), ApplyError> {
         let mark = plan.fwmark.unwrap_or(self.udp().fwmark());
         // Fallible steps first, each undone when a later one fails.
         let new_sockets = match plan.listen_port {
@@ -91,11 +103,7 @@ impl Driver {
         if plan.private_key.is_some() {
             tracing::info!("private key changed: every session restarts");
         }
-        let now = self.now();
-        apply_to_device(&mut self.device, plan, now);
-        // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
-        self.flush();
-        Ok(plan.changes())
+        Ok(())
     }
 
     /// Follows the TUN device's MTU (which `ip link set mtu` changes behind the daemon's

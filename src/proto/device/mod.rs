@@ -437,6 +437,27 @@ impl Device {
         })
     }
 
+    /// How many AllowedIPs the peer `id` has (0 for no such peer).
+    pub fn allowed_ip_count(&self, id: PeerId) -> usize {
+        self.peers.get(id).map_or(0, |p| p.allowed_ips.len())
+    }
+
+    /// How many peers there are.
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// The bound for [`Device::peer_info_at`]: how many peer slots there are (some empty).
+    pub fn peer_slots(&self) -> usize {
+        self.peers.slot_count()
+    }
+
+    /// The peer in slot `slot`, if one lives there: lets a caller (the driver's `get` in
+    /// slices) walk the peers a few at a time, between batches, holding no borrow.
+    pub fn peer_info_at(&self, slot: usize) -> Option<PeerInfo> {
+        self.peer_info(self.peers.id_at(slot)?)
+    }
+
     /// Every peer, in the order they were added (slot order).
     pub fn peers(&self) -> Vec<PeerInfo> {
         self.peers
