@@ -39,7 +39,9 @@ ip -n "$A" link set "${TAG}va" up
 ip -n "$B" link set "${TAG}vb" up
 
 mkdir -p /var/run/wireguard
-ip netns exec "$A" "$BIN" -f "$IFA" 2>"$WORK/a.log" &
+# The driver's debug line per request served says how long the loop's longest turn took
+# (builds that have it; others print nothing there).
+ip netns exec "$A" env RUST_LOG=info,tandem::driver::job=debug "$BIN" -f "$IFA" 2>"$WORK/a.log" &
 PIDS+=($!)
 ip netns exec "$B" "$BIN" -f "$IFB" 2>"$WORK/b.log" &
 PIDS+=($!)
@@ -124,3 +126,5 @@ remove() {
     echo -n "syncconf removing $N: $(ms "$s" "$e") ms, $(wg show "$IFA" peers | wc -l) left; "
 }
 during remove
+echo "loop turns with control work (A's log):"
+grep -o 'control requests served.*' "$WORK/a.log" | sed 's/\x1b\[[0-9;]*m//g' || echo "  (none logged)"

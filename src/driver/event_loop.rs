@@ -287,6 +287,8 @@ pub struct Driver {
     /// The control request in progress, served in slices between batches (see `job.rs`);
     /// the next waits in the mailbox until it is answered.
     pub(super) job: Option<job::Job>,
+    /// How long the request in progress has held the loop, turn by turn (for the log).
+    pub(super) job_timing: job::Timing,
 }
 
 impl std::fmt::Debug for Driver {
@@ -388,6 +390,7 @@ impl Driver {
             poll,
             waker: None,
             job: None,
+            job_timing: job::Timing::default(),
         })
     }
 
@@ -535,9 +538,18 @@ impl Driver {
     /// Answers up to [`CONTROL_PER_TURN`] waiting control requests, one at a time, spending
     /// at most [`job::SLICE`] units of per-peer work on them this turn (see `job.rs`).
     fn control_requests(&mut self) -> Control {
+        // One clock read per turn that has control work (never per packet): the length of
+        // each turn is what forwarding waits for.
+        let started = self.now().monotonic;
         let mut budget = job::SLICE;
+        let control = self.control_turn(&mut budget);
+        self.note_control_turn(started, job::SLICE.saturating_sub(budget));
+        control
+    }
+
+    fn control_turn(&mut self, budget: &mut usize) -> Control {
         for _ in 0..CONTROL_PER_TURN {
-            match self.step_job(&mut budget) {
+            match self.step_job(budget) {
                 Progress::Done => {}
                 Progress::Working => return Control::More,
                 // The planning thread wakes the loop (the control token) when it is done.

@@ -27,6 +27,7 @@
 
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -46,6 +47,20 @@ pub const SLICE: usize = 512;
 /// Up to this many peers (running plus asked for), a change is planned in the loop's turn: a
 /// thread would cost more than the plan.
 const PLAN_INLINE: usize = 256;
+
+/// How long requests held the loop, turn by turn, for a debug line per request served
+/// (`RUST_LOG=tandem::driver::job=debug`): what forwarding waited for at most.
+#[derive(Debug, Default)]
+pub struct Timing {
+    /// Turns with control work since the last line.
+    turns: u32,
+    /// Units spent in them.
+    units: usize,
+    /// The longest of them.
+    longest: Duration,
+    /// Requests answered since the last line (ended in the current turn).
+    answered: u32,
+}
 
 /// Who is waiting for a change, and how its outcome is logged.
 pub(super) enum Reply {
@@ -167,10 +182,40 @@ impl Driver {
         SnapshotBuilder::new(&self.device, self.udp().port(), self.udp().fwmark())
     }
 
+    /// Notes one turn of control work that began at `started` and spent `units`; logs the
+    /// totals once the requests in progress are answered.
+    pub(super) fn note_control_turn(&mut self, started: Duration, units: usize) {
+        let took = self.now().monotonic.saturating_sub(started);
+        let idle = self.job.is_none();
+        let t = &mut self.job_timing;
+        t.turns += 1;
+        t.units += units;
+        t.longest = t.longest.max(took);
+        if t.answered > 0 && idle {
+            tracing::debug!(
+                requests = t.answered,
+                turns = t.turns,
+                units = t.units,
+                longest_turn_us = t.longest.as_micros() as u64,
+                "control requests served"
+            );
+            *t = Timing::default();
+        }
+    }
+
     /// Works on the request in progress, spending at most `budget` units (and taking them
     /// off it). Stages that cost nothing per peer (a plan arriving, the fallible steps)
     /// follow each other in one call.
     pub(super) fn step_job(&mut self, budget: &mut usize) -> Progress {
+        let had_job = self.job.is_some();
+        let progress = self.step_job_inner(budget);
+        if had_job && progress == Progress::Done {
+            self.job_timing.answered += 1;
+        }
+        progress
+    }
+
+    fn step_job_inner(&mut self, budget: &mut usize) -> Progress {
         loop {
             let Some(job) = self.job.take() else {
                 return Progress::Done;
