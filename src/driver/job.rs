@@ -39,10 +39,11 @@ use crate::reconcile::{
     SnapshotBuilder, plan,
 };
 
-/// Units of control work (peers, AllowedIPs) done per loop turn. Measured in a release build
-/// on a 2-core VM (benches/README.md, "Many peers"): a snapshot costs about 0.4 µs per unit and
-/// an application about 1 µs, so a slice holds forwarding back for about 0.2–0.5 ms.
-pub const SLICE: usize = 512;
+/// Units of control work done per loop turn: a unit is about a quarter of a microsecond (a
+/// peer or one of its AllowedIPs read or changed; a new peer's DH is
+/// `reconcile::PEER_DH_UNITS`), so a slice holds forwarding back for about half a
+/// millisecond in a release build on a 2-core VM (benches/README.md, "Many peers").
+pub const SLICE: usize = 2048;
 
 /// Up to this many peers (running plus asked for), a change is planned in the loop's turn: a
 /// thread would cost more than the plan.
@@ -56,8 +57,9 @@ pub struct Timing {
     turns: u32,
     /// Units spent in them.
     units: usize,
-    /// The longest of them.
+    /// The longest of them, and all of them.
     longest: Duration,
+    total: Duration,
     /// Requests answered since the last line (ended in the current turn).
     answered: u32,
 }
@@ -191,12 +193,14 @@ impl Driver {
         t.turns += 1;
         t.units += units;
         t.longest = t.longest.max(took);
+        t.total += took;
         if t.answered > 0 && idle {
             tracing::debug!(
                 requests = t.answered,
                 turns = t.turns,
                 units = t.units,
                 longest_turn_us = t.longest.as_micros() as u64,
+                total_us = t.total.as_micros() as u64,
                 "control requests served"
             );
             *t = Timing::default();

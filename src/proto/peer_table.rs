@@ -161,22 +161,6 @@ impl<T> PeerTable<T> {
             s.value.as_ref().map(|v| (id, v))
         })
     }
-
-    /// Every peer, mutably; all noted as touched.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        let touched = &mut self.touched;
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter_map(move |(slot, s)| {
-                let value = s.value.as_mut()?;
-                if !s.touched {
-                    s.touched = true;
-                    touched.push(slot as u32);
-                }
-                Some(value)
-            })
-    }
 }
 
 #[cfg(test)]

@@ -21,4 +21,4 @@ mod slices;
 pub use desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
 pub use plan::{Changes, DevicePlan, PeerUpdate, apply_to_device, plan};
 pub use set::{InvalidSet, MAX_PEERS, Op, SetRequest};
-pub use slices::{PlanApplier, SnapshotBuilder};
+pub use slices::{PEER_DH_UNITS, PlanApplier, SnapshotBuilder};

@@ -245,27 +245,46 @@ impl Device {
     /// bound to the old key; a peer carrying the new public key is removed (as wireguard-go
     /// does: we cannot be our own peer).
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
-        if self.identity.as_ref().map(|i| &i.private) == key.as_ref() {
+        if !self.begin_private_key(key) {
             return;
+        }
+        for slot in 0..self.peers.slot_count() {
+            self.rekey_peer_at(slot);
+        }
+    }
+
+    /// The first half of [`Device::set_private_key`]: the new identity, and our own key no
+    /// longer a peer. Returns whether the key changed; if so, every peer slot must then go
+    /// through [`Device::rekey_peer_at`] (one DH each: the driver does them in slices, and a
+    /// handshake with a peer not yet done meanwhile fails and is retried).
+    pub fn begin_private_key(&mut self, key: Option<PrivateKey>) -> bool {
+        if self.identity.as_ref().map(|i| &i.private) == key.as_ref() {
+            return false;
         }
         self.identity = key.map(|k| Identity::new(k, &self.protocol));
         if let Some(own) = self.public_key() {
             self.remove_peer(&own);
         }
+        true
+    }
+
+    /// The peer in slot `slot` (if any: returns whether) takes our current static key: its
+    /// precomputed DH(S_priv, S_pub) is redone, its sessions end, and a new handshake may
+    /// start at once.
+    pub fn rekey_peer_at(&mut self, slot: usize) -> bool {
+        let Some(id) = self.peers.id_at(slot) else {
+            return false;
+        };
         let private = self.identity.as_ref().map(|i| &i.private);
-        for peer in self.peers.values_mut() {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.set_own_private_key(private);
         }
-        for slot in 0..self.peers.slot_count() {
-            let Some(id) = self.peers.id_at(slot) else {
-                continue;
-            };
-            self.clear_sessions(id);
-            // The old handshakes are void: a new one may start at once.
-            if let Some(peer) = self.peers.get_mut(id) {
-                peer.timers.last_sent_handshake = None;
-            }
+        self.clear_sessions(id);
+        // The old handshakes are void: a new one may start at once.
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.timers.last_sent_handshake = None;
         }
+        true
     }
 
     pub fn mtu(&self) -> usize {
