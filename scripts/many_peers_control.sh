@@ -102,12 +102,16 @@ during() {
     echo "ping max ${max} ms, ${loss}"
 }
 
-t0=$(now)
-wg addconf "$IFA" "$WORK/peers.conf"
-t1=$(now)
 echo "tandem=$BIN peers=$N"
-echo "addconf of $N peers: $(ms "$t0" "$t1") ms"
 echo "baseline (no control work, 1 s): $(during sleep 1)"
+add() {
+    local s e
+    s=$(now)
+    wg addconf "$IFA" "$WORK/peers.conf"
+    e=$(now)
+    echo -n "addconf of $N peers: $(ms "$s" "$e") ms; "
+}
+during add
 for d in $(seq "$DUMPS"); do
     dump() {
         local s e
