@@ -50,7 +50,7 @@ pub const MAX_SET_LINES: usize = 8 * MAX_PEERS;
 ///
 /// Memory stays proportional to what a client actually sends: the buffer grows as bytes
 /// arrive. The worst case, one connection sending the largest request, is that buffer
-/// (384 MiB), its parsed operations (up to `MAX_SET_LINES` of about 80 bytes: ~670 MiB if
+/// (384 MiB), its parsed operations (up to `MAX_SET_LINES` of 72 bytes each: ~600 MiB if
 /// all 8 Mi lines are, say, `fwmark=1`, though then the text is only 75 MiB; a real setconf
 /// of 2^20 peers is ~3 lines a peer, ~250 MiB), and while it is planned a snapshot,
 /// a model and a plan of the peers (a few hundred bytes a peer). Each connection is bounded

@@ -10,6 +10,7 @@ mod job;
 pub mod mmsg;
 pub mod plane;
 pub mod reconcile;
+mod serve;
 pub mod tun;
 pub mod udp;
 

@@ -6,7 +6,7 @@
 use super::event_loop::Driver;
 use super::udp::{UdpError, UdpSockets};
 use crate::reconcile::{
-    Changes, DesiredDevice, DevicePlan, InvalidSet, SetRequest, Snapshot, apply_to_device, plan,
+    Changes, DesiredDevice, DevicePlan, InvalidSet, Snapshot, apply_to_device, plan,
 };
 
 /// Why a plan could not be applied (nothing changed).
@@ -44,18 +44,11 @@ impl Driver {
     }
 
     /// Makes the running device `desired` (a config file's), keeping the sessions of peers
-    /// that stay.
+    /// that stay, all in one go: for the start, before the loop runs. Requests that come
+    /// while it runs are served in slices (`driver/job.rs`).
     pub fn reconcile(&mut self, desired: &DesiredDevice) -> Result<Changes, ApplyError> {
         let plan = plan(&self.snapshot(), desired);
         self.apply_plan(&plan)
-    }
-
-    /// A UAPI `set`: simulated on the running device, then applied as a plan.
-    pub fn set(&mut self, request: &SetRequest) -> Result<Changes, SetError> {
-        let running = self.snapshot();
-        let desired = request.desired(&running)?;
-        let plan = plan(&running, &desired);
-        Ok(self.apply_plan(&plan)?)
     }
 
     /// Applies `plan`, all of it or (on error) none of it.

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, running_prefixes};
-use crate::proto::{Device, Now, PeerId, PresharedKey, PrivateKey, PublicKey};
+use crate::proto::{PeerId, PresharedKey, PrivateKey, PublicKey};
 
 /// What has to change to go from a [`Snapshot`] to a [`DesiredDevice`].
 #[derive(Debug, Clone, Default)]
@@ -186,23 +186,13 @@ fn networks(prefixes: &[Prefix]) -> Vec<Prefix> {
         .collect()
 }
 
-/// Applies the core's part of `plan` to `device`: peers removed, our key, the MTU, then the
-/// peers that stay and the new ones. Cannot fail: [`plan`] left out whatever the core would
-/// refuse. Prefixes that move between peers come out right in any order, since adding one
-/// takes it from its old owner and removing one drops it only from the peer that holds it.
-/// Persistent keepalive is set last for each peer, so turning it on sends the first
-/// keepalive (or handshake) at once, as the kernel does.
-pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
-    // One code path with the driver's application in slices: here, one slice of all of it.
-    super::slices::PlanApplier::new().step(device, plan, now, usize::MAX);
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::proto::PrivateKey;
+    use crate::proto::{Device, Now, PrivateKey};
+    use crate::reconcile::apply_to_device;
 
     fn key(n: u8) -> PrivateKey {
         PrivateKey::from_bytes([n; 32])

@@ -76,7 +76,7 @@ impl SnapshotBuilder {
 }
 
 /// Where the application of a [`DevicePlan`] stands, in the order of
-/// [`super::apply_to_device`]: removals, the device's own settings, updates, additions.
+/// [`apply_to_device`]: removals, the device's own settings, updates, additions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PlanApplier {
     phase: Phase,
@@ -107,7 +107,7 @@ impl PlanApplier {
 
     /// Applies the next items of `plan` to `device` until `budget` units are spent (at least
     /// one item, so it always moves on). Returns the units spent and whether the plan is
-    /// applied. Cannot fail, for the reasons [`super::apply_to_device`] gives; the same
+    /// applied. Cannot fail, for the reasons [`apply_to_device`] gives; the same
     /// `plan` must be passed to every call.
     ///
     /// A new private key is applied peer by peer too (`Device::rekey_peer_at`), between
@@ -229,11 +229,22 @@ impl PlanApplier {
     }
 }
 
+/// Applies the core's part of `plan` to `device`: peers removed, our key, the MTU, then the
+/// peers that stay and the new ones. Cannot fail: `plan` left out whatever the core would
+/// refuse. Prefixes that move between peers come out right in any order, since adding one
+/// takes it from its old owner and removing one drops it only from the peer that holds it.
+/// Persistent keepalive is set last for each peer, so turning it on sends the first
+/// keepalive (or handshake) at once, as the kernel does.
+pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
+    // One code path with the driver's application in slices: here, one slice of all of it.
+    PlanApplier::new().step(device, plan, now, usize::MAX);
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::super::{DesiredDevice, DesiredPeer, Prefix, apply_to_device, plan};
+    use super::super::{DesiredDevice, DesiredPeer, Prefix, plan};
     use super::*;
     use crate::proto::{PrivateKey, PublicKey};
 

@@ -737,6 +737,8 @@ fn the_largest_setconf_fits_the_limits() {
     );
     assert!(MAX_PEERS * peer.len() + 10 <= MAX_SET_LINES);
     const { assert!(MAX_PEERS > 1 << 16) };
+    // What the memory note on MAX_REQUEST_BYTES counts per parsed line.
+    assert!(std::mem::size_of::<(usize, crate::reconcile::Op)>() <= 72);
 }
 
 /// Random mutations of a valid request never panic, and a refused one changes nothing.
