@@ -22,7 +22,9 @@
 //! peers cannot change under a snapshot being taken (peers come and go only by requests),
 //! and a `get` that arrives during a `set` is served after it: from the outside a `set` is
 //! atomic, a `get` sees all of it or none. Packets meanwhile see the new peers as they
-//! arrive, as with the kernel's peer-by-peer updates. The cost per packet is nothing: the
+//! arrive, as with the kernel's peer-by-peer updates. What packets can change between the
+//! snapshot and the application (a peer's endpoint, by roaming) is as if it happened just
+//! after the request; the peer ids in a plan stay valid, since only requests remove peers. The cost per packet is nothing: the
 //! loop looks at the job only when the control source is ready.
 
 use std::sync::mpsc as std_mpsc;

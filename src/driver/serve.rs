@@ -45,7 +45,12 @@ impl Driver {
         t.units += units;
         t.longest = t.longest.max(took);
         t.total += took;
-        if t.answered > 0 && idle {
+        if !idle {
+            return;
+        }
+        // Nothing in progress: log what was answered since the last line (turns without a
+        // request, such as the MTU check, are not counted for the next one).
+        if t.answered > 0 {
             tracing::debug!(
                 requests = t.answered,
                 turns = t.turns,
@@ -54,8 +59,8 @@ impl Driver {
                 total_us = t.total.as_micros() as u64,
                 "control requests served"
             );
-            *t = Timing::default();
         }
+        *t = Timing::default();
     }
 
     /// Works on the request in progress, spending at most `budget` units (and taking them
