@@ -74,6 +74,12 @@ impl<T> PeerTable<T> {
         }
     }
 
+    /// Makes room for `additional` more peers than the free slots hold.
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots
+            .reserve(additional.saturating_sub(self.free.len()));
+    }
+
     /// The peer `id` names, if it is still there.
     pub fn get(&self, id: PeerId) -> Option<&T> {
         let s = self.slots.get(id.slot as usize)?;

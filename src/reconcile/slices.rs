@@ -125,16 +125,22 @@ impl PlanApplier {
             let i = self.next;
             self.next += 1;
             match self.phase {
-                Phase::Remove => match plan.remove.get(i) {
-                    Some(key) => {
-                        let prefixes = device
-                            .peer_id(key)
-                            .map_or(0, |id| device.allowed_ip_count(id));
-                        device.remove_peer(key);
-                        spent += 1 + prefixes;
+                Phase::Remove => {
+                    if i == 0 {
+                        // Room for the new peers at once (see `Device::reserve_peers`).
+                        device.reserve_peers(plan.add.len());
                     }
-                    None => self.next_phase(Phase::Device),
-                },
+                    match plan.remove.get(i) {
+                        Some(key) => {
+                            let prefixes = device
+                                .peer_id(key)
+                                .map_or(0, |id| device.allowed_ip_count(id));
+                            device.remove_peer(key);
+                            spent += 1 + prefixes;
+                        }
+                        None => self.next_phase(Phase::Device),
+                    }
+                }
                 Phase::Device => {
                     let rekey = plan
                         .private_key
