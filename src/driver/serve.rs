@@ -51,7 +51,9 @@ impl Driver {
         // Nothing in progress: log what was answered since the last line (turns without a
         // request, such as the MTU check, are not counted for the next one).
         if t.answered > 0 {
+            // Under the target `job.rs` documents (`RUST_LOG=tandem::driver::job=debug`).
             tracing::debug!(
+                target: "tandem::driver::job",
                 requests = t.answered,
                 turns = t.turns,
                 units = t.units,
