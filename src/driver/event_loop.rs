@@ -538,9 +538,9 @@ impl Driver {
     /// Answers up to [`CONTROL_PER_TURN`] waiting control requests, one at a time, spending
     /// at most [`job::SLICE`] units of per-peer work on them this turn (see `job.rs`).
     fn control_requests(&mut self) -> Control {
-        // One clock read per turn that has control work (never per packet): the length of
-        // each turn is what forwarding waits for.
-        let started = self.now().monotonic;
+        // Clock reads per turn that has control work (never per packet): the length of each
+        // turn is what forwarding waits for.
+        let started = (self.now().monotonic, crate::os::thread_cpu_time());
         let mut budget = job::SLICE;
         let control = self.control_turn(&mut budget);
         self.note_control_turn(started, job::SLICE.saturating_sub(budget));

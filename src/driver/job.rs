@@ -57,8 +57,10 @@ pub struct Timing {
     pub(super) turns: u32,
     /// Units spent in them.
     pub(super) units: usize,
-    /// The longest of them, and all of them.
+    /// The longest of them (wall time, and the loop thread's CPU time: the difference is
+    /// time the thread was preempted), and all of them.
     pub(super) longest: Duration,
+    pub(super) longest_cpu: Duration,
     pub(super) total: Duration,
     /// Requests answered since the last line (ended in the current turn).
     pub(super) answered: u32,

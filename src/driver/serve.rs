@@ -35,15 +35,18 @@ impl Driver {
         SnapshotBuilder::new(&self.device, self.udp().port(), self.udp().fwmark())
     }
 
-    /// Notes one turn of control work that began at `started` and spent `units`; logs the
+    /// Notes one turn of control work that began at `started` (monotonic clock, the thread's
+    /// CPU clock) and spent `units`; logs the
     /// totals once the requests in progress are answered.
-    pub(super) fn note_control_turn(&mut self, started: Duration, units: usize) {
-        let took = self.now().monotonic.saturating_sub(started);
+    pub(super) fn note_control_turn(&mut self, started: (Duration, Duration), units: usize) {
+        let took = self.now().monotonic.saturating_sub(started.0);
+        let took_cpu = crate::os::thread_cpu_time().saturating_sub(started.1);
         let idle = self.job.is_none();
         let t = &mut self.job_timing;
         t.turns += 1;
         t.units += units;
         t.longest = t.longest.max(took);
+        t.longest_cpu = t.longest_cpu.max(took_cpu);
         t.total += took;
         if !idle {
             return;
@@ -58,6 +61,7 @@ impl Driver {
                 turns = t.turns,
                 units = t.units,
                 longest_turn_us = t.longest.as_micros() as u64,
+                longest_turn_cpu_us = t.longest_cpu.as_micros() as u64,
                 total_us = t.total.as_micros() as u64,
                 "control requests served"
             );
