@@ -19,8 +19,9 @@ use crate::proto::{Device, Now, PeerConfig};
 
 /// What a peer's X25519 costs in units: a new peer precomputes DH(S_priv, S_pub), and so
 /// does every peer when our key changes. Measured in a release build (benches/README.md,
-/// "Many peers"): adding a peer takes about 30 µs, reading one with a prefix about 0.5 µs,
-/// so a unit is about a quarter of a microsecond.
+/// "Many peers"): adding a peer with one prefix takes about 26 µs (129 units: 0.2 µs a unit),
+/// reading one with a prefix about 0.15 µs (2 units), removing one about 0.25 µs (2 units).
+/// Reads are cheaper than a unit; the budget is set by the writes.
 pub const PEER_DH_UNITS: usize = 128;
 
 /// A [`Snapshot`] taken a slice of peers at a time, in slot order.
