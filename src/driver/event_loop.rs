@@ -987,7 +987,8 @@ impl Driver {
         Ok(ControlSender::new(tx, Some(waker)))
     }
 
-    /// Answers one control request, on the loop's thread: the one dispatch.
+    /// Answers one control request, on the loop's thread: the one dispatch. Called only
+    /// with no request in progress (`control_turn` waits for it to end first).
     pub fn answer(&mut self, request: ControlRequest) {
         match request {
             // Those that visit every peer start a job, served in slices (see `job.rs`).

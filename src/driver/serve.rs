@@ -17,12 +17,14 @@ use crate::reconcile::{InvalidSet, PlanApplier, Snapshot, SnapshotBuilder};
 impl Driver {
     /// Starts serving a `get`.
     pub(super) fn start_get(&mut self, reply: oneshot::Sender<Snapshot>) {
+        debug_assert!(self.job.is_none(), "one request at a time");
         let builder = Box::new(self.snapshot_builder());
         self.job = Some(Job::Get { builder, reply });
     }
 
     /// Starts serving a change.
     pub(super) fn start_change(&mut self, change: Change, reply: Reply) {
+        debug_assert!(self.job.is_none(), "one request at a time");
         let builder = Box::new(self.snapshot_builder());
         self.job = Some(Job::Reading {
             builder,
