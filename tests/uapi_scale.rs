@@ -3,7 +3,8 @@
 //! peer and prefix reads back exactly through `get` (and `wg show dump` counts them), and one
 //! `set` with `replace_peers` removes them all. Then the work that visits every peer, which
 //! the data plane does in slices between batches (`driver/job.rs`): a `get` during a large
-//! `set` sees all of it or none of it; dumps of 10,000 peers lose no packet of a flow through
+//! `set` sees all of it or none of it, and one refused (port taken) changes nothing; dumps of
+//! 10,000 peers lose no packet of a flow through
 //! the tunnel; and a device takes more than wireguard-go's 2^16 peers. Timing targets live in
 //! benches, not here.
 
@@ -164,7 +165,7 @@ fn keys_of(reply: &str) -> BTreeSet<String> {
 fn a_get_during_a_large_set_sees_all_of_it_or_none() {
     require_root();
     const N: u32 = 10_000;
-    let (_ns, _ifname, socket, daemon) = bare_daemon("tnd-scale-atomic", 1);
+    let (ns, _ifname, socket, daemon) = bare_daemon("tnd-scale-atomic", 1);
     let set_a = format!(
         "set=1\nprivate_key={}\n{}\n",
         "11".repeat(32),
@@ -237,6 +238,20 @@ fn a_get_during_a_large_set_sees_all_of_it_or_none() {
         "the set was never seen ({olds} gets saw the old state)"
     );
     eprintln!("gets during the set: {olds} saw the old state, {news} the new");
+
+    // A large set whose port is taken (planned on its own thread, then its fallible step
+    // fails): refused with EADDRINUSE, and none of it applies.
+    let holder = ns.run(|| UdpSocket::bind("0.0.0.0:41600").expect("hold a port"));
+    let refused = format!(
+        "set=1\nlisten_port=41600\nreplace_peers=true\n{}\n",
+        peer_lines(0..N, 2_000_000)
+    );
+    assert_eq!(
+        uapi(&socket, &refused),
+        format!("errno=-{}\n\n", libc::EADDRINUSE)
+    );
+    assert_eq!(keys_of(&uapi(&socket, "get=1\n\n")), new);
+    drop(holder);
     daemon.stop(Duration::from_secs(10));
 }
 
