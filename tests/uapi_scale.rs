@@ -4,9 +4,8 @@
 //! `set` with `replace_peers` removes them all. Then the work that visits every peer, which
 //! the data plane does in slices between batches (`driver/job.rs`): a `get` during a large
 //! `set` sees all of it or none of it, and one refused (port taken) changes nothing; dumps of
-//! 10,000 peers lose no packet of a flow through
-//! the tunnel; and a device takes more than wireguard-go's 2^16 peers. Timing targets live in
-//! benches, not here.
+//! 10,000 peers lose no packet of a flow through the tunnel; and a device takes more than
+//! wireguard-go's 2^16 peers. Timing targets live in benches, not here.
 
 mod common;
 use common::{kit, netns};
