@@ -89,6 +89,14 @@ pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
     nix::sys::stat::umask(Mode::from_bits_truncate(mask)).bits()
 }
 
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`): set against wall time,
+/// it tells work from time spent preempted. Zero if the clock cannot be read.
+pub fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
 /// Makes the calling process the leader of a new session without a controlling terminal
 /// (`setsid(2)`), as a daemon that detached from its parent does.
 pub fn new_session() -> io::Result<()> {

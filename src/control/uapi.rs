@@ -40,11 +40,22 @@ pub use parse::parse_set;
 /// The longest line accepted in a request. The longest line `wg` writes (an endpoint with an
 /// IPv6 address and a zone) is under 100 bytes; wireguard-go's own reader stops at 64 KiB.
 pub const MAX_LINE_LEN: usize = 4096;
-/// The most lines one `set` may carry (about 8 lines for each of `MAX_PEERS` peers, with
-/// room for many AllowedIPs).
-pub const MAX_SET_LINES: usize = 1 << 21;
-/// The most bytes one request may take before the framer gives up on it.
-pub const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// The most lines one `set` may carry: 8 for each of `MAX_PEERS` (2^20) peers. `wg setconf`
+/// writes at most 6 for a peer with one AllowedIP (`public_key`, `preshared_key`,
+/// `endpoint`, `persistent_keepalive_interval`, `replace_allowed_ips`, `allowed_ip`).
+pub const MAX_SET_LINES: usize = 8 * MAX_PEERS;
+/// The most bytes one request may take before the framer gives up on it: 384 for each of
+/// `MAX_PEERS` peers (384 MiB); the longest such peer `wg` writes is about 300 bytes (see
+/// the test `the_largest_setconf_fits_the_limits`).
+///
+/// Memory stays proportional to what a client actually sends: the buffer grows as bytes
+/// arrive. The worst case, one connection sending the largest request, is that buffer
+/// (384 MiB), its parsed operations (up to `MAX_SET_LINES` of 72 bytes each: ~600 MiB if
+/// all 8 Mi lines are, say, `fwmark=1`, though then the text is only 75 MiB; a real setconf
+/// of 2^20 peers is ~3 lines a peer, ~250 MiB), and while it is planned a snapshot,
+/// a model and a plan of the peers (a few hundred bytes a peer). Each connection is bounded
+/// so; only root can connect (the socket is made under umask 077), as with wireguard-go.
+pub const MAX_REQUEST_BYTES: usize = 384 * MAX_PEERS;
 /// A failed request, answered as `errno=N` with N the value in `errno`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("UAPI error {errno}: {message}")]

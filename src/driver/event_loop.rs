@@ -48,6 +48,7 @@ use super::batch::{self, Sealed};
 use super::clock::Clock;
 use super::control::{CONTROL_QUEUE, ControlRequest, ControlSender};
 use super::crypto_pool::{CryptoPool, Item, Job};
+use super::job::{self, Change, Progress, Reply};
 use super::mmsg::{self, RecvMeta};
 use super::oplog::{self, PeerNames, Summaries};
 use super::tun::Tun;
@@ -285,11 +286,16 @@ pub struct Driver {
     control: Option<mpsc::Receiver<ControlRequest>>,
     /// The epoll instance the loop waits on, and the waker of the control channel.
     poll: Poll,
-    waker: Option<Arc<Waker>>,
+    pub(super) waker: Option<Arc<Waker>>,
     /// The config's peer names, for log lines (see `oplog`).
-    names: PeerNames,
+    pub(super) names: PeerNames,
     /// Summaries of hostile drops (see `oplog`).
     summaries: Summaries,
+    /// The control request in progress, served in slices between batches (see `job.rs`);
+    /// the next waits in the mailbox until it is answered.
+    pub(super) job: Option<job::Job>,
+    /// How long the request in progress has held the loop, turn by turn (for the log).
+    pub(super) job_timing: job::Timing,
 }
 
 impl std::fmt::Debug for Driver {
@@ -392,6 +398,8 @@ impl Driver {
             waker: None,
             names: PeerNames::new(),
             summaries: Summaries::from_env(),
+            job: None,
+            job_timing: job::Timing::default(),
         })
     }
 
@@ -542,9 +550,26 @@ impl Driver {
         }
     }
 
-    /// Answers up to [`CONTROL_PER_TURN`] waiting control requests.
+    /// Answers up to [`CONTROL_PER_TURN`] waiting control requests, one at a time, spending
+    /// at most [`job::SLICE`] units of per-peer work on them this turn (see `job.rs`).
     fn control_requests(&mut self) -> Control {
+        // Clock reads per turn that has control work (never per packet): the length of each
+        // turn is what forwarding waits for.
+        let started = (self.now().monotonic, crate::os::thread_cpu_time());
+        let mut budget = job::SLICE;
+        let control = self.control_turn(&mut budget);
+        self.note_control_turn(started, job::SLICE.saturating_sub(budget));
+        control
+    }
+
+    fn control_turn(&mut self, budget: &mut usize) -> Control {
         for _ in 0..CONTROL_PER_TURN {
+            match self.step_job(budget) {
+                Progress::Done => {}
+                Progress::Working => return Control::More,
+                // The planning thread wakes the loop (the control token) when it is done.
+                Progress::Waiting => return Control::Idle,
+            }
             let Some(rx) = self.control.as_mut() else {
                 return Control::Idle;
             };
@@ -978,29 +1003,17 @@ impl Driver {
         Ok(ControlSender::new(tx, Some(waker)))
     }
 
-    /// Answers one control request, on the loop's thread: the one dispatch.
+    /// Answers one control request, on the loop's thread: the one dispatch. Called only
+    /// with no request in progress (`control_turn` waits for it to end first).
     pub fn answer(&mut self, request: ControlRequest) {
         match request {
-            ControlRequest::Get { reply } => {
-                let mut snapshot = self.snapshot();
-                snapshot.under_load = self.device.is_under_load(self.now());
-                let _ = reply.send(snapshot);
-            }
+            // Those that visit every peer start a job, served in slices (see `job.rs`).
+            ControlRequest::Get { reply } => self.start_get(reply),
             ControlRequest::Set { request, reply } => {
-                let result = self.set(&request);
-                match &result {
-                    Ok(changes) => oplog::log_changes(
-                        "configuration changed over UAPI",
-                        changes,
-                        &self.names,
-                        &[],
-                    ),
-                    Err(e) => tracing::warn!("UAPI set refused, nothing changed: {e}"),
-                }
-                let _ = reply.send(result);
+                self.start_change(Change::Set(request), Reply::Uapi(reply));
             }
             ControlRequest::Apply { desired, reply } => {
-                let _ = reply.send(self.reconcile(&desired));
+                self.start_change(Change::Apply(desired), Reply::Apply(reply));
             }
             // Logged by the daemon's resolver, which knows the name.
             ControlRequest::Endpoint {
@@ -1008,7 +1021,8 @@ impl Driver {
                 endpoint,
                 reply,
             } => {
-                let _ = reply.send(self.set(&SetRequest::update_endpoint(public_key, endpoint)));
+                let request = SetRequest::update_endpoint(public_key, endpoint);
+                self.start_change(Change::Set(request), Reply::Endpoint(reply));
             }
             // The event loop stops before it gets here.
             ControlRequest::Stop => {}

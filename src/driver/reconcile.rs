@@ -6,7 +6,7 @@
 use super::event_loop::Driver;
 use super::udp::{UdpError, UdpSockets};
 use crate::reconcile::{
-    Changes, DesiredDevice, DevicePlan, InvalidSet, SetRequest, Snapshot, apply_to_device, plan,
+    Changes, DesiredDevice, DevicePlan, InvalidSet, Snapshot, apply_to_device, plan,
 };
 
 /// Why a plan could not be applied (nothing changed).
@@ -44,22 +44,27 @@ impl Driver {
     }
 
     /// Makes the running device `desired` (a config file's), keeping the sessions of peers
-    /// that stay.
+    /// that stay, all in one go: for the start, before the loop runs. Requests that come
+    /// while it runs are served in slices (`driver/job.rs`).
     pub fn reconcile(&mut self, desired: &DesiredDevice) -> Result<Changes, ApplyError> {
         let plan = plan(&self.snapshot(), desired);
         self.apply_plan(&plan)
     }
 
-    /// A UAPI `set`: simulated on the running device, then applied as a plan.
-    pub fn set(&mut self, request: &SetRequest) -> Result<Changes, SetError> {
-        let running = self.snapshot();
-        let desired = request.desired(&running)?;
-        let plan = plan(&running, &desired);
-        Ok(self.apply_plan(&plan)?)
-    }
-
     /// Applies `plan`, all of it or (on error) none of it.
     pub fn apply_plan(&mut self, plan: &DevicePlan) -> Result<Changes, ApplyError> {
+        self.begin_plan(plan)?;
+        let now = self.now();
+        apply_to_device(&mut self.device, plan, now);
+        // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
+        self.flush();
+        Ok(plan.changes())
+    }
+
+    /// The driver's part of `plan`: what can fail (a new port, the fwmark), undone on
+    /// failure, then the new sockets installed. The core's part follows, which cannot fail
+    /// (`apply_to_device`, or `PlanApplier` in slices).
+    pub(super) fn begin_plan(&mut self, plan: &DevicePlan) -> Result<(), ApplyError> {
         let mark = plan.fwmark.unwrap_or(self.udp().fwmark());
         // Fallible steps first, each undone when a later one fails.
         let new_sockets = match plan.listen_port {
@@ -91,11 +96,7 @@ impl Driver {
         if plan.private_key.is_some() {
             tracing::info!("private key changed: every session restarts");
         }
-        let now = self.now();
-        apply_to_device(&mut self.device, plan, now);
-        // A peer whose keepalive was just turned on has a keepalive or initiation waiting.
-        self.flush();
-        Ok(plan.changes())
+        Ok(())
     }
 
     /// Follows the TUN device's MTU (which `ip link set mtu` changes behind the daemon's

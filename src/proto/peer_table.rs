@@ -74,6 +74,12 @@ impl<T> PeerTable<T> {
         }
     }
 
+    /// Makes room for `additional` more peers than the free slots hold.
+    pub fn reserve(&mut self, additional: usize) {
+        self.slots
+            .reserve(additional.saturating_sub(self.free.len()));
+    }
+
     /// The peer `id` names, if it is still there.
     pub fn get(&self, id: PeerId) -> Option<&T> {
         let s = self.slots.get(id.slot as usize)?;
@@ -160,22 +166,6 @@ impl<T> PeerTable<T> {
             };
             s.value.as_ref().map(|v| (id, v))
         })
-    }
-
-    /// Every peer, mutably; all noted as touched.
-    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        let touched = &mut self.touched;
-        self.slots
-            .iter_mut()
-            .enumerate()
-            .filter_map(move |(slot, s)| {
-                let value = s.value.as_mut()?;
-                if !s.touched {
-                    s.touched = true;
-                    touched.push(slot as u32);
-                }
-                Some(value)
-            })
     }
 }
 

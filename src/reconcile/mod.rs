@@ -16,7 +16,9 @@
 mod desired;
 mod plan;
 mod set;
+mod slices;
 
 pub use desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, mask};
-pub use plan::{Changes, DevicePlan, PeerUpdate, apply_to_device, plan};
+pub use plan::{Changes, DevicePlan, PeerUpdate, plan};
 pub use set::{InvalidSet, MAX_PEERS, Op, SetRequest};
+pub use slices::{PEER_DH_UNITS, PlanApplier, SnapshotBuilder, apply_to_device};

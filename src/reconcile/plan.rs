@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 
 use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, running_prefixes};
-use crate::proto::{Device, Now, PeerConfig, PeerId, PresharedKey, PrivateKey, PublicKey};
+use crate::proto::{PeerId, PresharedKey, PrivateKey, PublicKey};
 
 /// What has to change to go from a [`Snapshot`] to a [`DesiredDevice`].
 #[derive(Debug, Clone, Default)]
@@ -186,68 +186,13 @@ fn networks(prefixes: &[Prefix]) -> Vec<Prefix> {
         .collect()
 }
 
-/// Applies the core's part of `plan` to `device`: peers removed, our key, the MTU, then the
-/// peers that stay and the new ones. Cannot fail: [`plan`] left out whatever the core would
-/// refuse. Prefixes that move between peers come out right in any order, since adding one
-/// takes it from its old owner and removing one drops it only from the peer that holds it.
-/// Persistent keepalive is set last for each peer, so turning it on sends the first
-/// keepalive (or handshake) at once, as the kernel does.
-pub fn apply_to_device(device: &mut Device, plan: &DevicePlan, now: Now) {
-    for key in &plan.remove {
-        device.remove_peer(key);
-    }
-    if let Some(key) = &plan.private_key {
-        device.set_private_key(key.clone());
-    }
-    if let Some(mtu) = plan.mtu {
-        device.set_mtu(mtu);
-    }
-    for update in &plan.update {
-        let id = update.id;
-        if let Some(psk) = &update.preshared_key {
-            device.set_preshared_key(id, psk.clone());
-        }
-        if let Some(endpoint) = update.endpoint {
-            device.set_endpoint(id, Some(endpoint));
-        }
-        for p in &update.remove_ips {
-            device.remove_allowed_ip(id, *p);
-        }
-        for p in &update.add_ips {
-            // Cannot fail: a `Prefix`'s length fits its family.
-            let _ = device.add_allowed_ip(id, *p);
-        }
-        if let Some(seconds) = update.persistent_keepalive {
-            device.set_persistent_keepalive(id, seconds, now);
-        }
-    }
-    for peer in &plan.add {
-        let config = PeerConfig {
-            public_key: peer.public_key,
-            preshared_key: peer.preshared_key.clone(),
-            endpoint: peer.endpoint,
-            persistent_keepalive: 0,
-            allowed_ips: Vec::new(),
-        };
-        // Cannot fail: our own key was left out by `plan` and there are no prefixes yet.
-        let Ok(id) = device.upsert_peer(&config) else {
-            continue;
-        };
-        for p in &peer.allowed_ips {
-            let _ = device.add_allowed_ip(id, *p);
-        }
-        if peer.persistent_keepalive != 0 {
-            device.set_persistent_keepalive(id, peer.persistent_keepalive, now);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::proto::PrivateKey;
+    use crate::proto::{Device, Now, PrivateKey};
+    use crate::reconcile::apply_to_device;
 
     fn key(n: u8) -> PrivateKey {
         PrivateKey::from_bytes([n; 32])

@@ -8,8 +8,13 @@ use std::net::SocketAddr;
 use super::desired::{DesiredDevice, DesiredPeer, Prefix, Snapshot, running_prefixes};
 use crate::proto::{PresharedKey, PrivateKey, PublicKey};
 
-/// The most peers a device may have, as in wireguard-go (`MaxPeers`).
-pub const MAX_PEERS: usize = 1 << 16;
+/// The most peers a device may have: the kernel's limit (`MAX_PEERS_PER_DEVICE`, 2^20), not
+/// wireguard-go's 2^16. Nothing below depends on it being small: peer slots and ids are
+/// `u32`, receiver indices are random `u32`s in a hash map (at most three per peer, so the
+/// table stays sparse), AllowedIPs are a trie with per-peer lists, and the driver walks the
+/// peers only in slices (`driver/job.rs`). The one-time cost of a `set` that large is in the
+/// UAPI limits (`control::uapi::MAX_REQUEST_BYTES`).
+pub const MAX_PEERS: usize = 1 << 20;
 
 /// One `key=value` line of a `set`, checked.
 #[derive(Debug, Clone)]
@@ -122,7 +127,18 @@ impl SetRequest {
     /// removes it only from this peer. A peer removed and added again in one request comes
     /// back fresh (no sessions). Errors: more than [`MAX_PEERS`] peers, an unresolved zone.
     pub fn desired(&self, running: &Snapshot) -> Result<DesiredDevice, InvalidSet> {
+        self.desired_within(running, MAX_PEERS)
+    }
+
+    /// [`SetRequest::desired`] with a peer limit of `max_peers` (so that the limit's logic
+    /// can be tested without a million peers).
+    pub(crate) fn desired_within(
+        &self,
+        running: &Snapshot,
+        max_peers: usize,
+    ) -> Result<DesiredDevice, InvalidSet> {
         let mut model = Model::of(running);
+        model.max_peers = max_peers;
         model.simulate(self)?;
         Ok(model.into_desired(running))
     }
@@ -161,6 +177,8 @@ struct Model {
     /// Which slot holds each prefix (a prefix belongs to one peer at most).
     owner: HashMap<Prefix, usize>,
     live: usize,
+    /// [`MAX_PEERS`], but for tests.
+    max_peers: usize,
 }
 
 impl Model {
@@ -174,6 +192,7 @@ impl Model {
             by_key: HashMap::with_capacity(running.peers.len()),
             owner: HashMap::new(),
             live: 0,
+            max_peers: MAX_PEERS,
         };
         for info in &running.peers {
             let slot = model.peers.len();
@@ -295,9 +314,10 @@ impl Model {
                 created: false,
             });
         }
-        if self.live >= MAX_PEERS {
+        if self.live >= self.max_peers {
             return Err(InvalidSet(format!(
-                "line {number}: too many peers (at most {MAX_PEERS})"
+                "line {number}: too many peers (at most {})",
+                self.max_peers
             )));
         }
         let slot = self.peers.len();
@@ -401,6 +421,53 @@ mod tests {
             [10, 0, 0, n],
         ))];
         p
+    }
+
+    fn nth_key(n: u32) -> PublicKey {
+        let mut k = [0xeeu8; 32];
+        k[..4].copy_from_slice(&n.to_le_bytes());
+        PublicKey::from_bytes(k)
+    }
+
+    #[test]
+    fn the_peer_limit_is_the_kernels_and_counts_live_peers() {
+        const { assert!(MAX_PEERS == 1 << 20, "the kernel's MAX_PEERS_PER_DEVICE") };
+        let mut device = Device::new(Some(PrivateKey::from_bytes([1; 32])), [7; 32]);
+        let start = DesiredDevice {
+            private_key: Some(PrivateKey::from_bytes([1; 32])),
+            peers: vec![peer(2, None), peer(3, None)],
+            ..DesiredDevice::default()
+        };
+        let now = Now::new(Duration::from_secs(1), Duration::from_secs(1_700_000_000));
+        let first = plan(&Snapshot::of(&device, 0, 0), &start);
+        apply_to_device(&mut device, &first, now);
+        let running = Snapshot::of(&device, 0, 0);
+        let adding = |n: u32| SetRequest {
+            ops: (0..n)
+                .map(|i| (2 + i as usize, Op::Peer(nth_key(i))))
+                .collect(),
+        };
+        // Two exist: three more fit in five, four do not, and the error names the line.
+        let d = adding(3).desired_within(&running, 5).expect("fits");
+        assert_eq!(d.peers.len(), 5);
+        let err = adding(4).desired_within(&running, 5).unwrap_err();
+        assert_eq!(err.0, "line 5: too many peers (at most 5)");
+        // Removed peers free their place within the same request.
+        let mut req = SetRequest {
+            ops: vec![(2, Op::ReplacePeers)],
+        };
+        req.ops.extend(adding(5).ops);
+        assert_eq!(
+            req.desired_within(&running, 5).expect("fits").peers.len(),
+            5
+        );
+        // A peer named twice counts once.
+        let mut req = adding(3);
+        req.ops.push((9, Op::Peer(nth_key(0))));
+        assert!(req.desired_within(&running, 5).is_ok());
+        // Above wireguard-go's 2^16 is fine with the real limit (checked at 70,000 in
+        // tests/uapi_scale.rs through the socket).
+        assert!(adding(70_000).desired(&Snapshot::default()).is_ok());
     }
 
     #[test]

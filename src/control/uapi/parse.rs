@@ -13,6 +13,12 @@ use crate::reconcile::{Op, SetRequest};
 /// allows. Errors: a line without `=` is EPROTO, an over-long line or too many lines EIO (as
 /// wireguard-go's reader failing), anything else EINVAL.
 pub fn parse_set(body: &str) -> Result<SetRequest, UapiError> {
+    parse_set_within(body, MAX_SET_LINES)
+}
+
+/// [`parse_set`] with a limit of `max_lines` lines (so that the limit's logic can be tested
+/// without millions of lines).
+pub(super) fn parse_set_within(body: &str, max_lines: usize) -> Result<SetRequest, UapiError> {
     let mut ops = Vec::new();
     let mut in_peer = false;
     for (index, piece) in body.split_inclusive('\n').enumerate() {
@@ -27,9 +33,9 @@ pub fn parse_set(body: &str) -> Result<SetRequest, UapiError> {
                 "line {number}: longer than {MAX_LINE_LEN} bytes"
             )));
         }
-        if index >= MAX_SET_LINES {
+        if index >= max_lines {
             return Err(UapiError::io(format!(
-                "more than {MAX_SET_LINES} lines in one set"
+                "more than {max_lines} lines in one set"
             )));
         }
         let Some((key, value)) = line.split_once('=') else {

@@ -710,28 +710,35 @@ fn device_keys_after_a_peer_and_unknown_keys_are_refused() {
 }
 
 #[test]
-fn too_many_peers_is_refused_whole() {
-    let (mut dev, mut state) = populated();
-    let before = get(&mut dev, &mut state);
-    // Two peers exist: MAX_PEERS - 2 more fit, one beyond does not.
-    let mut body = String::from("listen_port=1\n");
-    for i in 0..(MAX_PEERS - 1) as u32 {
-        let mut k = [0u8; 32];
-        k[..4].copy_from_slice(&i.to_le_bytes());
-        k[31] = 0xee;
-        body += &format!("public_key={}\n", PublicKey::from_bytes(k).to_hex());
-    }
-    let reply = set(&mut dev, &mut state, &body);
-    assert_eq!(reply, "errno=-22\n\n");
-    assert_eq!(get(&mut dev, &mut state), before);
+fn too_many_lines_is_refused() {
+    let body = "fwmark=1\n".repeat(1001);
+    let err = super::parse::parse_set_within(&body, 1000).unwrap_err();
+    assert_eq!(err.errno, -libc::EIO);
+    assert!(super::parse::parse_set_within(&"fwmark=1\n".repeat(1000), 1000).is_ok());
 }
 
+/// The limits fit the largest `wg setconf` of the kernel's peer limit: every peer with a
+/// preshared key, an IPv6 endpoint with a zone, keepalive and one IPv6 AllowedIP, as `wg`
+/// writes it (`ipc-uapi.h`).
 #[test]
-fn too_many_lines_is_refused() {
-    let body = "fwmark=1\n".repeat(MAX_SET_LINES + 1);
-    let err = parse_set(&body).unwrap_err();
-    assert_eq!(err.errno, -libc::EIO);
-    assert!(parse_set(&"fwmark=1\n".repeat(MAX_SET_LINES)).is_ok());
+fn the_largest_setconf_fits_the_limits() {
+    let peer = [
+        format!("public_key={}", "ab".repeat(32)),
+        format!("preshared_key={}", "cd".repeat(32)),
+        "endpoint=[fe80:1234:5678:9abc:def0:1234:5678:9abc%wg-uplink0]:65535".to_owned(),
+        "persistent_keepalive_interval=65535".to_owned(),
+        "replace_allowed_ips=true".to_owned(),
+        "allowed_ip=fd12:3456:789a:bcde:f012:3456:789a:bcde/128".to_owned(),
+    ];
+    let bytes: usize = peer.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        MAX_PEERS * bytes + 100 <= MAX_REQUEST_BYTES,
+        "{bytes} bytes a peer"
+    );
+    assert!(MAX_PEERS * peer.len() + 10 <= MAX_SET_LINES);
+    const { assert!(MAX_PEERS > 1 << 16) };
+    // What the memory note on MAX_REQUEST_BYTES counts per parsed line.
+    assert!(std::mem::size_of::<(usize, crate::reconcile::Op)>() <= 72);
 }
 
 /// Random mutations of a valid request never panic, and a refused one changes nothing.

@@ -294,27 +294,46 @@ impl Device {
     /// bound to the old key; a peer carrying the new public key is removed (as wireguard-go
     /// does: we cannot be our own peer).
     pub fn set_private_key(&mut self, key: Option<PrivateKey>) {
-        if self.identity.as_ref().map(|i| &i.private) == key.as_ref() {
+        if !self.begin_private_key(key) {
             return;
+        }
+        for slot in 0..self.peers.slot_count() {
+            self.rekey_peer_at(slot);
+        }
+    }
+
+    /// The first half of [`Device::set_private_key`]: the new identity, and our own key no
+    /// longer a peer. Returns whether the key changed; if so, every peer slot must then go
+    /// through [`Device::rekey_peer_at`] (one DH each: the driver does them in slices, and a
+    /// handshake with a peer not yet done meanwhile fails and is retried).
+    pub fn begin_private_key(&mut self, key: Option<PrivateKey>) -> bool {
+        if self.identity.as_ref().map(|i| &i.private) == key.as_ref() {
+            return false;
         }
         self.identity = key.map(|k| Identity::new(k, &self.protocol));
         if let Some(own) = self.public_key() {
             self.remove_peer(&own);
         }
+        true
+    }
+
+    /// The peer in slot `slot` (if any: returns whether) takes our current static key: its
+    /// precomputed DH(S_priv, S_pub) is redone, its sessions end, and a new handshake may
+    /// start at once.
+    pub fn rekey_peer_at(&mut self, slot: usize) -> bool {
+        let Some(id) = self.peers.id_at(slot) else {
+            return false;
+        };
         let private = self.identity.as_ref().map(|i| &i.private);
-        for peer in self.peers.values_mut() {
+        if let Some(peer) = self.peers.get_mut(id) {
             peer.set_own_private_key(private);
         }
-        for slot in 0..self.peers.slot_count() {
-            let Some(id) = self.peers.id_at(slot) else {
-                continue;
-            };
-            self.clear_sessions(id);
-            // The old handshakes are void: a new one may start at once.
-            if let Some(peer) = self.peers.get_mut(id) {
-                peer.timers.last_sent_handshake = None;
-            }
+        self.clear_sessions(id);
+        // The old handshakes are void: a new one may start at once.
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.timers.last_sent_handshake = None;
         }
+        true
     }
 
     pub fn mtu(&self) -> usize {
@@ -494,6 +513,35 @@ impl Device {
             allowed_ips: sorted(&peer.allowed_ips),
             stats: peer.stats.clone(),
         })
+    }
+
+    /// Makes room for `additional` more peers at once: growing the key map (and the slot
+    /// table) one doubling at a time would rehash every peer already there, a few
+    /// milliseconds at 10^5 peers, in whichever slice of a large `set` crosses the size.
+    pub fn reserve_peers(&mut self, additional: usize) {
+        self.by_key.reserve(additional);
+        self.peers.reserve(additional);
+    }
+
+    /// How many AllowedIPs the peer `id` has (0 for no such peer).
+    pub fn allowed_ip_count(&self, id: PeerId) -> usize {
+        self.peers.get(id).map_or(0, |p| p.allowed_ips.len())
+    }
+
+    /// How many peers there are.
+    pub fn peer_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// The bound for [`Device::peer_info_at`]: how many peer slots there are (some empty).
+    pub fn peer_slots(&self) -> usize {
+        self.peers.slot_count()
+    }
+
+    /// The peer in slot `slot`, if one lives there: lets a caller (the driver's `get` in
+    /// slices) walk the peers a few at a time, between batches, holding no borrow.
+    pub fn peer_info_at(&self, slot: usize) -> Option<PeerInfo> {
+        self.peer_info(self.peers.id_at(slot)?)
     }
 
     /// Every peer, in the order they were added (slot order).
