@@ -279,6 +279,30 @@ mod tests {
         "127.0.0.1:0".parse().expect("literal")
     }
 
+    /// The u32s of every datagram until none came for the socket's read timeout (read while
+    /// the sender sends, so that the socket buffer never overflows).
+    fn receive_all(server: &UdpSocket) -> Vec<u32> {
+        let mut buf = [0u8; 16];
+        let mut seen = Vec::new();
+        while let Ok((n, _)) = server.recv_from(&mut buf) {
+            assert_eq!(n, 4);
+            seen.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
+        }
+        seen
+    }
+
+    /// Datagrams 0..n (big-endian u32s), 20 at a time with a pause between, so that a
+    /// relay thread that a busy machine does not schedule for a while loses none in its
+    /// socket buffer (those would be counted nowhere).
+    fn send_paced(client: &UdpSocket, to: SocketAddr, n: u32) {
+        for i in 0..n {
+            client.send_to(&i.to_be_bytes(), to).expect("send");
+            if i % 20 == 19 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
     /// A perfect link forwards both ways; a lossy one drops about what it says and counts it.
     #[test]
     fn relays_both_ways_and_counts_what_it_drops() {
@@ -307,18 +331,11 @@ mod tests {
                 ..Impairment::default()
             },
         );
-        for i in 0..400u32 {
-            client
-                .send_to(&i.to_be_bytes(), relay.front())
-                .expect("send");
-        }
-        server
-            .set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("timeout");
-        let mut got = 0u64;
-        while server.recv_from(&mut buf).is_ok() {
-            got += 1;
-        }
+        let got = std::thread::scope(|s| {
+            let receiver = s.spawn(|| receive_all(&server));
+            send_paced(&client, relay.front(), 400);
+            receiver.join().expect("receiver").len() as u64
+        });
         let s = relay.stats();
         let dropped = s.get(&s.dropped, Direction::ToBack);
         assert_eq!(
@@ -337,7 +354,7 @@ mod tests {
     fn duplicates_and_reorders() {
         let server = UdpSocket::bind(local()).expect("server");
         server
-            .set_read_timeout(Some(Duration::from_millis(300)))
+            .set_read_timeout(Some(Duration::from_secs(1)))
             .expect("timeout");
         let relay = Relay::start(local(), server.local_addr().expect("addr"), 2).expect("relay");
         relay.set(
@@ -350,17 +367,11 @@ mod tests {
             },
         );
         let client = UdpSocket::bind(local()).expect("client");
-        for i in 0..300u32 {
-            client
-                .send_to(&i.to_be_bytes(), relay.front())
-                .expect("send");
-        }
-        let mut buf = [0u8; 16];
-        let mut seen = Vec::new();
-        while let Ok((n, _)) = server.recv_from(&mut buf) {
-            assert_eq!(n, 4);
-            seen.push(u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]));
-        }
+        let seen = std::thread::scope(|s| {
+            let receiver = s.spawn(|| receive_all(&server));
+            send_paced(&client, relay.front(), 300);
+            receiver.join().expect("receiver")
+        });
         let s = relay.stats();
         let dups = s.get(&s.duplicated, Direction::ToBack);
         assert_eq!(seen.len() as u64, 300 + dups);
