@@ -2,6 +2,8 @@
 //! sending initiations, consuming initiations, responses and cookie replies, and erasing a
 //! peer's sessions.
 
+use std::time::Duration;
+
 use rand_core::RngCore;
 
 use crate::proto::endpoint::Endpoint;
@@ -22,23 +24,40 @@ impl Device {
     /// Sends an initiation to `id` unless one went out less than REKEY_TIMEOUT ago.
     /// A retry keeps counting attempts; anything else starts a fresh count.
     pub(super) fn send_initiation(&mut self, id: PeerId, is_retry: bool, now: Now) {
+        // Drawn first, whether or not anything is sent, as it always was: seeded scenarios
+        // replay the same stream.
         let jitter = self.jitter();
-        let Some(identity) = self.identity.as_ref() else {
-            return;
-        };
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if !is_retry {
             peer.timers.handshake_attempts = 0;
         }
-        if peer
-            .timers
-            .last_sent_handshake
-            .is_some_and(|t| now.monotonic.saturating_sub(t) < REKEY_TIMEOUT)
-        {
+        if !self.initiation_due(id, now) {
             return;
         }
+        self.initiate(id, false, jitter, now);
+    }
+
+    /// Whether `send_initiation` would send now: none went out in the last REKEY_TIMEOUT.
+    pub(super) fn initiation_due(&self, id: PeerId, now: Now) -> bool {
+        self.peers.get(id).is_some_and(|peer| {
+            !peer
+                .timers
+                .last_sent_handshake
+                .is_some_and(|t| now.monotonic.saturating_sub(t) < REKEY_TIMEOUT)
+        })
+    }
+
+    /// Builds and queues an initiation to `id`, with no rate check (the callers do it).
+    /// `after_cookie` marks the one immediate resend a cookie reply may cause.
+    fn initiate(&mut self, id: PeerId, after_cookie: bool, jitter: Duration, now: Now) {
+        let Some(identity) = self.identity.as_ref() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
         let Some(endpoint) = peer.endpoint else {
             return;
         };
@@ -62,7 +81,11 @@ impl Device {
                 return;
             }
         };
-        if let Some(old) = peer.handshake.replace(Handshake { local_index, state }) {
+        if let Some(old) = peer.handshake.replace(Handshake {
+            local_index,
+            state,
+            after_cookie,
+        }) {
             self.index.remove(old.local_index);
         }
         peer.timers.last_sent_handshake = Some(now.monotonic);
@@ -88,7 +111,16 @@ impl Device {
             return Err(DropReason::InvalidMac1);
         }
         if self.under_load_until.is_some_and(|t| now.monotonic < t) {
-            if !identity.checker.check_mac2(msg, src.remote, now.monotonic) {
+            let mac2 = identity.checker.check_mac2(msg, src.remote, now.monotonic);
+            // A configured peer's current endpoint skips the cookie round trip, within a
+            // budget of its own (see ENDPOINT_TRUST below); past it, the usual cookie.
+            if !mac2
+                && self.by_endpoint.contains_key(&src.remote)
+                && self.endpoint_limiter.allow(src.remote.ip(), now.monotonic)
+            {
+                return Ok(());
+            }
+            if !mac2 {
                 let reply = identity.checker.create_reply(
                     msg,
                     sender,
@@ -157,7 +189,6 @@ impl Device {
         };
         peer.latest_timestamp = timestamp;
         peer.last_initiation_consumed = Some(now.monotonic);
-        peer.endpoint = Some(src);
         peer.stats.rx_bytes += INITIATION_LEN as u64;
         peer.stats.tx_bytes += RESPONSE_LEN as u64;
         // Our own initiation in flight, if any, is superseded.
@@ -184,6 +215,7 @@ impl Device {
         for k in [old_next, old_previous].into_iter().flatten() {
             self.index.remove(k.local_index);
         }
+        self.set_peer_endpoint(id, src);
         self.push_control(src, Some(id), &out);
         Ok(())
     }
@@ -220,7 +252,6 @@ impl Device {
         } else {
             [std::mem::replace(&mut peer.previous, old_current), None]
         };
-        peer.endpoint = Some(src);
         peer.stats.rx_bytes += RESPONSE_LEN as u64;
         peer.stats.last_handshake = Some(now.unix);
         let ka = peer.persistent_keepalive;
@@ -232,12 +263,13 @@ impl Device {
         let completed = Event::HandshakeCompleted {
             peer: id,
             public_key: peer.public_key,
-            endpoint: peer.endpoint.map(|e| e.remote),
+            endpoint: Some(src.remote),
         };
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {
             self.index.remove(k.local_index);
         }
+        self.set_peer_endpoint(id, src);
         self.push_event(completed);
         // Confirm the session at once: send what waited, or else a keepalive.
         if has_staged {
@@ -259,7 +291,19 @@ impl Device {
             .get(receiver)
             .ok_or(DropReason::UnknownReceiverIndex)?;
         let peer = self.peers.get_mut(id).ok_or(DropReason::UnknownPeer)?;
-        peer.cookie.consume_reply(msg, now.monotonic)
+        peer.cookie.consume_reply(msg, now.monotonic)?;
+        // The reply answers our initiation in flight: send it again at once, now with mac2,
+        // instead of at the retransmit timer (REKEY_TIMEOUT later). Once per initiation sent
+        // on our own account: the resend is marked, and a reply to it waits for the timer.
+        let resend = peer
+            .handshake
+            .as_ref()
+            .is_some_and(|h| h.local_index == receiver && !h.after_cookie);
+        if resend {
+            let jitter = self.jitter();
+            self.initiate(id, true, jitter, now);
+        }
+        Ok(())
     }
 
     /// Erases a peer's sessions and handshake (and their indices), keeping its configuration.

@@ -174,9 +174,20 @@ pub struct Device {
     identity: Option<Identity>,
     peers: PeerTable<Peer>,
     by_key: HashMap<PublicKey, PeerId>,
+    /// Every peer's current endpoint (its remote address) -> the peer, kept in step with
+    /// `Peer::endpoint` by [`Device::set_peer_endpoint`]: an O(1) answer to "is this source a
+    /// configured peer's endpoint?" for the two places that trust it a little (see
+    /// `handshake.rs`, `check_handshake_macs`, and `receive.rs`, `initiate_on_unknown_index`).
+    /// Two peers at one address (misconfiguration) share one entry: the latest writer wins.
+    by_endpoint: HashMap<SocketAddr, PeerId>,
     index: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
     rate_limiter: RateLimiter,
+    /// The budget of initiations from configured peers' endpoints that skip the cookie round
+    /// trip under load (see `handshake.rs`, `check_handshake_macs`). Apart from
+    /// `rate_limiter`, so that someone spoofing a peer's endpoint spends this budget only,
+    /// not the bucket the peer's own cookie-carrying initiations are counted in.
+    endpoint_limiter: RateLimiter,
     under_load_until: Option<Duration>,
     mtu: usize,
     control: VecDeque<Control>,
@@ -210,14 +221,19 @@ impl Device {
         let mut rng = ChaCha20Rng::from_seed(rng_seed);
         let mut limiter_seed = [0u8; 16];
         rng.fill_bytes(&mut limiter_seed);
+        // Derived, not drawn, so the generator's stream (and every replayed scenario) stays
+        // as it was; a keyed hash needs its key secret, not independent of the other one.
+        let endpoint_seed = limiter_seed.map(|b| !b);
         Device {
             identity: private_key.map(|k| Identity::new(k, &protocol)),
             protocol,
             peers: PeerTable::default(),
             by_key: HashMap::new(),
+            by_endpoint: HashMap::new(),
             index: IndexTable::default(),
             allowed_ips: AllowedIps::new(),
             rate_limiter: RateLimiter::new(limiter_seed),
+            endpoint_limiter: RateLimiter::new(endpoint_seed),
             under_load_until: None,
             mtu: DEFAULT_MTU,
             control: VecDeque::new(),
@@ -292,14 +308,21 @@ impl Device {
                 // A configured endpoint comes without a local address: the kernel chooses
                 // until the peer's packets teach us one.
                 if let Some(remote) = config.endpoint {
-                    peer.endpoint = Some(Endpoint::from(remote));
+                    self.set_peer_endpoint(id, Endpoint::from(remote));
                 }
                 id
             }
             None => {
                 let peer = Peer::new(config, self.private_key(), &self.protocol);
+                let endpoint = peer.endpoint;
                 let id = self.peers.insert(peer);
                 self.by_key.insert(config.public_key, id);
+                // Room for every peer's endpoint, so roaming never grows the map per packet.
+                self.by_endpoint
+                    .reserve(self.by_key.len().saturating_sub(self.by_endpoint.len()));
+                if let Some(endpoint) = endpoint {
+                    self.by_endpoint.insert(endpoint.remote, id);
+                }
                 id
             }
         };
@@ -353,11 +376,58 @@ impl Device {
         }
     }
 
+    /// Starts a handshake with `id` now (subject to the usual one initiation per
+    /// REKEY_TIMEOUT), e.g. for a peer just configured with an endpoint.
+    pub fn initiate_handshake(&mut self, id: PeerId, now: Now) {
+        self.send_initiation(id, false, now);
+    }
+
     /// Sets a peer's endpoint (config, UAPI, a re-resolved name), with no local address.
     pub fn set_endpoint(&mut self, id: PeerId, endpoint: Option<SocketAddr>) {
-        if let Some(peer) = self.peers.get_mut(id) {
-            peer.endpoint = endpoint.map(Endpoint::from);
+        match endpoint {
+            Some(remote) => self.set_peer_endpoint(id, Endpoint::from(remote)),
+            None => {
+                if let Some(peer) = self.peers.get_mut(id)
+                    && let Some(old) = peer.endpoint.take()
+                {
+                    self.forget_endpoint(old.remote, id);
+                }
+            }
         }
+    }
+
+    /// Sets a peer's endpoint and keeps `by_endpoint` in step.
+    pub(super) fn set_peer_endpoint(&mut self, id: PeerId, endpoint: Endpoint) {
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
+        let old = peer.endpoint.replace(endpoint).map(|e| e.remote);
+        self.endpoint_moved(id, old, endpoint.remote);
+    }
+
+    /// `id`'s remote address went from `old` to `new`: `by_endpoint` follows. The map
+    /// changes only when the address does (roaming), never per packet, and its room was
+    /// reserved when the peer was added, so this does not allocate.
+    pub(super) fn endpoint_moved(&mut self, id: PeerId, old: Option<SocketAddr>, new: SocketAddr) {
+        if old == Some(new) && self.by_endpoint.get(&new) == Some(&id) {
+            return;
+        }
+        if let Some(old) = old {
+            self.forget_endpoint(old, id);
+        }
+        self.by_endpoint.insert(new, id);
+    }
+
+    /// Removes `remote -> id` from `by_endpoint`, unless another peer took that address.
+    fn forget_endpoint(&mut self, remote: SocketAddr, id: PeerId) {
+        if self.by_endpoint.get(&remote) == Some(&id) {
+            self.by_endpoint.remove(&remote);
+        }
+    }
+
+    /// The configured peer whose current endpoint is `remote`, if any (O(1)).
+    pub(super) fn peer_at(&self, remote: SocketAddr) -> Option<PeerId> {
+        self.by_endpoint.get(&remote).copied()
     }
 
     /// Forgets the local address a peer's packets go out from (the kernel's
@@ -414,6 +484,9 @@ impl Device {
         };
         self.clear_sessions(id);
         self.unroute_all(id);
+        if let Some(old) = self.peers.get(id).and_then(|p| p.endpoint) {
+            self.forget_endpoint(old.remote, id);
+        }
         self.peers.remove(id);
         self.control.retain(|c| c.peer != Some(id));
         self.flush.retain(|&p| p != id);

@@ -86,10 +86,10 @@ impl Device {
         counter: u64,
         now: Now,
     ) -> Result<ReceiveJob, DropReason> {
-        let id = self
-            .index
-            .get(receiver)
-            .ok_or(DropReason::UnknownReceiverIndex)?;
+        let Some(id) = self.index.get(receiver) else {
+            self.initiate_on_unknown_index(src, now);
+            return Err(DropReason::UnknownReceiverIndex);
+        };
         let keypair = self
             .peers
             .get_mut(id)
@@ -139,7 +139,7 @@ impl Device {
         let birth = keypair.birth;
         // Roaming: the endpoint, with the local address it reached us on, follows the
         // latest authenticated packet.
-        peer.endpoint = Some(src);
+        let old_remote = peer.endpoint.replace(src).map(|e| e.remote);
         peer.stats.rx_bytes += datagram.len() as u64;
         let ka = peer.persistent_keepalive;
         peer.timers.on_authenticated_received();
@@ -176,6 +176,10 @@ impl Device {
         if let Some(k) = dropped {
             self.index.remove(k.local_index);
         }
+        if old_remote != Some(src.remote) {
+            // A roam: rare, so the endpoint map is touched only then, never per packet.
+            self.endpoint_moved(id, old_remote, src.remote);
+        }
         if confirmed {
             self.push_event(Event::HandshakeCompleted {
                 peer: id,
@@ -211,6 +215,28 @@ impl Device {
         Decapsulated::Deliver {
             peer: id,
             range: HEADROOM..HEADROOM + real_len,
+        }
+    }
+
+    /// Transport data for a receiver index we do not know, from the current endpoint of a
+    /// configured peer: most likely we restarted (or erased our sessions) and the peer still
+    /// sends under a session we have forgotten, and would keep doing so until its own
+    /// keepalive and rekey timers fire (KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, about 15 s). So we
+    /// start a handshake to that peer at once, and the link is back within a round trip.
+    ///
+    /// What this lets a stranger do: the packet is unauthenticated, so anyone who knows (or
+    /// guesses) a peer's endpoint can spoof it. The most it can make us do is what
+    /// `send_initiation` allows anyway: one initiation per peer per REKEY_TIMEOUT (5 s),
+    /// checked here before anything changes, so the retry count of a handshake already in
+    /// flight is not reset either. Sources that are no peer's endpoint cause nothing; the
+    /// lookup is one hash-map probe (`by_endpoint`), never a walk over the peers.
+    fn initiate_on_unknown_index(&mut self, src: Endpoint, now: Now) {
+        let Some(id) = self.peer_at(src.remote) else {
+            return;
+        };
+        if self.initiation_due(id, now) {
+            tracing::debug!("data under an unknown index from a peer's endpoint: initiating");
+            self.send_initiation(id, false, now);
         }
     }
 
