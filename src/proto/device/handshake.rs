@@ -42,10 +42,9 @@ impl Device {
     /// Whether `send_initiation` would send now: none went out in the last REKEY_TIMEOUT.
     pub(super) fn initiation_due(&self, id: PeerId, now: Now) -> bool {
         self.peers.get(id).is_some_and(|peer| {
-            !peer
-                .timers
+            peer.timers
                 .last_sent_handshake
-                .is_some_and(|t| now.monotonic.saturating_sub(t) < REKEY_TIMEOUT)
+                .is_none_or(|t| now.monotonic.saturating_sub(t) >= REKEY_TIMEOUT)
         })
     }
 
@@ -99,6 +98,50 @@ impl Device {
     }
 
     /// mac1 always, then under load: mac2 (else a cookie reply) and the per-source limit.
+    ///
+    /// # Honest peers first under a flood
+    ///
+    /// The cookie round trip costs an honest initiator one round trip when it answers the
+    /// cookie reply at once (tandem does: see `consume_cookie_reply`), but a whole
+    /// REKEY_TIMEOUT (5 s) when it waits for its retransmit timer, as the kernel and
+    /// wireguard-go do. So under load, an initiation from the *current endpoint of a configured
+    /// peer* (an O(1) probe of `by_endpoint`) is let through without mac2, within a budget of
+    /// its own: `endpoint_limiter`, 20/s per source IP with a burst of 5 (the rate limiter's
+    /// numbers). Past that budget the message is treated as before: a cookie reply, then mac2
+    /// and the ordinary per-source limit. The budget is a separate table so that someone who
+    /// spoofs a peer's endpoint drains only it, never the bucket the peer's own mac2-carrying
+    /// initiations are counted in: at worst the peer is back to the plain cookie path.
+    ///
+    /// # What an attacker can make us compute
+    ///
+    /// Costs, per message that gets past the checks: a forged initiation costs one X25519
+    /// (`es` = DH(S_priv, E_pub), in `read_initiation_static`; `ss` is precomputed per peer)
+    /// and is refused when its static key is unknown or its timestamp does not decrypt; a
+    /// replayed genuine initiation costs the same one and is refused as a replay; only a
+    /// fresh, authentic one (the peer's own) costs the two more of a response. A response
+    /// needs the receiver index of our initiation in flight before any DH. A cookie reply
+    /// costs a MAC and an XChaCha20-Poly1305 seal, no DH. With D ≈ 30k X25519/s for one core:
+    ///
+    /// - Not under load (before and after): every valid-mac1 initiation costs one DH; the
+    ///   driver declares load as soon as one receive batch holds more than 16 handshake
+    ///   messages, so a sender can keep us busy only up to about what one core does while
+    ///   keeping pace, at most D/s, the kernel's behaviour too.
+    /// - Under load, spoofed sources (any address the attacker cannot receive at): 0 DH/s
+    ///   before and after; they get cookie replies only. A source that is a peer's endpoint
+    ///   is the exception below.
+    /// - Under load, sources the attacker can receive at (A distinct IPs, IPv6 per /64): at
+    ///   most 20/s each after a burst of 5, so 20·A + 5·A DH/s; unchanged.
+    /// - Replayed cookies: a cookie is bound to the source IP and port and to a secret that
+    ///   changes every 120 s, so replaying one needs that source, and spends that source's
+    ///   bucket: already counted above; unchanged.
+    /// - New: spoofed endpoints of real peers. Needs the address of each (from the config or
+    ///   by watching the path); each distinct IP among the P peers' endpoints adds at most
+    ///   20/s after a burst of 5, so at most 20·P + 5·P DH/s more (spoofing gains no second
+    ///   DH: the timestamp does not decrypt without the peer's private key). A peer's bucket
+    ///   refills in 250 ms; its honest initiations fall back to the cookie round trip while
+    ///   it is drained. With tens of peers this is hundreds of DH/s, a few percent of D; the
+    ///   bound grows with the number of peers, which is the price of trusting their
+    ///   endpoints, and is never more than `MAX_ENTRIES` sources per table.
     fn check_handshake_macs(
         &mut self,
         src: Endpoint,
@@ -113,7 +156,7 @@ impl Device {
         if self.under_load_until.is_some_and(|t| now.monotonic < t) {
             let mac2 = identity.checker.check_mac2(msg, src.remote, now.monotonic);
             // A configured peer's current endpoint skips the cookie round trip, within a
-            // budget of its own (see ENDPOINT_TRUST below); past it, the usual cookie.
+            // budget of its own (see the budget above); past it, the usual cookie.
             if !mac2
                 && self.by_endpoint.contains_key(&src.remote)
                 && self.endpoint_limiter.allow(src.remote.ip(), now.monotonic)
@@ -295,6 +338,10 @@ impl Device {
         // The reply answers our initiation in flight: send it again at once, now with mac2,
         // instead of at the retransmit timer (REKEY_TIMEOUT later). Once per initiation sent
         // on our own account: the resend is marked, and a reply to it waits for the timer.
+        // A cookie reply is sealed under a key anyone can derive from the responder's public
+        // key, bound to our mac1, so whoever sees our initiation on the path can forge one:
+        // the most that buys is this one extra initiation (one ephemeral key and one DH, `es`;
+        // `ss` is precomputed) per initiation we send, two per peer per REKEY_TIMEOUT.
         let resend = peer
             .handshake
             .as_ref()

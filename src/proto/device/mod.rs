@@ -41,6 +41,8 @@ use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
 use super::transport::{OpenJob, SealJob};
 
+#[cfg(test)]
+mod attack_tests;
 mod handshake;
 mod receive;
 mod send;
