@@ -181,7 +181,10 @@ fn attacker_budget_under_load_is_bounded() {
         drain(&mut a, now);
     }
     assert_eq!(reached_dh(&a), 0);
-    assert_eq!(a.drops().get(DropReason::CookieRequired), 50_000);
+    // Cookie replies within that source's budget (burst 5, 20/s), the rest shed cheaply.
+    let cookies = a.drops().get(DropReason::CookieRequired);
+    assert!((20..=25).contains(&cookies), "{cookies} cookie replies");
+    assert_eq!(a.drops().get(DropReason::RateLimited), 50_000 - cookies);
     // The same flood spoofing B's endpoint: the burst of 5, then 20/s, for 1 s.
     for i in 0..50_000u64 {
         let now = at_ms(10_000 + i / 50);

@@ -127,8 +127,9 @@ impl Device {
     ///   messages, so a sender can keep us busy only up to about what one core does while
     ///   keeping pace, at most D/s, the kernel's behaviour too.
     /// - Under load, spoofed sources (any address the attacker cannot receive at): 0 DH/s
-    ///   before and after; they get cookie replies only. A source that is a peer's endpoint
-    ///   is the exception below.
+    ///   before and after; they get cookie replies only (now at most 20/s per source after a
+    ///   burst of 5: `cookie_limiter`). A source that is a peer's endpoint is the exception
+    ///   below.
     /// - Under load, sources the attacker can receive at (A distinct IPs, IPv6 per /64): at
     ///   most 20/s each after a burst of 5, so 20·A + 5·A DH/s; unchanged.
     /// - Replayed cookies: a cookie is bound to the source IP and port and to a secret that
@@ -142,6 +143,16 @@ impl Device {
     ///   it is drained. With tens of peers this is hundreds of DH/s, a few percent of D; the
     ///   bound grows with the number of peers, which is the price of trusting their
     ///   endpoints, and is never more than `MAX_ENTRIES` sources per table.
+    ///
+    /// # What the cookie-reply budget costs honest peers
+    ///
+    /// Under load, a source that is no peer's current endpoint gets at most 5 cookie replies
+    /// at once and 20/s after (`cookie_limiter`, keyed like the rate limiter). Honest
+    /// initiators send one initiation per REKEY_TIMEOUT, far inside that. Someone who spoofs
+    /// the IP of a roaming peer (whose address we do not know yet) while keeping us under
+    /// load can spend that budget and delay the peer's handshake until the load ends: the
+    /// same outcome a flood that overflows the receive queue causes without the budget, for
+    /// everyone instead of one address. Peers at their known endpoints are not affected.
     fn check_handshake_macs(
         &mut self,
         src: Endpoint,
@@ -154,16 +165,24 @@ impl Device {
             return Err(DropReason::InvalidMac1);
         }
         if self.under_load_until.is_some_and(|t| now.monotonic < t) {
-            let mac2 = identity.checker.check_mac2(msg, src.remote, now.monotonic);
+            // An initiator without a cookie sends mac2 as zeros: no MAC to compute for it.
+            let mac2 = msg[msg.len() - 16..].iter().any(|&b| b != 0)
+                && identity.checker.check_mac2(msg, src.remote, now.monotonic);
             // A configured peer's current endpoint skips the cookie round trip, within a
             // budget of its own (see the budget above); past it, the usual cookie.
-            if !mac2
-                && self.by_endpoint.contains_key(&src.remote)
-                && self.endpoint_limiter.allow(src.remote.ip(), now.monotonic)
-            {
+            let peer_endpoint = !mac2 && self.by_endpoint.contains_key(&src.remote);
+            if peer_endpoint && self.endpoint_limiter.allow(src.remote.ip(), now.monotonic) {
                 return Ok(());
             }
             if !mac2 {
+                // Cookie replies, too, within a per-source budget (`cookie_limiter`): a flood
+                // from a few sources then costs a MAC and a table probe per message, not a
+                // sealed reply and a send each, so the receive queue drains and honest
+                // messages are not dropped behind it. A peer's endpoint always gets its
+                // cookie (as before), so spoofing it cannot deny the peer its way in.
+                if !peer_endpoint && !self.cookie_limiter.allow(src.remote.ip(), now.monotonic) {
+                    return Err(DropReason::RateLimited);
+                }
                 let reply = identity.checker.create_reply(
                     msg,
                     sender,

@@ -190,6 +190,8 @@ pub struct Device {
     /// `rate_limiter`, so that someone spoofing a peer's endpoint spends this budget only,
     /// not the bucket the peer's own cookie-carrying initiations are counted in.
     endpoint_limiter: RateLimiter,
+    /// Under load, the cookie replies each source may get (see `check_handshake_macs`).
+    cookie_limiter: RateLimiter,
     under_load_until: Option<Duration>,
     mtu: usize,
     control: VecDeque<Control>,
@@ -226,6 +228,7 @@ impl Device {
         // Derived, not drawn, so the generator's stream (and every replayed scenario) stays
         // as it was; a keyed hash needs its key secret, not independent of the other one.
         let endpoint_seed = limiter_seed.map(|b| !b);
+        let cookie_seed = limiter_seed.map(|b| b ^ 0x5a);
         Device {
             identity: private_key.map(|k| Identity::new(k, &protocol)),
             protocol,
@@ -236,6 +239,7 @@ impl Device {
             allowed_ips: AllowedIps::new(),
             rate_limiter: RateLimiter::new(limiter_seed),
             endpoint_limiter: RateLimiter::new(endpoint_seed),
+            cookie_limiter: RateLimiter::new(cookie_seed),
             under_load_until: None,
             mtu: DEFAULT_MTU,
             control: VecDeque::new(),
