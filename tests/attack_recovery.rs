@@ -64,17 +64,20 @@ impl Net {
         format!("tka{}{side}{}", std::process::id() % 1000, self.n)
     }
 
-    /// A tandem config: us at `addr_in`, one peer at `peer_in` (with an endpoint or not).
+    /// A tandem config for side "a" (A_IN, PORT_A) or "b" (B_IN, PORT_B), with the other
+    /// side as its one peer (with an endpoint or not).
     fn tandem_config(
         &self,
         side: &str,
         own: &PrivateKey,
-        port: u16,
-        addr_in: &str,
         peer: &PublicKey,
-        peer_in: &str,
         endpoint: Option<String>,
     ) -> std::path::PathBuf {
+        let (port, addr_in, peer_in) = if side == "a" {
+            (PORT_A, A_IN, B_IN)
+        } else {
+            (PORT_B, B_IN, A_IN)
+        };
         let endpoint = endpoint
             .map(|e| format!("endpoint = \"{e}\"\n"))
             .unwrap_or_default();
@@ -204,14 +207,11 @@ fn under_flood(
 fn honest_tandem_handshake_completes_during_a_flood() {
     let net = Net::new("tt");
     let (ka, kb) = (key(61), key(62));
-    let ca = net.tandem_config("a", &ka, PORT_A, A_IN, &kb.public_key(), B_IN, None);
+    let ca = net.tandem_config("a", &ka, &kb.public_key(), None);
     let cb = net.tandem_config(
         "b",
         &kb,
-        PORT_B,
-        B_IN,
         &ka.public_key(),
-        A_IN,
         Some(format!("{A_OUT}:{PORT_A}")),
     );
     let da = up(&net.a, &ca);
@@ -241,10 +241,7 @@ fn honest_wireguard_go_handshake_completes_during_a_flood() {
     let ca = net.tandem_config(
         "a",
         &ka,
-        PORT_A,
-        A_IN,
         &kb.public_key(),
-        B_IN,
         Some(format!("{B_OUT}:{PORT_B}")),
     );
     let mut da = up(&net.a, &ca);
@@ -296,19 +293,13 @@ fn pings_recover_soon_after_either_side_restarts() {
     let ca = net.tandem_config(
         "a",
         &ka,
-        PORT_A,
-        A_IN,
         &kb.public_key(),
-        B_IN,
         Some(format!("{B_OUT}:{PORT_B}")),
     );
     let cb = net.tandem_config(
         "b",
         &kb,
-        PORT_B,
-        B_IN,
         &ka.public_key(),
-        A_IN,
         Some(format!("{A_OUT}:{PORT_A}")),
     );
     let mut da = Some(up(&net.a, &ca));
