@@ -274,9 +274,10 @@ fn response_truncations_and_extensions() {
     assert_traffic(&mut p, b"after");
 }
 
-/// a's initiation meets b under load: b's cookie reply, not yet delivered to a.
+/// a's initiation meets b under load: b's cookie reply, not yet delivered to a. (b does not
+/// know a's endpoint: from there it would answer at once.)
 fn cookie_reply_in_flight() -> (Pair, Vec<u8>, Vec<u8>) {
-    let mut p = Pair::new(None, true);
+    let mut p = Pair::new(None, false);
     let now = p.now;
     p.b.dev.set_under_load(now);
     let x = p.packet(true, b"hello");
@@ -291,8 +292,8 @@ fn cookie_reply_in_flight() -> (Pair, Vec<u8>, Vec<u8>) {
     (p, cookie, x)
 }
 
-/// After a's cookie reply was delivered: a's retransmission (mac2 under the cookie), taken
-/// off the wire.
+/// After a's cookie reply was delivered: a's resend (mac2 under the cookie; sent at once on
+/// the cookie reply, or else by the retransmit timer), taken off the wire.
 fn retry_with_mac2(p: &mut Pair) -> Vec<u8> {
     for _ in 0..70 {
         p.now = p.now.advance(Duration::from_millis(100));
@@ -587,12 +588,13 @@ fn cookie_reply_to_unknown_index_or_forged_is_refused() {
         "cookie",
     );
     assert_eq!(p.deliver(false, &cookie), Decapsulated::Done);
-    // A second copy is bound to a mac1 that was already answered.
+    // A second copy names the initiation a replaced at once with its mac2-carrying resend:
+    // that index is gone.
     expect_drop(
         &mut p,
         true,
         &cookie,
-        DropReason::UnexpectedHandshakeMessage,
+        DropReason::UnknownReceiverIndex,
         "cookie again",
     );
     finish_after_cookie(&mut p, &x);

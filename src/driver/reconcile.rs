@@ -48,7 +48,20 @@ impl Driver {
     /// while it runs are served in slices (`driver/job.rs`).
     pub fn reconcile(&mut self, desired: &DesiredDevice) -> Result<Changes, ApplyError> {
         let plan = plan(&self.snapshot(), desired);
-        self.apply_plan(&plan)
+        let changes = self.apply_plan(&plan)?;
+        // A peer the config file brings with an endpoint gets an initiation at once (the
+        // kernel waits for traffic): after a restart the peer is still sending under the
+        // session we lost, and this brings the link back within a round trip instead of the
+        // ~15 s its keepalive and rekey timers take. (A UAPI `set` does not: `wg` users
+        // expect a peer they add to stay quiet until there is traffic, as with the kernel.)
+        let now = self.now();
+        for peer in plan.add.iter().filter(|p| p.endpoint.is_some()) {
+            if let Some(id) = self.device.peer_id(&peer.public_key) {
+                self.device.initiate_handshake(id, now);
+            }
+        }
+        self.flush();
+        Ok(changes)
     }
 
     /// Applies `plan`, all of it or (on error) none of it.

@@ -169,7 +169,8 @@ impl CookieState {
     }
 
     /// Takes a cookie reply addressed to one of our handshakes. The next handshake message we
-    /// send carries mac2 under it; the retransmit timer sends that message.
+    /// send carries mac2 under it: for an initiation in flight the device resends at once
+    /// (once per initiation, see `device/handshake.rs`), not at the retransmit timer.
     pub fn consume_reply(
         &mut self,
         reply: &[u8; COOKIE_REPLY_LEN],

@@ -50,6 +50,9 @@ impl PeerConfig {
 pub(crate) struct Handshake {
     pub local_index: u32,
     pub state: InitiatorState,
+    /// This initiation is the immediate resend after a cookie reply: a cookie reply to it
+    /// does not cause another (see `device/handshake.rs`, `consume_cookie_reply`).
+    pub after_cookie: bool,
 }
 
 /// What users see of a peer.

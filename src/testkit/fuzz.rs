@@ -171,6 +171,10 @@ pub fn fuzz_cookie_reply(input: &[u8]) {
     };
     let (mut h, init) = Pair::pending();
     // b under load answers the real initiation (no mac2) with a cookie reply: the template.
+    // (b must not know a's endpoint: from there it would answer at once, see
+    // proto/device/handshake.rs.)
+    let peer_a = h.b.peer;
+    h.b.dev.set_endpoint(peer_a, None);
     h.b.dev.set_under_load(h.now);
     h.deliver(true, &init);
     let template = match h.take_wire().as_slice() {

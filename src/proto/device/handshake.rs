@@ -2,6 +2,8 @@
 //! sending initiations, consuming initiations, responses and cookie replies, and erasing a
 //! peer's sessions.
 
+use std::time::Duration;
+
 use rand_core::RngCore;
 
 use crate::proto::endpoint::Endpoint;
@@ -22,23 +24,39 @@ impl Device {
     /// Sends an initiation to `id` unless one went out less than REKEY_TIMEOUT ago.
     /// A retry keeps counting attempts; anything else starts a fresh count.
     pub(super) fn send_initiation(&mut self, id: PeerId, is_retry: bool, now: Now) {
+        // Drawn first, whether or not anything is sent, as it always was: seeded scenarios
+        // replay the same stream.
         let jitter = self.jitter();
-        let Some(identity) = self.identity.as_ref() else {
-            return;
-        };
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
         if !is_retry {
             peer.timers.handshake_attempts = 0;
         }
-        if peer
-            .timers
-            .last_sent_handshake
-            .is_some_and(|t| now.monotonic.saturating_sub(t) < REKEY_TIMEOUT)
-        {
+        if !self.initiation_due(id, now) {
             return;
         }
+        self.initiate(id, false, jitter, now);
+    }
+
+    /// Whether `send_initiation` would send now: none went out in the last REKEY_TIMEOUT.
+    pub(super) fn initiation_due(&self, id: PeerId, now: Now) -> bool {
+        self.peers.get(id).is_some_and(|peer| {
+            peer.timers
+                .last_sent_handshake
+                .is_none_or(|t| now.monotonic.saturating_sub(t) >= REKEY_TIMEOUT)
+        })
+    }
+
+    /// Builds and queues an initiation to `id`, with no rate check (the callers do it).
+    /// `after_cookie` marks the one immediate resend a cookie reply may cause.
+    fn initiate(&mut self, id: PeerId, after_cookie: bool, jitter: Duration, now: Now) {
+        let Some(identity) = self.identity.as_ref() else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(id) else {
+            return;
+        };
         let Some(endpoint) = peer.endpoint else {
             return;
         };
@@ -65,7 +83,11 @@ impl Device {
         // An initiation still in flight (sent at least REKEY_TIMEOUT ago, see above) got no
         // response, whatever sends this one: a retry, traffic or a keepalive.
         let mut unanswered = None;
-        if let Some(old) = peer.handshake.replace(Handshake { local_index, state }) {
+        if let Some(old) = peer.handshake.replace(Handshake {
+            local_index,
+            state,
+            after_cookie,
+        }) {
             self.index.remove(old.local_index);
             let sent = peer.timers.last_sent_handshake;
             unanswered = events::initiation_unanswered(peer, id, sent, now);
@@ -84,6 +106,61 @@ impl Device {
     }
 
     /// mac1 always, then under load: mac2 (else a cookie reply) and the per-source limit.
+    ///
+    /// # Honest peers first under a flood
+    ///
+    /// The cookie round trip costs an honest initiator one round trip when it answers the
+    /// cookie reply at once (tandem does: see `consume_cookie_reply`), but a whole
+    /// REKEY_TIMEOUT (5 s) when it waits for its retransmit timer, as the kernel and
+    /// wireguard-go do. So under load, an initiation from the *current endpoint of a configured
+    /// peer* (an O(1) probe of the endpoint map, `revive.rs`) is let through without mac2, within a budget of
+    /// its own: `endpoint_limiter`, 20/s per source IP with a burst of 5 (the rate limiter's
+    /// numbers). Past that budget the message is treated as before: a cookie reply, then mac2
+    /// and the ordinary per-source limit. The budget is a separate table so that someone who
+    /// spoofs a peer's endpoint drains only it, never the bucket the peer's own mac2-carrying
+    /// initiations are counted in: at worst the peer is back to the plain cookie path.
+    ///
+    /// # What an attacker can make us compute
+    ///
+    /// Costs, per message that gets past the checks: a forged initiation costs one X25519
+    /// (`es` = DH(S_priv, E_pub), in `read_initiation_static`; `ss` is precomputed per peer)
+    /// and is refused when its static key is unknown or its timestamp does not decrypt; a
+    /// replayed genuine initiation costs the same one and is refused as a replay; only a
+    /// fresh, authentic one (the peer's own) costs the two more of a response. A response
+    /// needs the receiver index of our initiation in flight before any DH. A cookie reply
+    /// costs a MAC and an XChaCha20-Poly1305 seal, no DH. With D ≈ 30k X25519/s for one core:
+    ///
+    /// - Not under load (before and after): every valid-mac1 initiation costs one DH; the
+    ///   driver declares load as soon as one receive batch holds more than 16 handshake
+    ///   messages, so a sender can keep us busy only up to about what one core does while
+    ///   keeping pace, at most D/s, the kernel's behaviour too.
+    /// - Under load, spoofed sources (any address the attacker cannot receive at): 0 DH/s
+    ///   before and after; they get cookie replies only (now at most 20/s per source after a
+    ///   burst of 5: `cookie_limiter`). A source that is a peer's endpoint is the exception
+    ///   below.
+    /// - Under load, sources the attacker can receive at (A distinct IPs, IPv6 per /64): at
+    ///   most 20/s each after a burst of 5, so 20·A + 5·A DH/s; unchanged.
+    /// - Replayed cookies: a cookie is bound to the source IP and port and to a secret that
+    ///   changes every 120 s, so replaying one needs that source, and spends that source's
+    ///   bucket: already counted above; unchanged.
+    /// - New: spoofed endpoints of real peers. Needs the address of each (from the config or
+    ///   by watching the path); each distinct IP among the P peers' endpoints adds at most
+    ///   20/s after a burst of 5, so at most 20·P + 5·P DH/s more (spoofing gains no second
+    ///   DH: the timestamp does not decrypt without the peer's private key). A peer's bucket
+    ///   refills in 250 ms; its honest initiations fall back to the cookie round trip while
+    ///   it is drained. With tens of peers this is hundreds of DH/s, a few percent of D; the
+    ///   bound grows with the number of peers, which is the price of trusting their
+    ///   endpoints, and is never more than `MAX_ENTRIES` sources per table.
+    ///
+    /// # What the cookie-reply budget costs honest peers
+    ///
+    /// Under load, a source that is no peer's current endpoint gets at most 5 cookie replies
+    /// at once and 20/s after (`cookie_limiter`, keyed like the rate limiter). Honest
+    /// initiators send one initiation per REKEY_TIMEOUT, far inside that. Someone who spoofs
+    /// the IP of a roaming peer (whose address we do not know yet) while keeping us under
+    /// load can spend that budget and delay the peer's handshake until the load ends: the
+    /// same outcome a flood that overflows the receive queue causes without the budget, for
+    /// everyone instead of one address. Peers at their known endpoints are not affected.
     fn check_handshake_macs(
         &mut self,
         src: Endpoint,
@@ -96,7 +173,24 @@ impl Device {
             return Err(DropReason::InvalidMac1);
         }
         if self.under_load_until.is_some_and(|t| now.monotonic < t) {
-            if !identity.checker.check_mac2(msg, src.remote, now.monotonic) {
+            // An initiator without a cookie sends mac2 as zeros: no MAC to compute for it.
+            let mac2 = msg[msg.len() - 16..].iter().any(|&b| b != 0)
+                && identity.checker.check_mac2(msg, src.remote, now.monotonic);
+            // A configured peer's current endpoint skips the cookie round trip, within a
+            // budget of its own (see the budget above); past it, the usual cookie.
+            let peer_endpoint = !mac2 && self.endpoint_owners.owner(&src.remote).is_some();
+            if peer_endpoint && self.endpoint_limiter.allow(src.remote.ip(), now.monotonic) {
+                return Ok(());
+            }
+            if !mac2 {
+                // Cookie replies, too, within a per-source budget (`cookie_limiter`): a flood
+                // from a few sources then costs a MAC and a table probe per message, not a
+                // sealed reply and a send each, so the receive queue drains and honest
+                // messages are not dropped behind it. A peer's endpoint always gets its
+                // cookie (as before), so spoofing it cannot deny the peer its way in.
+                if !peer_endpoint && !self.cookie_limiter.allow(src.remote.ip(), now.monotonic) {
+                    return Err(DropReason::RateLimited);
+                }
                 let reply = identity.checker.create_reply(
                     msg,
                     sender,
@@ -243,7 +337,7 @@ impl Device {
         let completed = Event::HandshakeCompleted {
             peer: id,
             public_key: peer.public_key,
-            endpoint: peer.endpoint.map(|e| e.remote),
+            endpoint: Some(src.remote),
         };
         let has_staged = !peer.staged.is_empty();
         for k in dropped.into_iter().flatten() {
@@ -273,7 +367,23 @@ impl Device {
             .get(receiver)
             .ok_or(DropReason::UnknownReceiverIndex)?;
         let peer = self.peers.get_mut(id).ok_or(DropReason::UnknownPeer)?;
-        peer.cookie.consume_reply(msg, now.monotonic)
+        peer.cookie.consume_reply(msg, now.monotonic)?;
+        // The reply answers our initiation in flight: send it again at once, now with mac2,
+        // instead of at the retransmit timer (REKEY_TIMEOUT later). Once per initiation sent
+        // on our own account: the resend is marked, and a reply to it waits for the timer.
+        // A cookie reply is sealed under a key anyone can derive from the responder's public
+        // key, bound to our mac1, so whoever sees our initiation on the path can forge one:
+        // the most that buys is this one extra initiation (one ephemeral key and one DH, `es`;
+        // `ss` is precomputed) per initiation we send, two per peer per REKEY_TIMEOUT.
+        let resend = peer
+            .handshake
+            .as_ref()
+            .is_some_and(|h| h.local_index == receiver && !h.after_cookie);
+        if resend {
+            let jitter = self.jitter();
+            self.initiate(id, true, jitter, now);
+        }
+        Ok(())
     }
 
     /// Erases a peer's sessions and handshake (and their indices), keeping its configuration.

@@ -41,6 +41,8 @@ use super::time::Now;
 use super::timers::UNDER_LOAD_HOLD;
 use super::transport::{OpenJob, SealJob};
 
+#[cfg(test)]
+mod attack_tests;
 mod events;
 mod handshake;
 mod receive;
@@ -221,6 +223,13 @@ pub struct Device {
     index: IndexTable,
     allowed_ips: AllowedIps<PeerId>,
     rate_limiter: RateLimiter,
+    /// The budget of initiations from configured peers' endpoints that skip the cookie round
+    /// trip under load (see `handshake.rs`, `check_handshake_macs`). Apart from
+    /// `rate_limiter`, so that someone spoofing a peer's endpoint spends this budget only,
+    /// not the bucket the peer's own cookie-carrying initiations are counted in.
+    endpoint_limiter: RateLimiter,
+    /// Under load, the cookie replies each source may get (see `check_handshake_macs`).
+    cookie_limiter: RateLimiter,
     under_load_until: Option<Duration>,
     mtu: usize,
     control: VecDeque<Control>,
@@ -257,6 +266,10 @@ impl Device {
         let mut rng = ChaCha20Rng::from_seed(rng_seed);
         let mut limiter_seed = [0u8; 16];
         rng.fill_bytes(&mut limiter_seed);
+        // Derived, not drawn, so the generator's stream (and every replayed scenario) stays
+        // as it was; a keyed hash needs its key secret, not independent of the other one.
+        let endpoint_seed = limiter_seed.map(|b| !b);
+        let cookie_seed = limiter_seed.map(|b| b ^ 0x5a);
         Device {
             identity: private_key.map(|k| Identity::new(k, &protocol)),
             protocol,
@@ -266,6 +279,8 @@ impl Device {
             index: IndexTable::default(),
             allowed_ips: AllowedIps::new(),
             rate_limiter: RateLimiter::new(limiter_seed),
+            endpoint_limiter: RateLimiter::new(endpoint_seed),
+            cookie_limiter: RateLimiter::new(cookie_seed),
             under_load_until: None,
             mtu: DEFAULT_MTU,
             control: VecDeque::new(),
@@ -372,6 +387,7 @@ impl Device {
                 let peer = Peer::new(config, self.private_key(), &self.protocol);
                 let id = self.peers.insert(peer);
                 self.by_key.insert(config.public_key, id);
+                self.endpoint_owners.reserve_for(self.by_key.len());
                 self.endpoint_owners.moved(id, None, config.endpoint);
                 id
             }
@@ -424,6 +440,12 @@ impl Device {
             // Only when turned on (0 -> N), as the kernel and wireguard-go do.
             self.send_keepalive(id, now);
         }
+    }
+
+    /// Starts a handshake with `id` now (subject to the usual one initiation per
+    /// REKEY_TIMEOUT), e.g. for a peer just configured with an endpoint.
+    pub fn initiate_handshake(&mut self, id: PeerId, now: Now) {
+        self.send_initiation(id, false, now);
     }
 
     /// Sets a peer's endpoint (config, UAPI, a re-resolved name), with no local address.

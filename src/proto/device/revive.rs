@@ -37,6 +37,12 @@ use super::Device;
 pub(crate) struct EndpointOwners(HashMap<SocketAddr, PeerId>);
 
 impl EndpointOwners {
+    /// Room for `peers` entries, so that roaming (one entry per peer) never allocates on the
+    /// packet path; called when peers are added.
+    pub(crate) fn reserve_for(&mut self, peers: usize) {
+        self.0.reserve(peers.saturating_sub(self.0.len()));
+    }
+
     /// Peer `id`'s endpoint moved from `from` to `to` (either may be None).
     pub(crate) fn moved(&mut self, id: PeerId, from: Option<SocketAddr>, to: Option<SocketAddr>) {
         if from == to {
@@ -54,12 +60,12 @@ impl EndpointOwners {
         }
     }
 
-    fn owner(&self, addr: &SocketAddr) -> Option<PeerId> {
+    pub(super) fn owner(&self, addr: &SocketAddr) -> Option<PeerId> {
         self.0.get(addr).copied()
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.0.len()
     }
 }
@@ -84,20 +90,11 @@ impl Device {
             .any(|k| k.can_receive(now.monotonic));
         // Checked here too, not only in `send_initiation`: a call that sends nothing must
         // not restart the retry series either.
-        if has_session || !self.may_initiate(id, now) {
+        if has_session || !self.initiation_due(id, now) {
             return;
         }
         tracing::debug!(peer = %peer.public_key, "transport for an unknown session from the peer's endpoint: initiating");
         self.send_initiation(id, false, now);
-    }
-
-    /// Whether `send_initiation` would send now (REKEY_TIMEOUT since the last one).
-    fn may_initiate(&self, id: PeerId, now: Now) -> bool {
-        self.peers.get(id).is_some_and(|p| {
-            p.timers.last_sent_handshake.is_none_or(|t| {
-                now.monotonic.saturating_sub(t) >= crate::proto::timers::REKEY_TIMEOUT
-            })
-        })
     }
 }
 

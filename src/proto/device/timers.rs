@@ -33,6 +33,8 @@ impl Device {
             self.under_load_until = None;
         }
         self.rate_limiter.gc(now.monotonic);
+        self.endpoint_limiter.gc(now.monotonic);
+        self.cookie_limiter.gc(now.monotonic);
         self.schedule_touched();
         // The peers whose entry is due, each once, in slot order.
         let mut due = std::mem::take(&mut self.timer_due);
@@ -199,6 +201,8 @@ mod tests {
             d.under_load_until = None;
         }
         d.rate_limiter.gc(now.monotonic);
+        d.endpoint_limiter.gc(now.monotonic);
+        d.cookie_limiter.gc(now.monotonic);
         for slot in 0..d.peers.slot_count() {
             let Some(id) = d.peers.id_at(slot) else {
                 continue;
