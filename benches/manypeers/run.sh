@@ -245,7 +245,8 @@ for impl in "${ACTIVE[@]}"; do
           "$LOADGEN" peers 1 "$SEED"; } >"$WORK/base.conf"
         t0=$(now)
         if ! ip netns exec "$NSS" wg setconf "$IFS_" "$WORK/server.conf" 2>"$WORK/setconf.err"; then
-            record "$impl" "$n" setconf_s "failed: $(head -c 100 "$WORK/setconf.err")"
+            why=$(grep -o 'too many peers' "$WORK/server-$impl.log" | head -n1 || true)
+            record "$impl" "$n" setconf_s "refused${why:+ ($why)}"
             stop_pid "$SERVER"; SERVER=""
             continue
         fi
