@@ -139,12 +139,16 @@ KEY_B=$(wg genkey)
 PUB_A=$(wg pubkey <<<"$KEY_A")
 PUB_B=$(wg pubkey <<<"$KEY_B")
 
+# Where A's config points for B: the relay's front, until the restart scenarios switch to the
+# direct path (a restarted A is configured the way A ran before it was killed).
+A_ENDPOINT=$OUTER_A:$RELAY_PORT
+
 # start_side IMPL SIDE: starts side A or B in its namespace, configured with `wg setconf`; A
-# reaches B through the relay's front, B reaches A directly. Sets DAEMON_A / DAEMON_B.
+# reaches B at A_ENDPOINT, B reaches A directly. Sets DAEMON_A / DAEMON_B.
 start_side() {
     local impl=$1 side=$2 ns ifname key peer endpoint tun peertun pid i conf
     if [[ $side == A ]]; then
-        ns=$NSA ifname=$IFA key=$KEY_A peer=$PUB_B endpoint=$OUTER_A:$RELAY_PORT tun=$TUN_A peertun=$TUN_B
+        ns=$NSA ifname=$IFA key=$KEY_A peer=$PUB_B endpoint=$A_ENDPOINT tun=$TUN_A peertun=$TUN_B
     else
         ns=$NSB ifname=$IFB key=$KEY_B peer=$PUB_A endpoint=$OUTER_A:$PORT tun=$TUN_B peertun=$TUN_A
     fi
@@ -312,6 +316,7 @@ for impl in "${ACTIVE[@]}"; do
         <"$WORK/relay.in" >"$WORK/relay.out" 2>>"$WORK/logs/faultkit.log" &
     RELAY_PID=$!
     exec 7>"$WORK/relay.in"
+    A_ENDPOINT=$OUTER_A:$RELAY_PORT
     start_side "$impl" A
     start_side "$impl" B
     wait_ping "$NSA" "$TUN_B" 20 || die "$impl: no ping through the tunnel"
@@ -327,7 +332,8 @@ for impl in "${ACTIVE[@]}"; do
         soak "$impl"
     fi
     # Restarts: A talks to B directly from here on (the relay's address is no endpoint B knows).
-    ip netns exec "$NSA" wg set "$IFA" peer "$PUB_B" endpoint "$OUTER_B:$PORT"
+    A_ENDPOINT=$OUTER_B:$PORT
+    ip netns exec "$NSA" wg set "$IFA" peer "$PUB_B" endpoint "$A_ENDPOINT"
     wait_ping "$NSA" "$TUN_B" 10 || die "$impl: no ping after the endpoint change"
     recovery "$impl" B
     recovery "$impl" A
