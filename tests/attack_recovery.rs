@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use kit::{Daemon, TempDir, ping_once, unique};
 use netns::{Netns, require_root, veth_pair};
 use peers::{PeerKind, RealPeer, WgConf};
-use tandem::proto::cookie::CookieState;
 use tandem::proto::{PrivateKey, PublicKey};
 use tandem::testkit::key;
 
@@ -100,25 +99,6 @@ fn up(ns: &Netns, config: &std::path::Path) -> Daemon {
     d
 }
 
-/// 64 distinct handshake initiations with a valid mac1 for `responder` (random ephemeral
-/// and static fields: each costs the responder one Diffie-Hellman when it is not under
-/// load, and a cookie reply when it is).
-fn flood_messages(responder: &PublicKey) -> Vec<[u8; 148]> {
-    let mut rng = tandem::testkit::rng::SplitMix64::new(0xf100d);
-    let mut cookie = CookieState::new(responder.as_bytes());
-    (0..64)
-        .map(|_| {
-            let mut m = [0u8; 148];
-            for b in m.iter_mut().skip(4) {
-                *b = rng.next_u64() as u8;
-            }
-            m[..4].copy_from_slice(&[1, 0, 0, 0]);
-            cookie.add_macs(&mut m, Duration::ZERO);
-            m
-        })
-        .collect()
-}
-
 /// Sends the flood from `FLOOD_SOURCES` addresses (inside b's namespace) to `target` at up
 /// to `rate` datagrams a second, until `stop` or `limit`. Returns what was sent.
 fn flood(
@@ -135,22 +115,7 @@ fn flood(
             s
         })
         .collect();
-    let start = Instant::now();
-    let mut sent = 0u64;
-    while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
-        // Pace by the clock: catch up to rate * elapsed, in slices of at most 200.
-        let due = (start.elapsed().as_secs_f64() * rate as f64) as u64;
-        if sent >= due {
-            std::thread::sleep(Duration::from_micros(500));
-            continue;
-        }
-        for _ in 0..(due - sent).min(200) {
-            let s = &sockets[(sent % u64::from(FLOOD_SOURCES)) as usize];
-            let _ = s.send_to(&msgs[(sent % msgs.len() as u64) as usize], target);
-            sent += 1;
-        }
-    }
-    sent
+    tandem::testkit::flood::send(&sockets, target, msgs, rate, limit, stop)
 }
 
 /// Datagrams a second: 50,000, or `TANDEM_FLOOD_RATE` (at most 50,000) to measure others.
@@ -180,7 +145,7 @@ fn under_flood(
     a_pub: &PublicKey,
     honest: impl FnOnce() -> Option<Duration> + Send,
 ) -> (Option<Duration>, u64) {
-    let msgs = flood_messages(a_pub);
+    let msgs = tandem::testkit::flood::messages(a_pub);
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
     let target: SocketAddr = SocketAddr::new(A_OUT.parse::<IpAddr>().unwrap(), PORT_A);

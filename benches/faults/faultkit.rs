@@ -5,6 +5,9 @@
 //!                             [--jitter-ms N] [--seed S]
 //!       relays until its stdin ends; reads `set OPTIONS` and `stats` lines from it
 //!   faultkit send TO TAG COUNT RATE [LEN]       paced datagrams; prints how many were sent
+//!   faultkit flood TARGET RESPONDER_PUBLIC RATE SECONDS SOURCE...
+//!       valid-mac1 handshake initiations for RESPONDER_PUBLIC at RATE per second for SECONDS,
+//!       round robin from the SOURCE addresses; prints how many were sent
 //!   faultkit recv BIND TAG COUNT [QUIET_MS] [LIMIT_S]
 //!       prints `sent unique lost duplicates reordered`
 //!
@@ -36,6 +39,7 @@ fn run(args: &[String]) -> Result<(), String> {
         "relay" => relay(rest),
         "send" => send(rest),
         "recv" => recv(rest),
+        "flood" => flood(rest),
         _ => Err(usage()),
     }
 }
@@ -43,6 +47,7 @@ fn run(args: &[String]) -> Result<(), String> {
 fn usage() -> String {
     "usage: faultkit relay FRONT BACK [--loss P] [--duplicate P] [--reorder P] \
      [--reorder-delay-ms N] [--jitter-ms N] [--seed S] | send TO TAG COUNT RATE [LEN] | \
+     flood TARGET RESPONDER_PUBLIC RATE SECONDS SOURCE... | \
      recv BIND TAG COUNT [QUIET_MS] [LIMIT_S]"
         .to_owned()
 }
@@ -131,6 +136,42 @@ fn send(args: &[String]) -> Result<(), String> {
     let any = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
     let sock = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
     let sent = send_sequence(&sock, to, tag, count, rate, len).map_err(|e| format!("send: {e}"))?;
+    println!("{sent}");
+    Ok(())
+}
+
+fn flood(args: &[String]) -> Result<(), String> {
+    let target: SocketAddr = parse("TARGET", args.first())?;
+    let responder = tandem::proto::PublicKey::from_base64(args.get(1).ok_or_else(usage)?)
+        .map_err(|e| format!("RESPONDER_PUBLIC: {e}"))?;
+    let rate: u64 = parse("RATE", args.get(2))?;
+    let seconds: u64 = parse("SECONDS", args.get(3))?;
+    let sockets = args
+        .get(4..)
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            let ip: std::net::IpAddr = parse("SOURCE", Some(a))?;
+            let s =
+                UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {a}: {e}"))?;
+            s.set_nonblocking(true)
+                .map_err(|e| format!("nonblocking: {e}"))?;
+            Ok(s)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    if sockets.is_empty() {
+        return Err("flood needs at least one SOURCE address".into());
+    }
+    let msgs = tandem::testkit::flood::messages(&responder);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let sent = tandem::testkit::flood::send(
+        &sockets,
+        target,
+        &msgs,
+        rate,
+        Duration::from_secs(seconds),
+        &stop,
+    );
     println!("{sent}");
     Ok(())
 }

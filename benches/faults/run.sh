@@ -13,6 +13,7 @@
 #   IMPLS="tandem wireguard-go"   TANDEM=<repo>/target/release/tandem (built if missing)
 #   COUNT=20000 RATE=10000        datagrams per impairment profile, and their rate per second
 #   TCP_SECONDS=5                 iperf3 seconds per profile
+#   FLOOD_RATE=50000              handshake initiations per second in the flood scenario
 #   LONG=0                        1 adds the rekey run (REKEY_SECONDS=130) and the soak
 #                                 (SOAK_SECONDS=600 of adding and removing 1000 peers)
 #   OUT=benches/faults/results-latest.md   KEEP_WORK=0 (1 keeps logs)
@@ -27,6 +28,7 @@ FAULTKIT=${FAULTKIT:-$ROOT/target/release/examples/faultkit}
 COUNT=${COUNT:-20000}
 RATE=${RATE:-10000}
 TCP_SECONDS=${TCP_SECONDS:-5}
+FLOOD_RATE=${FLOOD_RATE:-50000}
 LONG=${LONG:-0}
 REKEY_SECONDS=${REKEY_SECONDS:-130}
 SOAK_SECONDS=${SOAK_SECONDS:-600}
@@ -36,7 +38,7 @@ KEEP_WORK=${KEEP_WORK:-0}
 say() { printf '[faults] %s\n' "$*" >&2; }
 die() { printf '[faults] error: %s\n' "$*" >&2; exit 1; }
 
-for v in COUNT RATE TCP_SECONDS REKEY_SECONDS SOAK_SECONDS; do
+for v in COUNT RATE TCP_SECONDS FLOOD_RATE REKEY_SECONDS SOAK_SECONDS; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces, TUN devices): sudo -E bash $0"
@@ -115,6 +117,12 @@ ip -n "$NSA" link add veth0 type veth peer name veth0 netns "$NSB"
 ip -n "$NSA" addr add "$OUTER_A/24" dev veth0
 ip -n "$NSB" addr add "$OUTER_B/24" dev veth0
 for ns in "$NSA" "$NSB"; do ip -n "$ns" link set lo up; ip -n "$ns" link set veth0 up; done
+# The flood's sources: 16 more addresses in A's namespace (B's cookie replies go back there).
+FLOOD_SOURCES=()
+for i in $(seq 100 115); do
+    ip -n "$NSA" addr add "10.88.0.$i/24" dev veth0
+    FLOOD_SOURCES+=("10.88.0.$i")
+done
 mkdir -p "$UAPI_DIR"
 
 declare -A BIN=()
@@ -266,6 +274,35 @@ recovery() {
     say "$impl: recovery after kill -9 of $side: $(tail -n1 "$RESULTS" | cut -f4) s"
 }
 
+# flood IMPL: B is flooded with valid-mac1 initiations at FLOOD_RATE from 16 addresses of A's
+# namespace. Meanwhile: TCP over the existing session, then an honest fresh handshake (A
+# forgets B and learns it again) timed to the first answered ping.
+flood() {
+    local impl=$1 scen="flood-${FLOOD_RATE}-per-s" fpid t0 i ok=0
+    ip netns exec "$NSA" "$FAULTKIT" flood "$OUTER_B:$PORT" "$PUB_B" "$FLOOD_RATE" \
+        $((TCP_SECONDS + 18)) "${FLOOD_SOURCES[@]}" >"$WORK/flood.out" 2>>"$WORK/logs/faultkit.log" &
+    fpid=$!
+    PIDS+=("$fpid")
+    sleep 1
+    tcp "$impl" "$scen"
+    ip netns exec "$NSA" wg set "$IFA" peer "$PUB_B" remove
+    ip netns exec "$NSA" wg set "$IFA" peer "$PUB_B" endpoint "$A_ENDPOINT" allowed-ips "$TUN_B/32"
+    t0=$(date +%s.%N)
+    for ((i = 0; i < 150; i++)); do
+        if ip netns exec "$NSA" ping -n -q -c1 -W0.1 "$TUN_B" >/dev/null 2>&1; then ok=1; break; fi
+    done
+    if ((ok)); then
+        record "$impl" "$scen" honest_handshake_s "$(python3 -c "import time; print(f'{time.time() - $t0:.3f}')")"
+    else
+        record "$impl" "$scen" honest_handshake_s ">15"
+    fi
+    # The flood ends on its own (its count is printed then), at most TCP_SECONDS + 20 s in.
+    wait "$fpid" || true
+    record "$impl" "$scen" flood_sent "$(cat "$WORK/flood.out" 2>/dev/null || echo '?')"
+    say "$impl flood: honest handshake $(grep -P "^$impl\t$scen\thonest" "$RESULTS" | cut -f4) s"
+    sleep 2
+}
+
 # soak IMPL: SOAK_SECONDS of adding 1000 peers to B and removing them again; B's RSS, open
 # descriptors and threads after each cycle.
 soak() {
@@ -327,6 +364,7 @@ for impl in "${ACTIVE[@]}"; do
         tcp "$impl" "$name"
         relay_cmd set
     done
+    flood "$impl"
     if [[ $LONG == 1 ]]; then
         flow "$impl" "rekey-${REKEY_SECONDS}s" $((REKEY_SECONDS * 1000)) 1000
         soak "$impl"

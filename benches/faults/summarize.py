@@ -20,6 +20,9 @@ def cell(m):
         if "tcp_mbps" in m:
             text += f"; TCP {m['tcp_mbps']} Mbit/s"
         return text
+    if "honest_handshake_s" in m:
+        return (f"TCP {m.get('tcp_mbps', '-')} Mbit/s during the flood; honest fresh handshake "
+                f"{m['honest_handshake_s']} s (flood sent {m.get('flood_sent', '?')})")
     if "recovery_s" in m:
         return f"{m['recovery_s']} s"
     if "cycles" in m:

@@ -2,7 +2,7 @@
 //! fuzz crate: two `Device`s wired back to back in virtual time ([`pair`]), small IPv4/IPv6
 //! packet builders ([`packet`]), a seeded generator ([`rng`]), fixed keys and clocks, the
 //! fuzz target bodies ([`fuzz`]), and for the fault tests and bench an impaired UDP link
-//! ([`impair`]) and sequence-numbered traffic ([`seqflow`]).
+//! ([`impair`]), sequence-numbered traffic ([`seqflow`]) and a handshake flood ([`flood`]).
 //!
 //! Why it lives in the library, behind the `testkit` feature, and not in `tests/common`: a
 //! file under `tests/` can only reach the benches and the fuzz crate by `#[path]` includes,
@@ -14,6 +14,7 @@
 //! no dependency, and the binary never builds it (the feature is off outside dev builds).
 //! What needs processes, namespaces or the `tandem` binary (tests/common) stays in `tests/`.
 
+pub mod flood;
 pub mod fuzz;
 pub mod impair;
 pub mod packet;
