@@ -15,9 +15,10 @@
 //!   of an old session, or forged ones, do nothing to a working tunnel).
 //!
 //! So a forger can make us send at most one 148-byte initiation per configured peer per 5 s,
-//! to that peer's own endpoint: one X25519 of our own per initiation (the ephemeral and the
-//! two DHs: three DHs), no amplification (the reply is the same size as the trigger or
-//! smaller), and nothing to an address of the forger's choosing.
+//! and only to that peer's own endpoint. Each costs us the X25519 work of one initiation: a
+//! fresh ephemeral key and its Diffie-Hellmans. The initiation is larger than the smallest
+//! forged trigger (32 bytes), but the forger cannot aim it at an address of its choosing,
+//! nor send it more often than once per 5 s per peer, however many triggers it sends.
 //!
 //! The lookup from address to peer is one hash per unknown-index packet: [`EndpointOwners`]
 //! follows every endpoint change (configuration, roaming), so no peer is walked.
