@@ -77,32 +77,16 @@ DAEMON_B=""
 RELAY_PID=""
 PIDS=()
 
-alive() {
-    local state
-    [[ -n $1 ]] || return 1
-    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z && $state != X ]]
-}
-
-# stop_pid PID SIGNAL: signal, wait up to 5 s, then SIGKILL; reaps it.
-stop_pid() {
-    local pid=$1 sig=${2:-TERM} i
-    [[ -n $pid ]] || return 0
-    kill "-$sig" "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# alive, stop_pid, remove_netns
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
 
 cleanup() {
     local rc=$? ns pid
     trap - EXIT INT TERM
     exec 7>&- 2>/dev/null || true
     for pid in "$RELAY_PID" "$DAEMON_A" "$DAEMON_B" "${PIDS[@]}"; do stop_pid "$pid"; done
-    for ns in "$NSA" "$NSB"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    remove_netns "$NSA" "$NSB"
     rm -f "$UAPI_DIR/$IFA.sock" "$UAPI_DIR/$IFB.sock"
     if [[ $KEEP_WORK == 1 || $rc -ne 0 ]]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"

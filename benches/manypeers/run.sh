@@ -61,28 +61,15 @@ PIDS=()
 SERVER=""
 CLIENT=""
 
-alive() {
-    local state
-    [[ -n $1 ]] || return 1
-    state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
-    [[ -n $state && $state != Z && $state != X ]]
-}
-stop_pid() {
-    local pid=$1 i
-    [[ -n $pid ]] || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+# alive, stop_pid, remove_netns
+# shellcheck source=../lib.sh
+source "$HERE/../lib.sh"
+
 cleanup() {
     local rc=$? pid ns
     trap - EXIT INT TERM
     for pid in "$SERVER" "$CLIENT" "${PIDS[@]}"; do stop_pid "$pid"; done
-    for ns in "$NSS" "$NSC"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
-        ip netns del "$ns" 2>/dev/null || true
-    done
+    remove_netns "$NSS" "$NSC"
     rm -f "$UAPI_DIR/$IFS_.sock" "$UAPI_DIR/$IFC.sock"
     if [[ $KEEP_WORK == 1 || $rc -ne 0 ]]; then say "logs kept in $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"

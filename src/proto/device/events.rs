@@ -277,14 +277,11 @@ mod tests {
         );
     }
 
-    /// Nothing a stranger sends makes an event: garbage, initiations from a key we do not
-    /// know, forged and replayed transport packets; and an idle peer makes none either.
-    #[test]
-    fn hostile_input_makes_no_event() {
+    /// A (key 1) and B (key 2) at `now` with a session that B started, A's handshake event
+    /// drained.
+    fn session(now: Now) -> (Device, Device) {
         let mut a = device(1, 2, Some(B_ADDR), 1);
         let mut b = device(2, 1, Some(A_ADDR), 2);
-        let now = at_ms(1_000_000);
-        // A session, and one of B's transport packets to replay and forge.
         let (mut buf, len) = packet(2, 1);
         b.encapsulate(&mut buf, len, now);
         pump(&mut b, B_ADDR, &mut a, now);
@@ -294,6 +291,16 @@ mod tests {
             events(&mut a).as_slice(),
             [Event::HandshakeCompleted { .. }]
         ));
+        (a, b)
+    }
+
+    /// Nothing a stranger sends makes an event: garbage, initiations from a key we do not
+    /// know, forged and replayed transport packets; and an idle peer makes none either.
+    #[test]
+    fn hostile_input_makes_no_event() {
+        let now = at_ms(1_000_000);
+        // A session, and one of B's transport packets to replay and forge.
+        let (mut a, mut b) = session(now);
         let (mut data, len) = packet(2, 1);
         let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut data, len, now) else {
             panic!("B has a session");
@@ -344,18 +351,8 @@ mod tests {
     /// event; more from there, and forged or replayed ones from elsewhere, make none.
     #[test]
     fn endpoint_change_is_reported_once() {
-        let mut a = device(1, 2, Some(B_ADDR), 1);
-        let mut b = device(2, 1, Some(A_ADDR), 2);
         let now = at_ms(1_000_000);
-        let (mut buf, len) = packet(2, 1);
-        b.encapsulate(&mut buf, len, now);
-        pump(&mut b, B_ADDR, &mut a, now);
-        pump(&mut a, A_ADDR, &mut b, now);
-        pump(&mut b, B_ADDR, &mut a, now);
-        assert!(matches!(
-            events(&mut a).as_slice(),
-            [Event::HandshakeCompleted { .. }]
-        ));
+        let (mut a, mut b) = session(now);
         let mut send = |from: SocketAddr, a: &mut Device, corrupt: bool| {
             let (mut buf, len) = packet(2, 1);
             let Encapsulated::Send { len: n, .. } = b.encapsulate(&mut buf, len, now) else {
