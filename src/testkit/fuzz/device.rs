@@ -1,7 +1,4 @@
-//! The fuzz targets' bodies. Each cargo-fuzz target in `fuzz/` is a one-line wrapper around
-//! one of the `fuzz_*` functions here, and `tests/fuzz_smoke.rs` runs the very same bodies on
-//! generated inputs in every `cargo test` (no libFuzzer needed there). They live in the kit,
-//! not in the fuzz crate, so that both reach them with a plain `use` (see the module root).
+//! The device targets: bytes from the network (or the TUN device) through a `Device`.
 //!
 //! A target builds the state its message type needs on a [`Pair`] (a pending handshake or an
 //! established session), takes a real message of that type as a template, turns the fuzz
@@ -20,14 +17,16 @@
 
 use std::time::Duration;
 
-use super::packet::ipv4;
-use super::pair::{ADDR_A, INNER4_A, INNER4_B, INNER6_A, INNER6_B, Pair, check_decapsulated};
 use crate::proto::cookie::CookieState;
 use crate::proto::messages::{
     COOKIE_REPLY_LEN, INITIATION_LEN, MESSAGE_COOKIE_REPLY, MESSAGE_INITIATION, MESSAGE_RESPONSE,
     MESSAGE_TRANSPORT, RESPONSE_LEN,
 };
 use crate::proto::{Decapsulated, DropReason, Encapsulated, HEADROOM, PublicKey, TAILROOM};
+use crate::testkit::packet::ipv4;
+use crate::testkit::pair::{
+    ADDR_A, INNER4_A, INNER4_B, INNER6_A, INNER6_B, Pair, check_decapsulated,
+};
 
 /// The invariant after an attacker's datagram. Refused garbage must leave the pair
 /// working at once. Garbage that was accepted was an authentic message with at most its
@@ -122,6 +121,16 @@ impl<'a> Plan<'a> {
 }
 
 // ---------------------------------------------------------------- target bodies
+
+/// The device targets (name, body).
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("initiation", fuzz_initiation),
+    ("response", fuzz_response),
+    ("cookie_reply", fuzz_cookie_reply),
+    ("transport", fuzz_transport),
+    ("datagram", fuzz_datagram),
+    ("tun_packet", fuzz_tun_packet),
+];
 
 /// Handshake initiations at a responder with no session yet, also under load.
 pub fn fuzz_initiation(input: &[u8]) {

@@ -1,0 +1,24 @@
+//! The fuzz targets' bodies. Each cargo-fuzz target in `fuzz/` is a one-line wrapper around
+//! one of the functions here, `tests/fuzz_smoke.rs` runs them on generated inputs and
+//! `tests/fuzz_corpus.rs` replays the checked-in corpus (`fuzz/corpus/<target>/`) through
+//! them in every `cargo test`. They live in the kit, not in the fuzz crate, so that both reach
+//! them with a plain `use` (see the kit's module root).
+//!
+//! - [`device`]: datagrams and TUN packets through a whole `Device` pair in virtual time.
+//! - [`text`]: the text inputs: TOML and wg-quick configs, UAPI requests and replies.
+
+pub mod device;
+pub mod text;
+
+pub use device::*;
+
+/// Every target: its name (the `[[bin]]` in `fuzz/Cargo.toml` and the folder under
+/// `fuzz/corpus/`) and its body.
+pub fn targets() -> impl Iterator<Item = (&'static str, fn(&[u8]))> {
+    device::TARGETS.iter().chain(text::TARGETS).copied()
+}
+
+/// The body of the target called `name`.
+pub fn target(name: &str) -> Option<fn(&[u8])> {
+    targets().find(|(n, _)| *n == name).map(|(_, f)| f)
+}
