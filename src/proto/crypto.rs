@@ -76,6 +76,14 @@ pub struct LowOrderPoint;
 /// exactly as RFC 7748 says, so the result is byte-identical (checked against the RFC 7748
 /// vectors and x25519-dalek in the tests below).
 pub fn dh(private: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], LowOrderPoint> {
+    #[cfg(fuzzing)]
+    return super::dh_memo::memo(private, public, || dh_compute(private, public).ok())
+        .ok_or(LowOrderPoint);
+    #[cfg(not(fuzzing))]
+    dh_compute(private, public)
+}
+
+fn dh_compute(private: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], LowOrderPoint> {
     use aws_lc_rs::agreement::{PrivateKey, UnparsedPublicKey, X25519, agree};
     // Any 32 bytes are a valid X25519 private key, so the import cannot fail in practice;
     // treat a failure like a refused point rather than panicking.
@@ -103,6 +111,20 @@ pub fn dh(private: &[u8; 32], public: &[u8; 32]) -> Result<[u8; 32], LowOrderPoi
 /// every X25519; the result is byte-identical (RFC 7748's vectors and x25519-dalek, in the
 /// tests below).
 pub fn dh_pubkey(private: &[u8; 32]) -> [u8; 32] {
+    #[cfg(fuzzing)]
+    {
+        // Keyed with the base point's encoding (9), which no `dh` call can confuse: the
+        // same scalar and point give the same product either way.
+        let mut base = [0u8; 32];
+        base[0] = 9;
+        super::dh_memo::memo(private, &base, || Some(dh_pubkey_compute(private)))
+            .unwrap_or_default()
+    }
+    #[cfg(not(fuzzing))]
+    dh_pubkey_compute(private)
+}
+
+fn dh_pubkey_compute(private: &[u8; 32]) -> [u8; 32] {
     use aws_lc_rs::agreement::{PrivateKey, X25519};
     let mut out = [0u8; 32];
     // Any 32 bytes are an X25519 private key and its public key is 32 bytes, so neither step

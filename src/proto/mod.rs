@@ -5,6 +5,8 @@ pub mod allowedips;
 pub mod cookie;
 pub mod crypto;
 pub mod device;
+#[cfg(fuzzing)]
+mod dh_memo;
 pub mod endpoint;
 pub mod error;
 pub mod handshake;
