@@ -123,7 +123,7 @@ impl<'a> Plan<'a> {
 // ---------------------------------------------------------------- target bodies
 
 /// The device targets (name, body).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[super::Target] = &[
     ("initiation", fuzz_initiation),
     ("response", fuzz_response),
     ("cookie_reply", fuzz_cookie_reply),

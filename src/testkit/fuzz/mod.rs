@@ -12,9 +12,12 @@ pub mod text;
 
 pub use device::*;
 
-/// Every target: its name (the `[[bin]]` in `fuzz/Cargo.toml` and the folder under
+/// A target: its name (the `[[bin]]` in `fuzz/Cargo.toml` and the folder under
 /// `fuzz/corpus/`) and its body.
-pub fn targets() -> impl Iterator<Item = (&'static str, fn(&[u8]))> {
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub fn targets() -> impl Iterator<Item = Target> {
     device::TARGETS.iter().chain(text::TARGETS).copied()
 }
 

@@ -1,4 +1,4 @@
 //! Fuzz bodies for the text inputs: TOML and wg-quick configs, UAPI requests and replies.
 
 /// The text targets (name, body).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[];
+pub const TARGETS: &[super::Target] = &[];
