@@ -46,6 +46,7 @@ fn address_bytes(src: SocketAddr, out: &mut [u8; 18]) -> &[u8] {
 
 /// Our side as a responder: verifies mac1/mac2 and makes cookie replies.
 #[derive(Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct CookieChecker {
     /// HASH(LABEL_MAC1 || S_pub_ours)
     mac1_key: [u8; 32],
@@ -128,6 +129,7 @@ impl CookieChecker {
 
 /// Our side as an initiator towards one peer: adds mac1/mac2, keeps the latest cookie.
 #[derive(Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct CookieState {
     /// HASH(LABEL_MAC1 || S_pub_peer)
     mac1_key: [u8; 32],

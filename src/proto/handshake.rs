@@ -16,6 +16,7 @@ use super::tai64n::Tai64N;
 use super::time::Now;
 
 /// Our static identity and what derives from it.
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub(crate) struct Identity {
     pub private: PrivateKey,
     pub public: PublicKey,

@@ -29,6 +29,7 @@ impl Hasher for IndexHasher {
 }
 
 #[derive(Default)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct IndexTable {
     map: HashMap<u32, PeerId, BuildHasherDefault<IndexHasher>>,
 }

@@ -41,7 +41,7 @@ impl From<AeadError> for NoiseError {
 }
 
 /// The state before the first token: `C = HASH(name)` (name > 32 bytes), `H = HASH(C || prologue)`.
-#[derive(Clone)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct Protocol {
     initial_chaining_key: [u8; 32],
     initial_hash: [u8; 32],
@@ -96,6 +96,7 @@ pub const fn response_body_len(payload_len: usize) -> usize {
 
 /// The initiator between sending `-> e, es, s, ss` and reading the response.
 #[derive(Zeroize, ZeroizeOnDrop)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct InitiatorState {
     chaining_key: [u8; 32],
     hash: [u8; 32],

@@ -47,6 +47,7 @@ impl PeerConfig {
 }
 
 /// Our initiation in flight.
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub(crate) struct Handshake {
     pub local_index: u32,
     pub state: InitiatorState,
@@ -81,6 +82,7 @@ pub(crate) enum Outage {
     GaveUp { since: Duration },
 }
 
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub(crate) struct Peer {
     pub public_key: PublicKey,
     pub preshared_key: PresharedKey,

@@ -14,6 +14,7 @@ pub struct PeerId {
     generation: u32,
 }
 
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 struct Slot<T> {
     /// Bumped on every removal, so ids handed out for earlier occupants stop matching.
     /// Wrapping: a stale id would have to outlive 2^32 reuses of its slot to match again.
@@ -23,6 +24,7 @@ struct Slot<T> {
     touched: bool,
 }
 
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub(crate) struct PeerTable<T> {
     slots: Vec<Slot<T>>,
     /// Free slots, lowest first: peers keep the order they had before (slot order), and a

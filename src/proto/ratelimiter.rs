@@ -59,7 +59,7 @@ struct Bucket {
 
 /// Builds SipHash-1-3 hashers under a secret key, so that a sender cannot pick source
 /// addresses that all land in one bucket of the table and turn each lookup into a long scan.
-#[derive(Clone)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 struct KeyedSip {
     key: [u8; 16],
 }
@@ -72,6 +72,7 @@ impl BuildHasher for KeyedSip {
 }
 
 /// Handshake rate limiter, one per device.
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct RateLimiter {
     table: HashMap<SourceKey, Bucket, KeyedSip>,
     max_entries: usize,

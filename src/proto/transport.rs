@@ -66,6 +66,7 @@ pub const HEADROOM: usize = TRANSPORT_HEADER_LEN;
 pub const TAILROOM: usize = 15 + TAG_LEN;
 
 #[derive(Debug)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub struct Keypair {
     /// Our index: the receiver index of transport messages sent to us under this session.
     pub local_index: u32,

@@ -49,6 +49,7 @@ pub fn nonzero_drops(d: &Device) -> Vec<(DropReason, u64)> {
 }
 
 /// One side of the pair.
+#[derive(Clone)]
 pub struct Side {
     pub dev: Device,
     pub addr: SocketAddr,
@@ -58,6 +59,7 @@ pub struct Side {
     pub peer: PeerId,
 }
 
+#[derive(Clone)]
 pub struct Pair {
     pub a: Side,
     pub b: Side,

@@ -35,6 +35,7 @@ use super::Device;
 /// Which peer an address is the endpoint of. Kept in step with the peers' endpoints; an
 /// entry is only trusted after checking the peer still has that endpoint.
 #[derive(Debug, Default)]
+#[cfg_attr(any(test, feature = "testkit"), derive(Clone))]
 pub(crate) struct EndpointOwners(HashMap<SocketAddr, PeerId>);
 
 impl EndpointOwners {

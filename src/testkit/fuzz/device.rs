@@ -13,7 +13,7 @@
 //!   [`assert_recovers`]).
 //!
 //! Keys, RNG seeds and clocks are constants, so a crashing input replays byte for byte: each
-//! input starts from a fresh pair (a few X25519 operations, well under a millisecond).
+//! input starts from a copy of the same pair (see `setup`).
 
 use std::time::Duration;
 
@@ -120,6 +120,76 @@ impl<'a> Plan<'a> {
     }
 }
 
+// ---------------------------------------------------------------- set-ups
+
+/// Each target's starting state, built once per thread and cloned for every input: the
+/// handshakes that build it are most of the work otherwise, and a clone is the same state
+/// byte for byte (devices, RNGs, clock), so an input still replays alone.
+fn setup<T: Clone + 'static>(
+    cell: &'static std::thread::LocalKey<std::cell::OnceCell<T>>,
+    build: fn() -> T,
+) -> T {
+    cell.with(|c| c.get_or_init(build).clone())
+}
+
+thread_local! {
+    static PENDING: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+    static RESPONDED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+    static COOKIED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+    static ESTABLISHED: std::cell::OnceCell<Pair> = const { std::cell::OnceCell::new() };
+    static SEALED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+}
+
+/// `a`'s initiation in flight, `b` has answered it: the pair and `b`'s real response (which
+/// never reaches `a`).
+fn responded() -> (Pair, Vec<u8>) {
+    let (mut h, init) = Pair::pending();
+    h.deliver(true, &init);
+    let template = match h.take_wire().as_slice() {
+        [(false, r)] if r.len() == RESPONSE_LEN => r.clone(),
+        other => panic!(
+            "expected one response from b, got {} datagrams",
+            other.len()
+        ),
+    };
+    (h, template)
+}
+
+/// `a`'s initiation in flight, `b` under load has answered it with a cookie reply: the pair
+/// and the reply.
+fn cookied() -> (Pair, Vec<u8>) {
+    let (mut h, init) = Pair::pending();
+    // (b must not know a's endpoint: from there it would answer at once, see
+    // proto/device/handshake.rs.)
+    let peer_a = h.b.peer;
+    h.b.dev.set_endpoint(peer_a, None);
+    h.b.dev.set_under_load(h.now);
+    h.deliver(true, &init);
+    let template = match h.take_wire().as_slice() {
+        [(false, r)] if r.len() == COOKIE_REPLY_LEN => r.clone(),
+        other => panic!(
+            "expected one cookie reply from b, got {} datagrams",
+            other.len()
+        ),
+    };
+    (h, template)
+}
+
+/// An established session and a real data packet a -> b, sealed but not delivered.
+fn sealed() -> (Pair, Vec<u8>) {
+    let mut h = Pair::established();
+    let packet = ipv4(INNER4_A, INNER4_B, b"template payload");
+    h.send_ip(true, &packet);
+    let template = match h.take_wire().as_slice() {
+        [(true, d)] => d.clone(),
+        other => panic!(
+            "expected one data packet from a, got {} datagrams",
+            other.len()
+        ),
+    };
+    (h, template)
+}
+
 // ---------------------------------------------------------------- target bodies
 
 /// The device targets (name, body).
@@ -137,7 +207,7 @@ pub fn fuzz_initiation(input: &[u8]) {
     let Some(plan) = Plan::parse(input) else {
         return;
     };
-    let (mut h, template) = Pair::pending();
+    let (mut h, template) = setup(&PENDING, Pair::pending);
     // Header: type and sender index.
     let mut msg = plan.build(MESSAGE_INITIATION, &template, 8);
     plan.fix_macs(&mut msg, &h.b.public, INITIATION_LEN);
@@ -153,16 +223,8 @@ pub fn fuzz_response(input: &[u8]) {
     let Some(plan) = Plan::parse(input) else {
         return;
     };
-    let (mut h, init) = Pair::pending();
-    // b answers the real initiation; the answer is the template and never reaches a.
-    h.deliver(true, &init);
-    let template = match h.take_wire().as_slice() {
-        [(false, r)] if r.len() == RESPONSE_LEN => r.clone(),
-        other => panic!(
-            "expected one response from b, got {} datagrams",
-            other.len()
-        ),
-    };
+    // b answered the real initiation; the answer is the template and never reaches a.
+    let (mut h, template) = setup(&RESPONDED, responded);
     // Header: type, sender and receiver index (a's handshake).
     let mut msg = plan.build(MESSAGE_RESPONSE, &template, 12);
     plan.fix_macs(&mut msg, &h.a.public, RESPONSE_LEN);
@@ -178,21 +240,8 @@ pub fn fuzz_cookie_reply(input: &[u8]) {
     let Some(plan) = Plan::parse(input) else {
         return;
     };
-    let (mut h, init) = Pair::pending();
-    // b under load answers the real initiation (no mac2) with a cookie reply: the template.
-    // (b must not know a's endpoint: from there it would answer at once, see
-    // proto/device/handshake.rs.)
-    let peer_a = h.b.peer;
-    h.b.dev.set_endpoint(peer_a, None);
-    h.b.dev.set_under_load(h.now);
-    h.deliver(true, &init);
-    let template = match h.take_wire().as_slice() {
-        [(false, r)] if r.len() == COOKIE_REPLY_LEN => r.clone(),
-        other => panic!(
-            "expected one cookie reply from b, got {} datagrams",
-            other.len()
-        ),
-    };
+    // b under load answered the real initiation (no mac2) with a cookie reply: the template.
+    let (mut h, template) = setup(&COOKIED, cookied);
     // Header: type and receiver index (a's handshake). A cookie reply carries no mac1.
     let msg = plan.build(MESSAGE_COOKIE_REPLY, &template, 8);
     if plan.under_load {
@@ -207,17 +256,8 @@ pub fn fuzz_transport(input: &[u8]) {
     let Some(plan) = Plan::parse(input) else {
         return;
     };
-    let mut h = Pair::established();
     // A real data packet a -> b, sealed but not delivered: the template.
-    let packet = ipv4(INNER4_A, INNER4_B, b"template payload");
-    h.send_ip(true, &packet);
-    let template = match h.take_wire().as_slice() {
-        [(true, d)] => d.clone(),
-        other => panic!(
-            "expected one data packet from a, got {} datagrams",
-            other.len()
-        ),
-    };
+    let (mut h, template) = setup(&SEALED, sealed);
     // Header: type and receiver index (b's session), so the keypair lookup succeeds.
     let msg = plan.build(MESSAGE_TRANSPORT, &template, 8);
     if plan.under_load {
@@ -229,7 +269,7 @@ pub fn fuzz_transport(input: &[u8]) {
 
 /// Arbitrary bytes as a UDP datagram at a device with an established session.
 pub fn fuzz_datagram(input: &[u8]) {
-    let mut h = Pair::established();
+    let mut h = setup(&ESTABLISHED, Pair::established);
     let r = h.garbage(false, input);
     assert_recovers(&mut h, &r);
 }
@@ -254,7 +294,7 @@ pub fn fuzz_tun_packet(input: &[u8]) {
         _ => {}
     }
 
-    let mut h = Pair::established();
+    let mut h = setup(&ESTABLISHED, Pair::established);
     let now = h.now;
     let mut buf = vec![0u8; HEADROOM + packet.len() + TAILROOM];
     buf[HEADROOM..HEADROOM + packet.len()].copy_from_slice(&packet);
