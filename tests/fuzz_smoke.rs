@@ -57,3 +57,14 @@ fn datagram_bodies() {
 fn tun_packet_bodies() {
     run("tun_packet", fuzz::fuzz_tun_packet, 400, 200, 6);
 }
+
+#[test]
+fn differential_bodies() {
+    run(
+        "differential",
+        fuzz::differential::fuzz_differential,
+        400,
+        100,
+        7,
+    );
+}

@@ -125,7 +125,7 @@ impl<'a> Plan<'a> {
 /// Each target's starting state, built once per thread and cloned for every input: the
 /// handshakes that build it are most of the work otherwise, and a clone is the same state
 /// byte for byte (devices, RNGs, clock), so an input still replays alone.
-fn setup<T: Clone + 'static>(
+pub(super) fn setup<T: Clone + 'static>(
     cell: &'static std::thread::LocalKey<std::cell::OnceCell<T>>,
     build: fn() -> T,
 ) -> T {
@@ -133,8 +133,8 @@ fn setup<T: Clone + 'static>(
 }
 
 thread_local! {
-    static PENDING: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
-    static RESPONDED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+    pub(super) static PENDING_SETUP: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
+    pub(super) static RESPONDED_SETUP: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
     static COOKIED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
     static ESTABLISHED: std::cell::OnceCell<Pair> = const { std::cell::OnceCell::new() };
     static SEALED: std::cell::OnceCell<(Pair, Vec<u8>)> = const { std::cell::OnceCell::new() };
@@ -142,7 +142,7 @@ thread_local! {
 
 /// `a`'s initiation in flight, `b` has answered it: the pair and `b`'s real response (which
 /// never reaches `a`).
-fn responded() -> (Pair, Vec<u8>) {
+pub(super) fn responded() -> (Pair, Vec<u8>) {
     let (mut h, init) = Pair::pending();
     h.deliver(true, &init);
     let template = match h.take_wire().as_slice() {
@@ -200,6 +200,7 @@ pub const TARGETS: &[super::Target] = &[
     ("transport", fuzz_transport),
     ("datagram", fuzz_datagram),
     ("tun_packet", fuzz_tun_packet),
+    ("differential", super::differential::fuzz_differential),
 ];
 
 /// Handshake initiations at a responder with no session yet, also under load.
@@ -207,7 +208,7 @@ pub fn fuzz_initiation(input: &[u8]) {
     let Some(plan) = Plan::parse(input) else {
         return;
     };
-    let (mut h, template) = setup(&PENDING, Pair::pending);
+    let (mut h, template) = setup(&PENDING_SETUP, Pair::pending);
     // Header: type and sender index.
     let mut msg = plan.build(MESSAGE_INITIATION, &template, 8);
     plan.fix_macs(&mut msg, &h.b.public, INITIATION_LEN);
@@ -224,7 +225,7 @@ pub fn fuzz_response(input: &[u8]) {
         return;
     };
     // b answered the real initiation; the answer is the template and never reaches a.
-    let (mut h, template) = setup(&RESPONDED, responded);
+    let (mut h, template) = setup(&RESPONDED_SETUP, responded);
     // Header: type, sender and receiver index (a's handshake).
     let mut msg = plan.build(MESSAGE_RESPONSE, &template, 12);
     plan.fix_macs(&mut msg, &h.a.public, RESPONSE_LEN);

@@ -5,9 +5,11 @@
 //! them with a plain `use` (see the kit's module root).
 //!
 //! - [`device`]: datagrams and TUN packets through a whole `Device` pair in virtual time.
+//! - [`differential`]: the same handshake messages to tandem and boringtun's `Tunn`.
 //! - [`text`]: the text inputs: TOML and wg-quick configs, UAPI requests and replies.
 
 pub mod device;
+pub mod differential;
 pub mod text;
 
 pub use device::*;
