@@ -68,3 +68,8 @@ fn differential_bodies() {
         7,
     );
 }
+
+#[test]
+fn session_bodies() {
+    run("session", fuzz::session::fuzz_session, 400, 300, 8);
+}

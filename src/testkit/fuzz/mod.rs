@@ -6,10 +6,13 @@
 //!
 //! - [`device`]: datagrams and TUN packets through a whole `Device` pair in virtual time.
 //! - [`differential`]: the same handshake messages to tandem and boringtun's `Tunn`.
+//! - [`session`]: an established pair, then a program of sends, losses, replays, corruption
+//!   and time passing (structure-aware).
 //! - [`text`]: the text inputs: TOML and wg-quick configs, UAPI requests and replies.
 
 pub mod device;
 pub mod differential;
+pub mod session;
 pub mod text;
 
 pub use device::*;
