@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
     chrt -i 0 nice -n 19 cargo fuzz run --sanitizer none "$t" "corpus/$t" -- \
         -runs="$RUNS" -max_len=4096 -print_final_stats=1 -close_fd_mask=1 \
         >"results/$t.log" 2>&1 || { tail -40 "results/$t.log"; exit 1; }
-    grep -E '^#[0-9]+ +DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' \
+    grep -E '^#[0-9]+[[:space:]]+DONE|stat::number_of_executed_units|stat::average_exec_per_sec|stat::peak_rss_mb' \
         "results/$t.log"
     chrt -i 0 cargo fuzz cmin --sanitizer none "$t" "corpus/$t" >/dev/null 2>&1
     echo "   corpus after cmin: $(find "corpus/$t" -type f | wc -l) inputs"
