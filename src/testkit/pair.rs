@@ -265,9 +265,14 @@ impl Pair {
     /// address: checked like any other, and whatever it provokes (responses, cookie
     /// replies) is lost on the way back.
     pub fn garbage(&mut self, to_a: bool, datagram: &[u8]) -> Decapsulated {
+        self.garbage_answered(to_a, datagram).0
+    }
+
+    /// [`Pair::garbage`], and how many datagrams the receiver sent in answer (all lost).
+    pub fn garbage_answered(&mut self, to_a: bool, datagram: &[u8]) -> (Decapsulated, usize) {
         let (r, _) = self.decapsulate(!to_a, datagram);
-        self.poll_all(to_a);
-        r
+        let answers = self.poll_all(to_a).len();
+        (r, answers)
     }
 
     /// Delivers everything on the wire, in order, until it is quiet; how many datagrams.
