@@ -14,6 +14,7 @@ pub mod reconcile;
 mod serve;
 pub mod tun;
 pub mod udp;
+mod vnet;
 
 pub use clock::Clock;
 pub use control::{ControlRequest, ControlSender, LoopGone};
