@@ -154,12 +154,22 @@ fn essence(
 
 /// What survives `tandem export` to wg-quick and back: key files become inline keys,
 /// included peers become the file's own, `offload`, `include` and `[metrics]` are left out,
-/// and a peer name with a line break is dropped (with a warning).
+/// and a peer name with a line break is dropped (with a warning). wg-quick trims every value,
+/// so hook commands and names lose leading and trailing white space (which `sh -c` ignores).
 fn wg_quick_form(c: &Config) -> (InterfaceConfig, Vec<PeerConfig>) {
     let mut interface = c.interface.clone();
     interface.private_key_file = None;
     interface.offload = true;
     interface.include.clear();
+    let hooks = &mut interface.hooks;
+    for commands in [
+        &mut hooks.pre_up,
+        &mut hooks.post_up,
+        &mut hooks.pre_down,
+        &mut hooks.post_down,
+    ] {
+        commands.iter_mut().for_each(|c| *c = c.trim().to_owned());
+    }
     let peers = c
         .peers
         .iter()
@@ -167,9 +177,13 @@ fn wg_quick_form(c: &Config) -> (InterfaceConfig, Vec<PeerConfig>) {
             let mut p = p.clone();
             p.file = None;
             p.preshared_key_file = None;
-            if p.name.as_ref().is_some_and(|n| n.contains(['\n', '\r'])) {
-                p.name = None;
-            }
+            p.name = p
+                .name
+                .as_deref()
+                .filter(|n| !n.contains(['\n', '\r']))
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned);
             p
         })
         .collect();
