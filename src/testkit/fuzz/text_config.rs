@@ -248,6 +248,23 @@ fn check_accepted(config: &Config, main: &Path) {
     apply_like_the_daemon(config);
 }
 
+/// The small parsers of values that also come from outside, on the input's first lines:
+/// `tandem add-peer --address` (`provision::parse_addresses`) and `host:port` endpoints
+/// (`EndpointSpec`, which the config parsers use too), whose text form must read back to
+/// the same endpoint.
+fn small_parsers(text: &str) {
+    for line in text.lines().take(4) {
+        let _ = crate::provision::parse_addresses(line);
+        if let Ok(spec) = line.parse::<EndpointSpec>() {
+            let written = spec.to_string();
+            let again: EndpointSpec = written
+                .parse()
+                .unwrap_or_else(|e| panic!("endpoint {line:?} written as {written:?}: {e}"));
+            assert_eq!(again, spec, "endpoint {line:?} written as {written:?}");
+        }
+    }
+}
+
 /// `config_toml`: the input (lossily UTF-8) as `fuzz.toml` in the sandbox. Invariants: no
 /// panic; a refusal names the file and line of every problem ([`assert_located`]); an
 /// accepted config round-trips through `tandem import`'s TOML writer and `tandem export`'s
@@ -257,6 +274,7 @@ pub fn fuzz_config_toml(input: &[u8]) {
     if escapes_sandbox(&text) {
         return;
     }
+    small_parsers(&text);
     let main = sandbox().join("fuzz.toml");
     match parse_toml(&main, &text) {
         Ok(config) => check_accepted(&config, &main),
