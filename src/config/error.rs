@@ -33,14 +33,15 @@ pub struct ConfigWarning {
 /// paths from the configuration (an include pattern, a file name a glob matched), and one of
 /// those with a line break must not split an error in two or forge a second one.
 fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
-    for c in text.chars() {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
         if c.is_control() {
+            f.write_str(text.get(start..i).unwrap_or_default())?;
             write!(f, "{}", c.escape_default())?;
-        } else {
-            write!(f, "{c}")?;
+            start = i + c.len_utf8();
         }
     }
-    Ok(())
+    f.write_str(text.get(start..).unwrap_or_default())
 }
 
 fn write_located(
