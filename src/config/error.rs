@@ -29,6 +29,21 @@ pub struct ConfigWarning {
     pub message: String,
 }
 
+/// `text` with control characters escaped (`\n`, `\u{1b}`): messages quote values, keys and
+/// paths from the configuration (an include pattern, a file name a glob matched), and one of
+/// those with a line break must not split an error in two or forge a second one.
+fn write_escaped(f: &mut fmt::Formatter<'_>, text: &str) -> fmt::Result {
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_control() {
+            f.write_str(text.get(start..i).unwrap_or_default())?;
+            write!(f, "{}", c.escape_default())?;
+            start = i + c.len_utf8();
+        }
+    }
+    f.write_str(text.get(start..).unwrap_or_default())
+}
+
 fn write_located(
     f: &mut fmt::Formatter<'_>,
     file: &Path,
@@ -36,14 +51,16 @@ fn write_located(
     key: &str,
     message: &str,
 ) -> fmt::Result {
-    write!(f, "{}", file.display())?;
+    write_escaped(f, &file.display().to_string())?;
     if let Some(line) = line {
         write!(f, ":{line}")?;
     }
     if !key.is_empty() {
-        write!(f, ": {key}")?;
+        f.write_str(": ")?;
+        write_escaped(f, key)?;
     }
-    write!(f, ": {message}")
+    f.write_str(": ")?;
+    write_escaped(f, message)
 }
 
 /// `FILE:LINE: KEY: MESSAGE` (the line and key parts are left out when absent).
@@ -285,6 +302,32 @@ mod tests {
         assert_eq!(w.to_string(), "warning: a.conf: hm");
         let all = ConfigErrors(vec![e.clone(), e]);
         assert_eq!(all.to_string().lines().count(), 2);
+    }
+
+    /// Found by the `config_toml` fuzz target: an include pattern with a line break
+    /// (`"miss\ng.toml"`) was quoted raw in its error, which then printed as two lines.
+    #[test]
+    fn values_with_line_breaks_stay_on_one_line() {
+        let e = ConfigError {
+            file: PathBuf::from("/etc/tandem/peers.d/a\nb.toml"),
+            line: Some(4),
+            key: "interface.include".into(),
+            message: "cannot read included file /etc/tandem/miss\ng.tom-l: No such file".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "/etc/tandem/peers.d/a\\nb.toml:4: interface.include: cannot read included file \
+             /etc/tandem/miss\\ng.tom-l: No such file"
+        );
+        let all = ConfigErrors(vec![e.clone(), e]);
+        assert_eq!(all.to_string().lines().count(), 2);
+        let w = ConfigWarning {
+            file: PathBuf::from("a.conf"),
+            line: None,
+            key: "k\r".into(),
+            message: "\u{1b}[31mred".into(),
+        };
+        assert_eq!(w.to_string(), "warning: a.conf: k\\r: \\u{1b}[31mred");
     }
 
     #[test]
