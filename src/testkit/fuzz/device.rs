@@ -223,8 +223,6 @@ pub const TARGETS: &[super::Target] = &[
     ("transport", fuzz_transport),
     ("datagram", fuzz_datagram),
     ("tun_packet", fuzz_tun_packet),
-    ("differential", super::differential::fuzz_differential),
-    ("session", super::session::fuzz_session),
 ];
 
 /// Handshake initiations at a responder with no session yet, also under load.

@@ -21,9 +21,20 @@ pub use device::*;
 /// `fuzz/corpus/`) and its body.
 pub type Target = (&'static str, fn(&[u8]));
 
+/// The targets built on the device targets' set-ups (they import `device`, so they are
+/// listed here rather than in `device::TARGETS`).
+const ON_DEVICES: &[Target] = &[
+    ("session", session::fuzz_session),
+    ("differential", differential::fuzz_differential),
+];
+
 /// Every target.
 pub fn targets() -> impl Iterator<Item = Target> {
-    device::TARGETS.iter().chain(text::TARGETS).copied()
+    device::TARGETS
+        .iter()
+        .chain(ON_DEVICES)
+        .chain(text::TARGETS)
+        .copied()
 }
 
 /// The body of the target called `name`.
