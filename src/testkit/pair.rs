@@ -328,6 +328,11 @@ impl Pair {
     /// Needs [`Pair::with_ipv6`].
     pub fn exchange(&mut self) -> Result<(), String> {
         self.tick(Duration::from_secs(6));
+        self.probe()
+    }
+
+    /// Does a packet go a -> b (IPv4) and then one b -> a (IPv6), now?
+    pub fn probe(&mut self) -> Result<(), String> {
         self.probe += 1;
         let ping = ipv4(INNER4_A, INNER4_B, &self.probe.to_be_bytes());
         self.send_ip(true, &ping);
