@@ -565,7 +565,8 @@ mod tests {
         assert_eq!(s.deadline(), None);
     }
 
-    /// Many sources are estimated within a few percent, in fixed memory; past the bitmap's
+    /// Many sources are estimated within a few percent (checked at six standard errors), in
+    /// fixed memory; past the bitmap's
     /// range the line says "more than".
     #[test]
     fn distinct_sources_are_estimated() {
@@ -579,7 +580,10 @@ mod tests {
             .sources
             .estimate();
         assert!(!full);
-        assert!((475..=525).contains(&n), "{n}");
+        // Linear counting with 1024 bits has a standard error of about 2.4 % (12 sources) at
+        // 500, and the hash is keyed at random per run: +-75 is six standard errors, so the
+        // check cannot flake (+-25 failed about one run in twenty).
+        assert!((425..=575).contains(&n), "{n}");
         let mut s = Summaries::new(SUMMARY_INTERVAL);
         for i in 0..100_000u32 {
             let source = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
